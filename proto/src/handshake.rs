@@ -1,0 +1,300 @@
+//! The streams-channel handshake, both sides.
+//!
+//! Every forwarded connection is its own connection to the guest's stream port:
+//!
+//! 1. the host writes a `u32` big-endian length, then that many bytes of stream ID;
+//! 2. the guest registers the connection under that ID and answers with the same
+//!    length-prefixed ID; if the ID is already registered it answers with a
+//!    length-prefixed error message (`stream "<id>" already exists`) and closes;
+//! 3. the host compares the answer with what it sent: equal means ready, anything
+//!    else is the guest's error text.
+//!
+//! Unlike the reference, every read here is bounded in length and in time, so a
+//! hostile or stalled peer costs one task and a few bytes, never the accept loop.
+
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Default bound on a stream ID's length.
+pub const DEFAULT_MAX_ID_LEN: usize = 256;
+/// Bound on the guest's error text the host is willing to read.
+pub const MAX_REPLY_LEN: usize = 4096;
+/// Default deadline for each side of the handshake.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a handshake failed.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The peer did not finish its part in time.
+    #[error("stream handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The socket failed while reading or writing the handshake.
+    #[error("stream handshake i/o")]
+    Io(#[source] std::io::Error),
+    /// The announced length is above the bound; nothing of it was allocated.
+    #[error("stream ID length {len} exceeds the limit of {max} bytes")]
+    TooLong {
+        /// The length the peer announced.
+        len: u32,
+        /// The configured bound.
+        max: usize,
+    },
+    /// A zero-length stream ID.
+    #[error("empty stream ID")]
+    Empty,
+    /// The stream ID is not UTF-8 text.
+    #[error("stream ID is not valid UTF-8")]
+    NotUtf8,
+    /// The guest answered with something other than the ID: its error text.
+    #[error("guest refused the stream: {0}")]
+    Refused(String),
+}
+
+/// The text the guest sends when an ID is already registered (the reference's wording).
+pub fn duplicate_message(id: &str) -> String {
+    format!("stream \"{id}\" already exists")
+}
+
+async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too long"))?;
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(bytes);
+    // One write: the peer reads the length and the ID in one go on most transports.
+    s.write_all(&frame).await?;
+    s.flush().await
+}
+
+/// Reads one length-prefixed frame, refusing lengths above `max` before allocating.
+async fn read_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, HandshakeError> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.map_err(HandshakeError::Io)?;
+    let len = u32::from_be_bytes(len);
+    if len as usize > max {
+        return Err(HandshakeError::TooLong { len, max });
+    }
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact(&mut buf).await.map_err(HandshakeError::Io)?;
+    Ok(buf)
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(timeout)))
+}
+
+/// Host side: sends `id` and waits for the guest's acknowledgement.
+pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, async {
+        write_frame(s, id.as_bytes())
+            .await
+            .map_err(HandshakeError::Io)?;
+        let reply = read_frame(s, MAX_REPLY_LEN.max(id.len())).await?;
+        if reply == id.as_bytes() {
+            Ok(())
+        } else {
+            Err(HandshakeError::Refused(
+                String::from_utf8_lossy(&reply).into_owned(),
+            ))
+        }
+    })
+    .await
+}
+
+/// Guest side: reads the stream ID the host sent, bounded by `max_len` and `timeout`.
+pub async fn read_id<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max_len: usize,
+    timeout: Duration,
+) -> Result<String, HandshakeError> {
+    bounded(timeout, async {
+        let bytes = read_frame(s, max_len).await?;
+        if bytes.is_empty() {
+            return Err(HandshakeError::Empty);
+        }
+        String::from_utf8(bytes).map_err(|_| HandshakeError::NotUtf8)
+    })
+    .await
+}
+
+/// Guest side: acknowledges `id` (the stream is registered).
+pub async fn accept<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, async {
+        write_frame(s, id.as_bytes())
+            .await
+            .map_err(HandshakeError::Io)
+    })
+    .await
+}
+
+/// Guest side: refuses the stream with `message` (the caller closes the connection).
+pub async fn refuse<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    message: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, async {
+        write_frame(s, message.as_bytes())
+            .await
+            .map_err(HandshakeError::Io)
+    })
+    .await
+}
+
+/// Parses one frame from a byte slice: what [`read_id`] would do, without I/O.
+/// Used by fuzz and property tests of the decoder.
+pub fn decode_id(bytes: &[u8], max_len: usize) -> Result<Option<String>, HandshakeError> {
+    let Some(len) = bytes.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    if len as usize > max_len {
+        return Err(HandshakeError::TooLong { len, max: max_len });
+    }
+    let Some(id) = bytes.get(4..4 + len as usize) else {
+        return Ok(None);
+    };
+    if id.is_empty() {
+        return Err(HandshakeError::Empty);
+    }
+    String::from_utf8(id.to_vec())
+        .map(Some)
+        .map_err(|_| HandshakeError::NotUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (mut host, mut guest) = duplex(1024);
+        let guest_side = tokio::spawn(async move {
+            let id = read_id(&mut guest, DEFAULT_MAX_ID_LEN, DEFAULT_TIMEOUT).await?;
+            accept(&mut guest, &id, DEFAULT_TIMEOUT).await?;
+            Ok::<_, HandshakeError>(id)
+        });
+        open(&mut host, "socketfwd-1-abcdef", DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(guest_side.await.unwrap().unwrap(), "socketfwd-1-abcdef");
+    }
+
+    #[tokio::test]
+    async fn wire_bytes_are_length_prefixed_big_endian() {
+        let (mut host, mut guest) = duplex(1024);
+        let opener = tokio::spawn(async move { open(&mut host, "ab", DEFAULT_TIMEOUT).await });
+        let mut got = [0u8; 6];
+        guest.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0, 0, 0, 2, b'a', b'b']);
+        guest.write_all(&got).await.unwrap();
+        opener.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn refusal_text_reaches_the_host() {
+        let (mut host, mut guest) = duplex(1024);
+        tokio::spawn(async move {
+            let id = read_id(&mut guest, DEFAULT_MAX_ID_LEN, DEFAULT_TIMEOUT)
+                .await
+                .unwrap();
+            refuse(&mut guest, &duplicate_message(&id), DEFAULT_TIMEOUT)
+                .await
+                .unwrap();
+        });
+        let err = open(&mut host, "dup", DEFAULT_TIMEOUT).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "guest refused the stream: stream \"dup\" already exists"
+        );
+    }
+
+    #[tokio::test]
+    async fn huge_length_is_refused_without_allocating() {
+        let (mut host, mut guest) = duplex(1024);
+        host.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_id(&mut guest, DEFAULT_MAX_ID_LEN, DEFAULT_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HandshakeError::TooLong {
+                    len: u32::MAX,
+                    max: 256
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_times_out() {
+        let (_host, mut guest) = duplex(1024);
+        let err = read_id(&mut guest, DEFAULT_MAX_ID_LEN, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn length_without_bytes_times_out() {
+        let (mut host, mut guest) = duplex(1024);
+        host.write_all(&10u32.to_be_bytes()).await.unwrap();
+        let err = read_id(&mut guest, DEFAULT_MAX_ID_LEN, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_io_error() {
+        let (mut host, mut guest) = duplex(1024);
+        host.write_all(&[0, 0, 0, 10, b'x']).await.unwrap();
+        drop(host);
+        let err = read_id(&mut guest, DEFAULT_MAX_ID_LEN, DEFAULT_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandshakeError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn decoder_cases() {
+        assert!(decode_id(&[0, 0], 256).unwrap().is_none());
+        assert!(decode_id(&[0, 0, 0, 3, b'a'], 256).unwrap().is_none());
+        assert_eq!(
+            decode_id(&[0, 0, 0, 1, b'a'], 256).unwrap().as_deref(),
+            Some("a")
+        );
+        assert!(matches!(
+            decode_id(&[0, 0, 0, 0], 256),
+            Err(HandshakeError::Empty)
+        ));
+        assert!(matches!(
+            decode_id(&[0, 0, 1, 1], 256),
+            Err(HandshakeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            decode_id(&[0, 0, 0, 1, 0xff], 256),
+            Err(HandshakeError::NotUtf8)
+        ));
+    }
+}

@@ -1,0 +1,260 @@
+//! The bidirectional relay both daemons run once a stream is set up.
+//!
+//! Both directions run at once. When one side reaches EOF, the relay shuts down
+//! writing on the other side and keeps copying the other direction until it ends
+//! too (half-close, which the reference loses). An error or reset on either side
+//! ends both directions, and dropping the streams closes both sockets.
+//!
+//! Bulk data moves with `splice(2)` through a pipe (socket to pipe to socket, no
+//! copy into user space). The pipe is created on the first byte, so an idle
+//! connection holds none. [`CopyMode::Copy`] is the plain read/write path, with a
+//! buffer allocated while data flows and freed when the source runs dry; a
+//! direction also falls back to it when the kernel refuses to splice a socket.
+
+use crate::transport::Stream;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use thiserror::Error;
+
+/// How bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// splice(2) through a pipe, falling back to copying where unsupported.
+    Splice,
+    /// read(2)/write(2) through a user-space buffer.
+    Copy,
+}
+
+/// Relay tuning.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Splice or copy.
+    pub mode: CopyMode,
+    /// Pipe capacity asked for with F_SETPIPE_SZ (the kernel may give less).
+    pub pipe_size: usize,
+    /// Buffer size of the copy path.
+    pub buffer_size: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        // 1 MiB pipes measured about twice the throughput of 64 KiB read/write
+        // buffers on this class of machine (issue 5); 64 KiB is the copy path's sweet spot.
+        RelayConfig {
+            mode: CopyMode::Splice,
+            pipe_size: 1 << 20,
+            buffer_size: 64 << 10,
+        }
+    }
+}
+
+/// Bytes moved each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    /// From the first stream to the second.
+    pub a_to_b: u64,
+    /// From the second stream to the first.
+    pub b_to_a: u64,
+}
+
+/// A relay that ended on an error (the other direction was cut short too).
+#[derive(Debug, Error)]
+#[error("relay {direction} failed")]
+pub struct RelayError {
+    /// `a->b` or `b->a`.
+    pub direction: &'static str,
+    /// The socket error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Relays between `a` and `b` until both directions end; see the module docs.
+pub async fn relay(a: &Stream, b: &Stream, config: &RelayConfig) -> Result<RelayStats, RelayError> {
+    let ab = async {
+        one_way(a, b, config).await.map_err(|source| RelayError {
+            direction: "a->b",
+            source,
+        })
+    };
+    let ba = async {
+        one_way(b, a, config).await.map_err(|source| RelayError {
+            direction: "b->a",
+            source,
+        })
+    };
+    // try_join drops the other direction at the first error: both sockets close.
+    let (a_to_b, b_to_a) = tokio::try_join!(ab, ba)?;
+    Ok(RelayStats { a_to_b, b_to_a })
+}
+
+/// Copies `src` to `dst` until EOF, then half-closes `dst`. Returns the bytes moved.
+pub async fn one_way(src: &Stream, dst: &Stream, config: &RelayConfig) -> io::Result<u64> {
+    let mut moved = 0u64;
+    if config.mode == CopyMode::Splice {
+        match splice_until_eof(src, dst, config.pipe_size, &mut moved).await {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved == 0 => {
+                tracing::debug!("splice refused for this socket pair; copying instead");
+            }
+            other => return other.map(|()| moved),
+        }
+    }
+    copy_until_eof(src, dst, config.buffer_size, &mut moved).await?;
+    Ok(moved)
+}
+
+fn new_pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // Best effort: beyond pipe-max-size or the user's pipe quota the default
+    // (64 KiB) stays, which still works.
+    let size = i32::try_from(size).unwrap_or(i32::MAX);
+    let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(size));
+    Ok((r, w))
+}
+
+fn nix_io(r: nix::Result<usize>) -> io::Result<usize> {
+    r.map_err(|e: Errno| io::Error::from(e))
+}
+
+async fn splice_until_eof(
+    src: &Stream,
+    dst: &Stream,
+    pipe_size: usize,
+    moved: &mut u64,
+) -> io::Result<()> {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    // Created on the first readiness: an idle connection holds no pipe.
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
+    loop {
+        let n = {
+            let mut guard = src.readable().await?;
+            let (_, w) = match &pipe {
+                Some(p) => p,
+                None => pipe.insert(new_pipe(pipe_size)?),
+            };
+            // The pipe is always empty here, so EAGAIN can only mean the socket has
+            // nothing: clearing its readiness is correct.
+            match guard.try_io(|_| nix_io(splice(src, None, w, None, pipe_size, flags))) {
+                Ok(r) => r?,
+                Err(_would_block) => continue,
+            }
+        };
+        if n == 0 {
+            return dst.shutdown_write();
+        }
+        let Some((r, _)) = &pipe else {
+            return Err(io::Error::other("relay pipe missing"));
+        };
+        let mut left = n;
+        while left > 0 {
+            let mut guard = dst.writable().await?;
+            match guard.try_io(|_| nix_io(splice(r, None, dst, None, left, flags))) {
+                Ok(m) => left -= m?,
+                Err(_would_block) => continue,
+            }
+        }
+        *moved += n as u64;
+    }
+}
+
+async fn copy_until_eof(
+    src: &Stream,
+    dst: &Stream,
+    buffer_size: usize,
+    moved: &mut u64,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let n = {
+            let mut guard = src.readable().await?;
+            if buf.is_empty() {
+                buf = vec![0u8; buffer_size];
+            }
+            match guard.try_io(|_| src.try_read(&mut buf)) {
+                Ok(r) => r?,
+                Err(_would_block) => {
+                    // Idle: give the buffer back until data flows again.
+                    buf = Vec::new();
+                    continue;
+                }
+            }
+        };
+        if n == 0 {
+            return dst.shutdown_write();
+        }
+        dst.write_all(&buf[..n]).await?;
+        *moved += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> (Stream, Stream) {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        (Stream::from_unix(a).unwrap(), Stream::from_unix(b).unwrap())
+    }
+
+    /// client <-> [a relay b] <-> server, then a half-close from `client`.
+    async fn half_close_through(mode: CopyMode) {
+        let (mut client, a) = pair();
+        let (b, mut server) = pair();
+        let config = RelayConfig {
+            mode,
+            ..RelayConfig::default()
+        };
+        let relay = tokio::spawn(async move { relay(&a, &b, &config).await });
+
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload, "request intact");
+        // The reply is written after the server saw EOF: the reference loses it.
+        server.write_all(b"reply after eof").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"reply after eof");
+        let stats = relay.await.unwrap().unwrap();
+        assert_eq!(
+            stats,
+            RelayStats {
+                a_to_b: 3_000_000,
+                b_to_a: 15
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn splice_keeps_half_close() {
+        half_close_through(CopyMode::Splice).await;
+    }
+
+    #[tokio::test]
+    async fn copy_keeps_half_close() {
+        half_close_through(CopyMode::Copy).await;
+    }
+
+    #[tokio::test]
+    async fn reset_on_one_side_closes_both() {
+        let (client, a) = pair();
+        let (b, mut server) = pair();
+        let relay = tokio::spawn(async move { relay(&a, &b, &RelayConfig::default()).await });
+        // Server sends, client vanishes without reading: the write side errors,
+        // and the server must see its connection closed rather than hang.
+        drop(client);
+        server.write_all(&[7u8; 1 << 20]).await.ok();
+        let mut rest = Vec::new();
+        let _ = server.read_to_end(&mut rest).await;
+        let _ = relay.await.unwrap();
+    }
+}

@@ -1,0 +1,16 @@
+//! How the two sides reach each other, behind one [`Stream`] type.
+//!
+//! The guest listens ([`Listener`]: AF_VSOCK or a Unix socket); the host dials
+//! ([`dial`]: AF_VSOCK, hybrid vsock `CONNECT`/`OK`, or a per-port Unix socket).
+//! Every form yields the same nonblocking [`Stream`], so the production code that
+//! runs over vsock in a VM is the code the tests run over Unix sockets.
+
+mod address;
+mod dial;
+mod listener;
+mod stream;
+
+pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
+pub use dial::{dial, dial_with_retry, DialError, HYBRID_REPLY_MAX};
+pub use listener::{Listener, ListenerError, Peer};
+pub use stream::Stream;
