@@ -26,9 +26,13 @@ fn main() {
     }
     // The generator's own mod.rs omits the ttrpc module, and the ttrpc code
     // names Empty as `super::empty::Empty`: one module file ties them together.
-    let mods = "pub mod socketforward;\npub mod socketforward_ttrpc;\n\
+    // Generated code is not held to the workspace's restriction lints.
+    let allow = "#[allow(clippy::all, clippy::pedantic, clippy::restriction, missing_docs)]\n";
+    let mods = format!(
+        "{allow}pub mod socketforward;\n{allow}pub mod socketforward_ttrpc;\n\
                 /// google.protobuf.Empty, as the generated ttrpc code names it.\n\
-                pub mod empty {\n    pub use protobuf::well_known_types::empty::Empty;\n}\n";
+                pub mod empty {{\n    pub use protobuf::well_known_types::empty::Empty;\n}}\n"
+    );
     if let Err(err) = std::fs::write(out.join("modules.rs"), mods) {
         panic!("writing {}: {err}", out.join("modules.rs").display());
     }

@@ -11,6 +11,7 @@
 //! buffer allocated while data flows and freed when the source runs dry; a
 //! direction also falls back to it when the kernel refuses to splice a socket.
 
+use crate::framing::{frame_in, frame_out, Framing};
 use crate::transport::Stream;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
@@ -87,6 +88,39 @@ pub async fn relay(a: &Stream, b: &Stream, config: &RelayConfig) -> Result<Relay
     // try_join drops the other direction at the first error: both sockets close.
     let (a_to_b, b_to_a) = tokio::try_join!(ab, ba)?;
     Ok(RelayStats { a_to_b, b_to_a })
+}
+
+/// Relays between a local socket and a stream-port connection carried with
+/// `framing`: [`relay`] for raw streams, frames on `stream`'s side otherwise.
+pub async fn relay_stream(
+    local: &Stream,
+    stream: &Stream,
+    framing: Framing,
+    config: &RelayConfig,
+) -> Result<RelayStats, RelayError> {
+    match framing {
+        Framing::Raw => relay(local, stream, config).await,
+        Framing::EofFrames => {
+            let out = async {
+                frame_out(local, stream, config.buffer_size)
+                    .await
+                    .map_err(|source| RelayError {
+                        direction: "a->b",
+                        source,
+                    })
+            };
+            let inn = async {
+                frame_in(stream, local, config.buffer_size)
+                    .await
+                    .map_err(|source| RelayError {
+                        direction: "b->a",
+                        source,
+                    })
+            };
+            let (a_to_b, b_to_a) = tokio::try_join!(out, inn)?;
+            Ok(RelayStats { a_to_b, b_to_a })
+        }
+    }
 }
 
 /// Copies `src` to `dst` until EOF, then half-closes `dst`. Returns the bytes moved.
@@ -242,6 +276,40 @@ mod tests {
     #[tokio::test]
     async fn copy_keeps_half_close() {
         half_close_through(CopyMode::Copy).await;
+    }
+
+    /// Two relays back to back over a framed middle link whose own half-close
+    /// is never used: the half-close still crosses.
+    #[tokio::test]
+    async fn framed_link_carries_half_close() {
+        let (mut client, guest_local) = pair();
+        let (guest_stream, host_stream) = pair();
+        let (host_local, mut server) = pair();
+        let config = RelayConfig::default();
+        let c2 = config.clone();
+        let agent = tokio::spawn(async move {
+            relay_stream(&guest_local, &guest_stream, Framing::EofFrames, &c2).await
+        });
+        let host = tokio::spawn(async move {
+            relay_stream(&host_local, &host_stream, Framing::EofFrames, &config).await
+        });
+        let payload: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        server.write_all(b"late reply").await.unwrap();
+        drop(server);
+        assert_eq!(writer.await.unwrap(), b"late reply");
+        assert_eq!(agent.await.unwrap().unwrap().a_to_b, 2_500_000);
+        assert_eq!(host.await.unwrap().unwrap().b_to_a, 2_500_000);
     }
 
     #[tokio::test]
