@@ -1,1 +1,1 @@
-
+//! sockfwd guest agent.

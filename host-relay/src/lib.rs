@@ -1,1 +1,1 @@
-
+//! sockfwd host relay.

@@ -1,0 +1,2 @@
+//! sockfwd-agent binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! sockfwd-relay binary.
+fn main() {}
