@@ -1,0 +1,132 @@
+//! Real programs on both ends: a host redis-server, PostgreSQL and an HTTP server,
+//! used from the guest side through the forward with redis-cli, psql and curl.
+
+use sockfwd_tests::{peers, require_tool, Env};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn redis_cli_in_the_guest_talks_to_redis_on_the_host() {
+    let env = Env::new();
+    let host = env.path("redis.sock");
+    let _redis = peers::redis(&host, env.path("redis.log"));
+    let _agent = env.agent(&[]);
+    let guest = env.path("guest/redis.sock");
+    let _relay = env.relay(&[(&guest, &host)], &[]);
+
+    let cli = require_tool("redis-cli", "redis-tools");
+    let g = guest.display().to_string();
+    assert_eq!(
+        run(Command::new(&cli).args(["-s", &g, "SET", "sockfwd", "works"])),
+        "OK"
+    );
+    assert_eq!(
+        run(Command::new(&cli).args(["-s", &g, "GET", "sockfwd"])),
+        "works"
+    );
+    // A pipeline of many commands in one connection.
+    let script: String = (0..500)
+        .map(|i| format!("INCR counter{}\n", i % 5))
+        .collect();
+    let mut child = Command::new(&cli)
+        .args(["-s", &g])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some("100")
+    );
+    // The value is on the host's server, read from the host side directly.
+    assert_eq!(
+        run(Command::new(&cli).args(["-s", &host.display().to_string(), "GET", "counter4"])),
+        "100"
+    );
+}
+
+#[test]
+fn psql_in_the_guest_queries_postgres_on_the_host() {
+    let env = Env::new();
+    let host_dir = env.path("pghost");
+    std::fs::create_dir(&host_dir).unwrap();
+    let _pg = peers::postgres(&host_dir, env.path("pg.log"));
+    let _agent = env.agent(&[]);
+    // psql finds the server as DIR/.s.PGSQL.PORT: forward exactly that name.
+    let guest_dir = env.path("pgguest");
+    let guest = guest_dir.join(".s.PGSQL.5432");
+    let _relay = env.relay(&[(&guest, &host_dir.join(".s.PGSQL.5432"))], &[]);
+
+    let psql = require_tool("psql", "postgresql-client");
+    let g = guest_dir.display().to_string();
+    let q = |sql: &str| {
+        run(Command::new(&psql).args(["-h", &g, "-p", "5432", "-U", "postgres", "-tAc", sql]))
+    };
+    assert_eq!(q("SELECT 40 + 2"), "42");
+    q("CREATE TABLE t (n int)");
+    q("INSERT INTO t SELECT generate_series(1, 10000)");
+    assert_eq!(q("SELECT sum(n) FROM t"), "50005000");
+    // A large result set crosses the forward intact.
+    let rows = q("SELECT string_agg(md5(n::text), '') FROM t");
+    assert_eq!(rows.len(), 320_000);
+}
+
+#[test]
+fn curl_in_the_guest_reaches_an_http_server_on_the_host() {
+    let env = Env::new();
+    let host = env.path("http.sock");
+    let _http = peers::http(&host, env.path("http.log"));
+    let _agent = env.agent(&[]);
+    let guest = env.path("guest/http.sock");
+    let _relay = env.relay(&[(&guest, &host)], &[]);
+
+    let curl = require_tool("curl", "curl");
+    let g = guest.display().to_string();
+    assert_eq!(
+        run(Command::new(&curl).args(["-sS", "--unix-socket", &g, "http://guest/v1/ping"])),
+        "hello /v1/ping"
+    );
+    // Keep-alive: several requests on one connection.
+    let out = run(Command::new(&curl).args([
+        "-sS",
+        "--unix-socket",
+        &g,
+        "http://guest/a",
+        "http://guest/b",
+        "http://guest/c",
+    ]));
+    assert_eq!(out, "hello /ahello /bhello /c");
+    // A 5 MiB upload.
+    let body = env.path("body.bin");
+    std::fs::write(&body, vec![b'x'; 5 << 20]).unwrap();
+    let out = run(Command::new(&curl).args([
+        "-sS",
+        "--unix-socket",
+        &g,
+        "--data-binary",
+        &format!("@{}", body.display()),
+        "http://guest/upload",
+    ]));
+    assert_eq!(out, format!("got {} bytes", 5 << 20));
+}
