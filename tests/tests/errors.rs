@@ -1,6 +1,14 @@
 //! Refusals: a forward the relay doesn't own, a host socket that isn't there,
 //! and Bind requests the agent must refuse with a message naming the path.
 
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use sockfwd_proto::rpc::{self, SocketForward};
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{connect, request, runtime, wait_connectable, Env};

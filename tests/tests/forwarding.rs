@@ -2,6 +2,14 @@
 //! echo, large transfers with checksums, half-close both ways, and a burst of
 //! concurrent connections.
 
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use sockfwd_tests::servers::{digest_to_eof, pattern_digest, write_pattern, Behaviour, Server};
 use sockfwd_tests::{connect, request, Env};
 use std::io::{Read, Write};

@@ -1,6 +1,14 @@
 //! Real programs on both ends: a host redis-server, PostgreSQL and an HTTP server,
 //! used from the guest side through the forward with redis-cli, psql and curl.
 
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use sockfwd_tests::{peers, require_tool, Env};
 use std::process::Command;
 

@@ -1,6 +1,14 @@
 //! The shipped systemd unit passes `systemd-analyze verify` with no complaint
 //! about any of its lines.
 
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use sockfwd_tests::{bin, require_tool};
 use std::process::Command;
 

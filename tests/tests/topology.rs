@@ -1,6 +1,14 @@
 //! Both control topologies, reconnection after a relay restart, and routing with
 //! two relays (two Accept streams) sharing one agent.
 
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{request, wait_connectable, Env};
 
