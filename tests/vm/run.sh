@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# tests/vm/run.sh - the VM test (issue 3 "The VM test", issue 4's half-close through
+# vhost-device-vsock): boots a real microVM whose init starts the static agent,
+# runs the host relay against it over hvsock:// (vhost-device-vsock's hybrid Unix
+# socket), and checks forwarding end to end from inside the guest.
+#
+#   tests/vm/run.sh            (as root: it apt-installs; about 1 min of installs on a
+#                               fresh machine, a release build of the agent, ~1 min of VM)
+#
+# VM recipe: this calls ../shared/tools/microvm/microvm.sh (install, build-initramfs,
+# start, stop) rather than a copy of it: CI has shared/ beside its clone, the recipe
+# (kernel modules, KVM/TCG choice, PID-checked stop) stays maintained in one place,
+# and everything project-specific lives here (guest.sh, check/). SOCKFWD_MICROVM
+# points elsewhere if needed. Downloads and installs are cached under the project's
+# ignored .cache/ (MVM_HOME=.cache/microvm); the run dir is under /tmp so the Unix
+# socket paths stay short.
+#
+# Output: one line per case (PASS name / FAIL name: reason / XFAIL name: reason),
+# then exactly "N passed, N failed"; exit status 1 on any FAIL. XFAIL is a known
+# failure (the half-close case while the EOF-frame extension is not negotiated).
+#
+# Environment: SOCKFWD_VM_BUDGET (1200 s: hard stop for the whole script),
+# SOCKFWD_VM_BYTES (4 MiB per direction), SOCKFWD_VM_KEEP=1 (keep the run dir on
+# success), SOCKFWD_VM_STRICT=1 (a lost half-close is a FAIL, never an XFAIL),
+# SOCKFWD_VM_ACCEL (auto|kvm|tcg), SOCKFWD_MICROVM, CARGO_TARGET_DIR.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VMDIR=$ROOT/tests/vm
+MICROVM=${SOCKFWD_MICROVM:-$ROOT/../shared/tools/microvm/microvm.sh}
+export MVM_HOME=$ROOT/.cache/microvm
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TRIPLE=x86_64-unknown-linux-gnu
+BUDGET=${SOCKFWD_VM_BUDGET:-1200}
+BYTES=${SOCKFWD_VM_BYTES:-4194304}
+CONTROL_PORT=1025
+STREAMS_PORT=1026
+FORWARD_PATH=/run/sockfwd/test.sock
+
+# Agent configuration. The kernel command line already carries the sockfwd.* keys;
+# TODO(issue 3: sockfwd.* kernel command line keys): once the agent reads
+# sockfwd.control_port / sockfwd.streams_port / sockfwd.log from /proc/cmdline, set
+# AGENT_FLAGS='' so the configuration comes from the kernel command line alone.
+AGENT_FLAGS="--control vsock://-1:$CONTROL_PORT --streams vsock://-1:$STREAMS_PORT"
+KERNEL_ARGS="sockfwd.control_port=$CONTROL_PORT sockfwd.streams_port=$STREAMS_PORT sockfwd.log=debug"
+
+# Every case the run reports; a case without a result at the end is a FAIL ("not run").
+CASES=(
+    agent-static-binary vm-boot
+    stream-huge-len stream-empty-id stream-bad-utf8 stream-garbage stream-truncated
+    forward-bound first-connection upload-integrity download-integrity
+    duplex-echo-integrity parallel-connections half-close still-serving
+    stream-silent stream-unclaimed agent-alive relay-alive
+)
+
+log() { printf '[vm-test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+now_ms() { date +%s%3N; }
+secs() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
+
+declare -A RESULT=()    # name -> "PASS ..." | "FAIL ..." | "XFAIL ..."
+ORDER=()
+record() { # status name text
+    local status=$1 name=$2 text=${3:-}
+    [ -n "${RESULT[$name]:-}" ] || ORDER+=("$name")
+    case $status in
+        PASS) RESULT[$name]="PASS $name${text:+ ($text)}";;
+        *) RESULT[$name]="$status $name: ${text:-no reason given}";;
+    esac
+}
+# a "VMCHECK: PASS name (detail)" / "VMCHECK: FAIL name: reason" line from vm-check
+record_vmcheck() {
+    local line=${1#VMCHECK: } status name rest
+    status=${line%% *}; rest=${line#* }
+    name=${rest%%[ :]*}; rest=${rest#"$name"}; rest=${rest#: }; rest=${rest# (}; rest=${rest%)}
+    [ "$status" = PASS ] || [ "$status" = FAIL ] || return 0
+    record "$status" "$name" "$rest"
+}
+
+RUN=$(mktemp -d /tmp/sockfwd-vm.XXXXXX)
+VMRUN=$RUN/vm
+CONSOLE=$VMRUN/console.log
+PIDS=()           # background processes started here (server, relay, probes)
+RELAY_PID="" VM_STARTED=0 WATCHDOG=""
+T0=$(now_ms) T_INSTALL="" T_BUILD="" T_BOOT="" T_TEST=""
+
+stop_pid() { # pid: TERM, up to 5 s, then KILL; only our own children
+    local pid=$1 _
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    if [ "$VM_STARTED" = 1 ]; then
+        "$MICROVM" stop --run-dir "$VMRUN" --timeout 10 >> "$RUN/microvm.log" 2>&1 || log "microvm.sh stop failed (see $RUN/microvm.log)"
+    fi
+    if [ -n "$WATCHDOG" ]; then kill -TERM "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; fi
+    if [ "$rc" = 0 ] && [ "${SOCKFWD_VM_KEEP:-0}" != 1 ]; then
+        rm -rf "$RUN"
+    else
+        log "logs kept in $RUN"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# Hard stop: every wait below has its own timeout; this is the backstop.
+(
+    sleep "$BUDGET" & s=$!
+    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    wait "$s" && { log "overall budget of $BUDGET s exceeded: stopping"; kill -TERM $$; }
+) &
+WATCHDOG=$!
+
+# ------------------------------------------------------------------ reporting
+agent_log() { sed -n 's/\r$//; s/^AGENT: //p' "$CONSOLE" 2>/dev/null; }
+
+show_tail() { # title file [lines]
+    [ -s "$2" ] || return 0
+    printf -- '--- %s (%s, last %s lines)\n' "$1" "$2" "${3:-40}"
+    tail -n "${3:-40}" "$2" | sed 's/\r$//'
+}
+
+finish() { # prints the results and exits
+    local name passed=0 failed=0 xfailed=0 r
+    if [ -f "$CONSOLE" ]; then
+        agent_log > "$RUN/agent.log"
+        sed 's/\r$//' "$CONSOLE" | grep -v '^AGENT: ' > "$RUN/console-noagent.log" || true
+    fi
+    for name in "${CASES[@]}"; do
+        [ -n "${RESULT[$name]:-}" ] || record FAIL "$name" "not run: ${ABORT_REASON:-an earlier step failed}"
+    done
+    echo
+    echo "== sockfwd VM test results"
+    for name in "${ORDER[@]}"; do
+        r=${RESULT[$name]}
+        echo "$r"
+        case $r in PASS*) passed=$((passed + 1));; XFAIL*) xfailed=$((xfailed + 1));; *) failed=$((failed + 1));; esac
+    done
+    echo "times: install ${T_INSTALL:-?} s, build ${T_BUILD:-?} s, boot ${T_BOOT:-?} s (qemu start -> agent started), tests ${T_TEST:-?} s, total $(secs $(( $(now_ms) - T0 ))) s"
+    [ -z "${AGENT_SIZE:-}" ] || echo "agent: $AGENT_SIZE bytes, static ($TRIPLE, crt-static, release)"
+    [ -z "${VM_INFO:-}" ] || echo "vm: $VM_INFO"
+    [ "$xfailed" = 0 ] || echo "known failures (XFAIL, not counted as failed): $xfailed"
+    if [ "$failed" != 0 ]; then
+        show_tail "guest console" "$RUN/console-noagent.log"
+        show_tail "agent log (guest)" "$RUN/agent.log" 60
+        show_tail "relay log" "$RUN/relay.log" 60
+        show_tail "host server log" "$RUN/host-server.log" 20
+        show_tail "vhost-device-vsock log" "$VMRUN/vdv.log" 10
+        show_tail "qemu log" "$VMRUN/qemu.log" 10
+        show_tail "build/microvm log" "$RUN/microvm.log" 20
+    fi
+    echo "$passed passed, $failed failed"
+    if [ "$failed" = 0 ]; then exit 0; else exit 1; fi
+}
+
+abort() { ABORT_REASON=$*; log "ABORT: $*"; finish; }
+
+# ------------------------------------------------------------------ install
+[ -x "$MICROVM" ] || { record FAIL vm-boot "microvm recipe not found at $MICROVM (set SOCKFWD_MICROVM)"; abort "no microvm recipe"; }
+t=$(now_ms)
+log "install (apt: qemu-system-x86 busybox-static; kernel .deb; cargo install vhost-device-vsock) into $MVM_HOME"
+timeout 600 "$MICROVM" install >> "$RUN/microvm.log" 2>&1 || { record FAIL vm-boot "microvm.sh install failed"; abort "install failed"; }
+T_INSTALL=$(secs $(( $(now_ms) - t )))
+log "install: $T_INSTALL s ($("$MICROVM" versions | tr '\n' ' '))"
+
+# ------------------------------------------------------------------ build
+t=$(now_ms)
+log "build: static agent (release), vm-check (static), relay"
+build() { # what, then the cargo command
+    local what=$1; shift
+    if ! timeout 900 "$@" >> "$RUN/build.log" 2>&1; then
+        tail -n 30 "$RUN/build.log" >&2
+        abort "build of $what failed"
+    fi
+}
+build agent env RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --manifest-path "$ROOT/Cargo.toml" --release --target "$TRIPLE" -p sockfwd-agent
+build vm-check env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR/vm-check" \
+    cargo build --manifest-path "$VMDIR/check/Cargo.toml" --release --target "$TRIPLE"
+build relay cargo build --manifest-path "$ROOT/Cargo.toml" -p sockfwd-relay
+AGENT=$TARGET_DIR/$TRIPLE/release/sockfwd-agent
+CHECK=$TARGET_DIR/vm-check/$TRIPLE/release/vm-check
+RELAY=$TARGET_DIR/debug/sockfwd-relay
+T_BUILD=$(secs $(( $(now_ms) - t )))
+AGENT_SIZE=$(stat -c %s "$AGENT")
+log "build: $T_BUILD s; agent $AGENT_SIZE bytes"
+if readelf -lW "$AGENT" | grep -q 'program interpreter'; then
+    record FAIL agent-static-binary "$AGENT is dynamically linked"
+else
+    record PASS agent-static-binary "$AGENT_SIZE bytes, no program interpreter"
+fi
+
+# ------------------------------------------------------------------ initramfs + boot
+cat > "$RUN/guest-env" <<EOF
+AGENT_FLAGS='$AGENT_FLAGS'
+AGENT_RUST_LOG=debug
+FORWARD_PATH=$FORWARD_PATH
+CHECK_BYTES=$BYTES
+CHECK_WAIT=120
+EOF
+"$MICROVM" build-initramfs --out "$RUN/initramfs.cpio" \
+    --payload "$AGENT" --payload "$CHECK" \
+    --file "$RUN/guest-env:/etc/sockfwd-vm/env" --file "$VMDIR/guest.sh:/etc/sockfwd-vm/guest.sh" \
+    --cmd 'sh /etc/sockfwd-vm/guest.sh' >> "$RUN/microvm.log" 2>&1 \
+    || { record FAIL vm-boot "initramfs build failed"; abort "initramfs build failed"; }
+
+qemu_alive() { # running and not a zombie (see microvm.sh: orphans are reaped lazily here)
+    local st
+    st=$(sed 's/^.*) //' "/proc/${MVM_QEMU_PID:-0}/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+# wait_console MARKER TIMEOUT_S [PID that must stay alive]; 0 found, 1 timeout, 2 qemu died, 3 pid died
+wait_console() {
+    local marker=$1 deadline=$(( $(now_ms) + $2 * 1000 )) watch=${3:-}
+    while [ "$(now_ms)" -lt "$deadline" ]; do
+        grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0
+        qemu_alive || { grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0; return 2; }
+        if [ -n "$watch" ] && ! kill -0 "$watch" 2>/dev/null; then return 3; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+log "boot: $MICROVM start (run dir $VMRUN, kernel args: $KERNEL_ARGS)"
+VM_STARTED=1
+"$MICROVM" start --run-dir "$VMRUN" --initramfs "$RUN/initramfs.cpio" --cid 3 --mem 512 \
+    --accel "${SOCKFWD_VM_ACCEL:-auto}" --append "$KERNEL_ARGS" >> "$RUN/microvm.log" 2>&1 \
+    || { record FAIL vm-boot "microvm.sh start failed: $(tail -n 1 "$RUN/microvm.log")"; abort "VM did not start"; }
+# shellcheck disable=SC1091
+. "$VMRUN/env"
+rc=0; wait_console "SOCKFWD-VM: agent started" 180 || rc=$?
+T_BOOT=$(secs $(( $(now_ms) - MVM_START_MS )))
+VM_INFO="accel=$MVM_ACCEL, $(grep -o 'MVM: vsock ready.*' "$CONSOLE" | tr -d '\r' | head -n 1)"
+if [ $rc != 0 ]; then
+    record FAIL vm-boot "no 'agent started' on the console (rc $rc: 1 timeout, 2 qemu exited) after $T_BOOT s"
+    abort "VM did not boot"
+fi
+record PASS vm-boot "agent started $T_BOOT s after qemu start, $MVM_ACCEL"
+log "boot: $T_BOOT s; hybrid vsock socket $MVM_UDS"
+T_TESTS_START=$(now_ms)
+
+# ------------------------------------------------------------------ stream-port probes
+# Bad handshakes straight on the agent's stream port, before the relay exists, so
+# every forwarded connection below also shows that the agent kept serving.
+probe() { # mode [extra vm-check flags...]
+    local mode=$1 out; shift
+    out=$(timeout 90 "$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode "$mode" "$@" 2>&1) || true
+    echo "$out" >> "$RUN/probes.log"
+    if grep -q '^VMCHECK: ' <<< "$out"; then
+        record_vmcheck "$(grep '^VMCHECK: ' <<< "$out" | head -n 1)"
+    else
+        record FAIL "stream-$mode" "vm-check gave no result: $(tail -n 1 <<< "$out")"
+    fi
+}
+log "probes: bad handshakes on stream port $STREAMS_PORT"
+probe huge-len --connect-within 30 --close-within 4
+probe empty-id --close-within 4
+probe bad-utf8 --close-within 4
+probe garbage --close-within 4
+probe truncated
+# These two stay open while the guest runs its cases (a stalled handshake must not
+# hold up anyone else): the agent must close them at its handshake (5 s) and claim
+# (10 s) deadlines.
+"$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode silent --close-within 20 \
+    > "$RUN/probe-silent.log" 2>&1 &
+PIDS+=($!); PROBE_SILENT=$!
+"$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode unclaimed --close-within 30 \
+    > "$RUN/probe-unclaimed.log" 2>&1 &
+PIDS+=($!); PROBE_UNCLAIMED=$!
+
+# ------------------------------------------------------------------ host server + relay
+"$CHECK" serve "$RUN/host.sock" > "$RUN/host-server.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$RUN/host.sock" ] && break; sleep 0.05; done
+[ -S "$RUN/host.sock" ] || abort "host server did not start: $(tail -n 2 "$RUN/host-server.log")"
+
+log "relay: $RELAY --control hvsock://$MVM_UDS:$CONTROL_PORT --streams hvsock://$MVM_UDS:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock"
+RUST_LOG=debug "$RELAY" --control "hvsock://$MVM_UDS:$CONTROL_PORT" --streams "hvsock://$MVM_UDS:$STREAMS_PORT" \
+    --forward "$FORWARD_PATH:$RUN/host.sock" > "$RUN/relay.log" 2>&1 &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+
+# ------------------------------------------------------------------ guest cases
+log "guest: waiting for the guest's cases"
+rc=0; wait_console "SOCKFWD-VM: guest checks done" 240 "$RELAY_PID" || rc=$?
+case $rc in
+    0) ;;
+    1) ABORT_REASON="guest checks did not finish within 240 s";;
+    2) ABORT_REASON="qemu exited during the guest checks";;
+    3) ABORT_REASON="the relay exited: $(tail -n 1 "$RUN/relay.log")";;
+esac
+while IFS= read -r line; do
+    record_vmcheck "$line"
+done < <(sed -n 's/\r$//; /^VMCHECK: /p' "$CONSOLE")
+
+if [ $rc = 0 ]; then
+    if grep -q '^SOCKFWD-VM: agent alive' "$CONSOLE"; then
+        record PASS agent-alive "the agent process was still running after every case"
+    else
+        record FAIL agent-alive "$(grep -o 'SOCKFWD-VM: agent dead.*' "$CONSOLE" | tr -d '\r')"
+    fi
+fi
+if kill -0 "$RELAY_PID" 2>/dev/null; then
+    record PASS relay-alive
+else
+    record FAIL relay-alive "the relay exited: $(tail -n 1 "$RUN/relay.log")"
+fi
+
+# Half-close through vhost-device-vsock: a plain shutdown(SHUT_WR) does not survive
+# the hybrid socket; the relay's --framing auto picks the EOF-frame extension on
+# hvsock:// streams. A lost reply is a known failure only while that extension was
+# not negotiated; once it was, a lost reply is a real failure.
+if [[ "${RESULT[half-close]:-}" == "FAIL half-close: reply lost"* ]] && [ "${SOCKFWD_VM_STRICT:-0}" != 1 ]; then
+    agent_log > "$RUN/agent.log"
+    if grep -Eiq 'framing[^a-z0-9]{0,4}(eof|EofFrames)' "$RUN/relay.log" "$RUN/agent.log"; then
+        RESULT[half-close]="${RESULT[half-close]} (the EOF-frame extension was negotiated: a real failure)"
+    else
+        RESULT[half-close]="XFAIL half-close: KNOWN FAILURE: ${RESULT[half-close]#FAIL half-close: } (vhost-device-vsock drops a half-close and the EOF-frame extension was not negotiated)"
+    fi
+fi
+
+# ------------------------------------------------------------------ background probes
+collect_probe() { # pid name log
+    local _
+    for _ in $(seq 400); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$1"
+    cat "$3" >> "$RUN/probes.log"
+    if grep -q '^VMCHECK: ' "$3"; then
+        record_vmcheck "$(grep '^VMCHECK: ' "$3" | head -n 1)"
+    else
+        record FAIL "$2" "no result: $(tail -n 1 "$3")"
+    fi
+}
+collect_probe "$PROBE_SILENT" stream-silent "$RUN/probe-silent.log"
+collect_probe "$PROBE_UNCLAIMED" stream-unclaimed "$RUN/probe-unclaimed.log"
+T_TEST=$(secs $(( $(now_ms) - T_TESTS_START )))
+finish
