@@ -1,0 +1,269 @@
+//! Command-line flags (clap derive), turned into a [`Config`] once.
+
+use crate::config::{Config, ConfigError, Control};
+use crate::framing::FramingPolicy;
+use crate::limits::Limits;
+use crate::spec::{check_guest_dir, Forward, DEFAULT_GUEST_DIR};
+use clap::{ArgGroup, Parser};
+use sockfwd_proto::relay::RelayConfig;
+use sockfwd_proto::transport::Address;
+use std::time::Duration;
+
+/// Forwards Unix sockets from a microVM guest to sockets on the host.
+///
+/// ADDR: unix://PATH | vsock://CID:PORT | hvsock://PATH:PORT.
+/// DUR: 500ms, 10s, 1m (humantime). A cap of 0 means no cap.
+#[derive(Debug, Parser)]
+#[command(name = "sockfwd-relay", version)]
+#[command(group(ArgGroup::new("control_mode").required(true).args(["control", "control_listen"])))]
+pub struct Cli {
+    /// Dial the agent's ttrpc port (unix://, vsock://, hvsock://).
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<Address>,
+
+    /// Listen here; the agent dials in (nerdbox topology).
+    #[arg(long, value_name = "ADDR", conflicts_with = "control")]
+    pub control_listen: Option<Address>,
+
+    /// The guest's stream port (unix://, vsock://, hvsock://).
+    #[arg(long, value_name = "ADDR")]
+    pub streams: Address,
+
+    /// A forward (repeatable). ID defaults to the first 16 hex digits of
+    /// sha256(GUEST_PATH); GUEST_PATH is absolute and holds no ':'.
+    #[arg(long = "forward", value_name = "[ID=]GUEST_PATH:HOST_PATH")]
+    pub forwards: Vec<String>,
+
+    /// nerdbox form (repeatable): ID = hex sha256("CONTAINER_ID:DEST"), guest
+    /// path GUEST_DIR/<ID>.sock.
+    #[arg(long = "uds-mount", value_name = "CONTAINER_ID:HOST_PATH:DEST")]
+    pub uds_mounts: Vec<String>,
+
+    /// Guest directory of --uds-mount listeners.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_GUEST_DIR)]
+    pub guest_dir: String,
+
+    /// Keep retrying the first connection (and its Bind) while the VM boots.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub boot_timeout: Duration,
+
+    /// Host socket dial deadline.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dial_timeout: Duration,
+
+    /// Stream open + handshake deadline.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stream_timeout: Duration,
+
+    /// Liveness call (an empty Bind) interval on the control channel, also its deadline.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Deadline of the Bind of the forwards and of the Shutdown call.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub bind_timeout: Duration,
+
+    /// How long open relays may run on after SIGTERM/SIGINT.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Stream framing: auto = EOF frames on hvsock:// streams when the agent offers them.
+    #[arg(long, value_enum, default_value_t = FramingPolicy::Auto)]
+    pub framing: FramingPolicy,
+
+    /// Forwarded connections at once, all forwards together.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrent)]
+    pub max_concurrent: usize,
+
+    /// Forwarded connections at once, per forward.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrent_per_forward)]
+    pub max_concurrent_per_forward: usize,
+
+    /// New connections per second, all forwards together.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_rate)]
+    pub max_rate: u32,
+
+    /// New connections per second, per forward.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_rate_per_forward)]
+    pub max_rate_per_forward: u32,
+
+    /// Call the agent's Shutdown on exit (closes its listeners).
+    #[arg(long)]
+    pub shutdown_agent: bool,
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Config, ConfigError> {
+        let control = match (cli.control, cli.control_listen) {
+            (_, Some(listen)) => Control::Listen(listen),
+            (Some(dial), None) => Control::Dial(dial),
+            // clap's group makes one of them required; default to the docs' form.
+            (None, None) => Control::Dial(Address::Vsock { cid: 3, port: 1025 }),
+        };
+        check_guest_dir(&cli.guest_dir).map_err(|source| ConfigError::GuestDir {
+            dir: cli.guest_dir.clone(),
+            source,
+        })?;
+        let mut forwards = Vec::with_capacity(cli.forwards.len() + cli.uds_mounts.len());
+        for spec in cli.forwards {
+            match Forward::from_spec(&spec) {
+                Ok(f) => forwards.push(f),
+                Err(source) => return Err(ConfigError::Forward { spec, source }),
+            }
+        }
+        for spec in cli.uds_mounts {
+            match Forward::from_uds_mount(&spec, &cli.guest_dir) {
+                Ok(f) => forwards.push(f),
+                Err(source) => return Err(ConfigError::UdsMount { spec, source }),
+            }
+        }
+        let config = Config {
+            control,
+            streams: cli.streams,
+            forwards,
+            boot_timeout: cli.boot_timeout,
+            dial_timeout: cli.dial_timeout,
+            stream_timeout: cli.stream_timeout,
+            ping_interval: cli.ping_interval,
+            bind_timeout: cli.bind_timeout,
+            shutdown_grace: cli.shutdown_grace,
+            framing: cli.framing,
+            limits: Limits {
+                max_concurrent: cli.max_concurrent,
+                max_concurrent_per_forward: cli.max_concurrent_per_forward,
+                max_rate: cli.max_rate,
+                max_rate_per_forward: cli.max_rate_per_forward,
+            },
+            shutdown_agent: cli.shutdown_agent,
+            relay: RelayConfig::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("sockfwd-relay").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::try_from(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let c = parse(&[
+            "--control",
+            "unix:///tmp/A",
+            "--streams",
+            "unix:///tmp/B",
+            "--forward",
+            "/guest/x.sock:/host/y.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.control, Control::Dial("unix:///tmp/A".parse().unwrap()));
+        assert_eq!(c.forwards.len(), 1);
+        assert_eq!(c.forwards[0].id, "d0276c36d5d9aa1e");
+        assert_eq!(c.boot_timeout, Duration::from_secs(60));
+        assert_eq!(c.framing, FramingPolicy::Auto);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let c = parse(&[
+            "--control-listen",
+            "unix:///tmp/A",
+            "--streams",
+            "hvsock:///tmp/v.sock:1026",
+            "--uds-mount",
+            "ctr1:/host/app.sock:/var/run/app.sock",
+            "--guest-dir",
+            "/g",
+            "--boot-timeout",
+            "1m",
+            "--dial-timeout",
+            "500ms",
+            "--stream-timeout",
+            "2s",
+            "--ping-interval",
+            "1s",
+            "--bind-timeout",
+            "3s",
+            "--shutdown-grace",
+            "0s",
+            "--framing",
+            "eof",
+            "--max-concurrent",
+            "10",
+            "--max-concurrent-per-forward",
+            "5",
+            "--max-rate",
+            "0",
+            "--max-rate-per-forward",
+            "7",
+            "--shutdown-agent",
+        ])
+        .unwrap();
+        assert!(matches!(c.control, Control::Listen(_)));
+        assert_eq!(
+            c.forwards[0].guest_path,
+            "/g/76b5bc05b57910cdbf23567b806fde2ae3b3ec144f960a4185026e6c9a5f553b.sock"
+        );
+        assert_eq!(c.dial_timeout, Duration::from_millis(500));
+        assert_eq!(c.shutdown_grace, Duration::ZERO);
+        assert_eq!(c.framing, FramingPolicy::Eof);
+        assert_eq!(c.limits.max_rate_per_forward, 7);
+        assert!(c.shutdown_agent);
+    }
+
+    #[test]
+    fn errors_name_the_spec_and_the_problem() {
+        let err = parse(&[
+            "--control",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+            "--forward",
+            "x.sock:/h",
+        ])
+        .unwrap_err();
+        assert_eq!(err, r#"invalid --forward "x.sock:/h""#);
+        let err = parse(&["--streams", "unix:///b"]).unwrap_err();
+        assert!(err.contains("--control"), "{err}");
+        let err = parse(&[
+            "--control",
+            "unix:///a",
+            "--control-listen",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+        ])
+        .unwrap_err();
+        assert!(err.contains("cannot be used with"), "{err}");
+        let err = parse(&["--control", "tcp://x", "--streams", "unix:///b"]).unwrap_err();
+        assert!(err.contains("expected unix://PATH"), "{err}");
+        let err = parse(&[
+            "--control",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+            "--forward",
+            "/g/a:/h",
+            "--forward",
+            "/g/a:/h2",
+        ])
+        .unwrap_err();
+        assert!(err.contains("is given twice"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! The relay's one validated configuration, whatever built it (flags or a caller
+//! of the library).
+
+use crate::framing::FramingPolicy;
+use crate::limits::Limits;
+use crate::spec::{check_guest_path, Forward, SpecError};
+use sockfwd_proto::relay::RelayConfig;
+use sockfwd_proto::transport::Address;
+use std::collections::HashMap;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Upper bound on every duration setting: far beyond any sensible value, and it
+/// keeps deadline arithmetic and ttrpc's nanosecond timeouts from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How the control connection comes about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The relay dials the agent's ttrpc port (`--control`).
+    Dial(Address),
+    /// The relay listens and the agent dials in (`--control-listen`, nerdbox topology).
+    Listen(Address),
+}
+
+impl Control {
+    /// The address dialed or listened on.
+    pub fn address(&self) -> &Address {
+        match self {
+            Control::Dial(a) | Control::Listen(a) => a,
+        }
+    }
+}
+
+/// The relay's settings; [`Config::validate`] checks them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The control connection.
+    pub control: Control,
+    /// The guest's stream port.
+    pub streams: Address,
+    /// The forwards bound in the guest; IDs and guest paths are unique.
+    pub forwards: Vec<Forward>,
+    /// How long the first control connection (and its Bind) may take while the VM boots.
+    pub boot_timeout: Duration,
+    /// Deadline for dialing a host socket (and one control-dial attempt).
+    pub dial_timeout: Duration,
+    /// Deadline for opening a stream connection and its handshake.
+    pub stream_timeout: Duration,
+    /// Interval of the liveness call (an empty Bind), also its deadline.
+    pub ping_interval: Duration,
+    /// Deadline of the Bind of the forwards (and of the Shutdown call).
+    pub bind_timeout: Duration,
+    /// How long open relays may run on after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// How each stream's framing is chosen.
+    pub framing: FramingPolicy,
+    /// Concurrency and rate caps.
+    pub limits: Limits,
+    /// Call the agent's Shutdown on exit.
+    pub shutdown_agent: bool,
+    /// Relay tuning (splice pipes, buffers).
+    pub relay: RelayConfig,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A `--forward` spec is malformed.
+    #[error("invalid --forward {spec:?}")]
+    Forward {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+    /// A `--uds-mount` spec is malformed.
+    #[error("invalid --uds-mount {spec:?}")]
+    UdsMount {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+    /// `--guest-dir` is unusable.
+    #[error("invalid --guest-dir {dir:?}")]
+    GuestDir {
+        /// The directory as given.
+        dir: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+    /// A forward built by a library caller is malformed.
+    #[error("invalid forward {id:?}")]
+    BadForward {
+        /// Its ID.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+    /// Two forwards share an ID.
+    #[error("forward ID {id:?} is given twice (guest paths {first:?} and {second:?})")]
+    DuplicateId {
+        /// The shared ID.
+        id: String,
+        /// The first forward's guest path.
+        first: String,
+        /// The second forward's guest path.
+        second: String,
+    },
+    /// Two forwards share a guest path.
+    #[error("guest path {path:?} is given twice (forward IDs {first:?} and {second:?})")]
+    DuplicateGuestPath {
+        /// The shared path.
+        path: String,
+        /// The first forward's ID.
+        first: String,
+        /// The second forward's ID.
+        second: String,
+    },
+    /// `--control-listen` on hybrid vsock, which only the host dials.
+    #[error("--control-listen {0}: hvsock:// can only be dialed; listen on unix:// or vsock://")]
+    ListenOnHybrid(Address),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A duration beyond [`MAX_DURATION`].
+    #[error("{name} of {value:?} exceeds the maximum of one year")]
+    HugeDuration {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: Duration,
+    },
+}
+
+impl Config {
+    /// A configuration with every other setting at its default.
+    pub fn new(control: Control, streams: Address, forwards: Vec<Forward>) -> Config {
+        Config {
+            control,
+            streams,
+            forwards,
+            boot_timeout: Duration::from_secs(60),
+            dial_timeout: Duration::from_secs(5),
+            stream_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(2),
+            bind_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            framing: FramingPolicy::Auto,
+            limits: Limits::default(),
+            shutdown_agent: false,
+            relay: RelayConfig::default(),
+        }
+    }
+
+    /// Checks everything a run relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Control::Listen(addr @ Address::Hybrid { .. }) = &self.control {
+            return Err(ConfigError::ListenOnHybrid(addr.clone()));
+        }
+        let durations = [
+            ("--boot-timeout", self.boot_timeout, false),
+            ("--dial-timeout", self.dial_timeout, true),
+            ("--stream-timeout", self.stream_timeout, true),
+            ("--ping-interval", self.ping_interval, true),
+            ("--bind-timeout", self.bind_timeout, true),
+            ("--shutdown-grace", self.shutdown_grace, false),
+        ];
+        for (name, value, positive) in durations {
+            if positive && value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+            if value > MAX_DURATION {
+                return Err(ConfigError::HugeDuration { name, value });
+            }
+        }
+        let mut ids: HashMap<&str, &Forward> = HashMap::new();
+        let mut paths: HashMap<&str, &Forward> = HashMap::new();
+        for f in &self.forwards {
+            let bad = |source| ConfigError::BadForward {
+                id: f.id.clone(),
+                source,
+            };
+            check_guest_path(&f.guest_path).map_err(bad)?;
+            if f.id.is_empty() {
+                return Err(bad(SpecError::Empty("forward ID")));
+            }
+            if f.host_path.as_os_str().is_empty() {
+                return Err(bad(SpecError::Empty("host path")));
+            }
+            if let Some(prev) = ids.insert(&f.id, f) {
+                return Err(ConfigError::DuplicateId {
+                    id: f.id.clone(),
+                    first: prev.guest_path.clone(),
+                    second: f.guest_path.clone(),
+                });
+            }
+            if let Some(prev) = paths.insert(&f.guest_path, f) {
+                return Err(ConfigError::DuplicateGuestPath {
+                    path: f.guest_path.clone(),
+                    first: prev.id.clone(),
+                    second: f.id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn base(forwards: Vec<Forward>) -> Config {
+        Config::new(
+            Control::Dial(Address::Unix(PathBuf::from("/c"))),
+            Address::Unix(PathBuf::from("/s")),
+            forwards,
+        )
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let a = Forward::from_spec("x=/g/a.sock:/h/a").unwrap();
+        let b = Forward::from_spec("x=/g/b.sock:/h/b").unwrap();
+        let err = base(vec![a.clone(), b]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"forward ID "x" is given twice (guest paths "/g/a.sock" and "/g/b.sock")"#
+        );
+        let c = Forward::from_spec("y=/g/a.sock:/h/c").unwrap();
+        let err = base(vec![a.clone(), c]).validate().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::DuplicateGuestPath { .. }),
+            "{err}"
+        );
+        base(vec![a]).validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut c = base(vec![]);
+        c.ping_interval = Duration::ZERO;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--ping-interval must be greater than zero"
+        );
+        let mut c = base(vec![]);
+        c.boot_timeout = MAX_DURATION * 2;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::HugeDuration { .. })
+        ));
+        let mut c = base(vec![]);
+        c.control = Control::Listen("hvsock:///v:1025".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::ListenOnHybrid(_))));
+        let mut f = Forward::from_spec("/g/a.sock:/h").unwrap();
+        f.guest_path = "rel".into();
+        assert!(matches!(
+            base(vec![f]).validate(),
+            Err(ConfigError::BadForward { .. })
+        ));
+    }
+}

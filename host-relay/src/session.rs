@@ -1,0 +1,217 @@
+//! One control session over one connection: Bind every forward, open one Accept
+//! stream, hand each `ConnectRequest` to `connect`, and check liveness with an
+//! empty Bind every ping interval (a nerdbox guest answers it too). The session
+//! ends when the channel dies, on shutdown, or (listen mode) when the agent dials
+//! in again; `control` decides what comes next.
+
+use crate::connect::{self, Results};
+use crate::control::Connector;
+use crate::report::chain;
+use crate::Shared;
+use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketForwardClient};
+use sockfwd_proto::transport::Stream;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use ttrpc::r#async::CSReceiver;
+
+/// A failed call to the agent.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The agent answered with an error status.
+    #[error("the agent answered {code:?}: {message}")]
+    Status {
+        /// The ttrpc status code.
+        code: ttrpc::Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection or the ttrpc layer failed.
+    #[error("ttrpc call failed")]
+    Ttrpc(#[source] ttrpc::Error),
+}
+
+impl From<ttrpc::Error> for CallError {
+    fn from(e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => CallError::Status {
+                code: s.code(),
+                message: s.message,
+            },
+            other => CallError::Ttrpc(other),
+        }
+    }
+}
+
+impl CallError {
+    /// Whether the agent does not know the method (nerdbox answers unknown methods so).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            CallError::Status {
+                code: ttrpc::Code::NOT_FOUND | ttrpc::Code::UNIMPLEMENTED,
+                ..
+            }
+        )
+    }
+}
+
+/// Why a session ended without our shutdown.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The agent refused or failed to create the listeners.
+    #[error("binding the forwards")]
+    Bind(#[source] CallError),
+    /// The Accept stream could not be opened.
+    #[error("opening the Accept stream")]
+    OpenAccept(#[source] CallError),
+    /// The Accept stream ended or failed.
+    #[error("the Accept stream ended")]
+    AcceptEnded(#[source] CallError),
+    /// The liveness call failed.
+    #[error("liveness check failed")]
+    Ping(#[source] CallError),
+}
+
+impl SessionError {
+    /// The agent answered Bind with an error: retrying the same request won't help.
+    pub fn is_bind_refused(&self) -> bool {
+        matches!(self, SessionError::Bind(CallError::Status { .. }))
+    }
+}
+
+/// How a session ended.
+pub(crate) enum SessionEnd {
+    /// Our shutdown token fired.
+    Shutdown,
+    /// The control channel is unusable.
+    Lost(SessionError),
+    /// Listen mode: the agent dialed in again; continue on that connection.
+    Replaced(Stream),
+}
+
+/// A ttrpc context whose deadline the agent sees in `timeout_nano`.
+fn context(limit: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(i64::try_from(limit.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Runs `fut` with a local deadline too (ttrpc's own does not cover a stalled send).
+async fn call<T>(
+    limit: Duration,
+    fut: impl Future<Output = ttrpc::Result<T>>,
+) -> Result<T, CallError> {
+    match timeout(limit, fut).await {
+        Ok(r) => r.map_err(CallError::from),
+        Err(_) => Err(CallError::Timeout(limit)),
+    }
+}
+
+/// Runs one session on `stream`. `ready` is set once Bind succeeded and Accept is open.
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    stream: Stream,
+    connector: &Connector,
+    ready: &mut bool,
+) -> SessionEnd {
+    let config = &shared.config;
+    let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+    let client = SocketForwardClient::new(client);
+    let limit = config.bind_timeout;
+
+    let bind_req = shared.table.bind_request();
+    let bind = call(limit, client.bind(context(limit), &bind_req));
+    let opened = async {
+        bind.await.map_err(SessionError::Bind)?;
+        // No deadline on the stream itself: it lives as long as the session.
+        call(limit, client.accept(ttrpc::context::Context::default()))
+            .await
+            .map_err(SessionError::OpenAccept)
+    };
+    let accept = tokio::select! {
+        () = shared.shutdown.cancelled() => return SessionEnd::Shutdown,
+        s = connector.incoming() => return SessionEnd::Replaced(s),
+        r = opened => match r {
+            Ok(a) => a,
+            Err(e) => return SessionEnd::Lost(e),
+        },
+    };
+    let (sender, receiver) = accept.split();
+    let results = Results::new(sender, limit);
+    *ready = true;
+    tracing::info!(
+        forwards = shared.table.len(),
+        control = %config.control.address(),
+        streams = %config.streams,
+        "relay ready"
+    );
+
+    let end = tokio::select! {
+        () = shared.shutdown.cancelled() => SessionEnd::Shutdown,
+        e = liveness(&client, config.ping_interval) => SessionEnd::Lost(SessionError::Ping(e)),
+        e = accept_loop(shared, receiver, &results) => SessionEnd::Lost(e),
+        s = connector.incoming() => SessionEnd::Replaced(s),
+    };
+    if matches!(end, SessionEnd::Shutdown) && config.shutdown_agent {
+        shutdown_agent(&client, config.shutdown_grace, limit).await;
+    }
+    end
+}
+
+/// Calls an empty Bind every `interval` (deadline: the same), until one fails.
+async fn liveness(client: &SocketForwardClient, interval: Duration) -> CallError {
+    let mut tick = interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let empty = BindRequest::new();
+    loop {
+        tick.tick().await;
+        let ping = client.bind(context(interval), &empty);
+        if let Err(e) = call(interval, ping).await {
+            return e;
+        }
+        tracing::trace!("agent answered the liveness call");
+    }
+}
+
+/// The one place ttrpc tells a bad message apart from a dead stream: its decode
+/// error text (ttrpc 0.9 `CSReceiver::recv`).
+fn is_decode_error(e: &ttrpc::Error) -> bool {
+    matches!(e, ttrpc::Error::Others(m) if m.starts_with("Decode message failed"))
+}
+
+/// Reads requests until the Accept stream ends.
+async fn accept_loop(
+    shared: &Arc<Shared>,
+    mut receiver: CSReceiver<ConnectRequest>,
+    results: &Results,
+) -> SessionError {
+    loop {
+        match receiver.recv().await {
+            Ok(req) => connect::handle_request(shared, results, req).await,
+            // One garbled message is the agent's bug, not a dead channel.
+            Err(e) if is_decode_error(&e) => {
+                if let Some(suppressed) = shared.log_throttle.allow() {
+                    tracing::warn!(cause = %e, suppressed, "ignoring an undecodable ConnectRequest");
+                }
+            }
+            Err(e) => return SessionError::AcceptEnded(CallError::from(e)),
+        }
+    }
+}
+
+/// Asks the agent to close its listeners, letting its relays run for `grace`.
+async fn shutdown_agent(client: &SocketForwardClient, grace: Duration, limit: Duration) {
+    let mut req = ShutdownRequest::new();
+    req.grace_period_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
+    match call(limit, client.shutdown(context(limit), &req)).await {
+        Ok(_) => tracing::info!("agent shut down its listeners"),
+        Err(e) if e.is_unsupported() => {
+            tracing::info!(cause = %e, "the agent does not support Shutdown; leaving it running");
+        }
+        Err(e) => tracing::warn!(cause = %chain(&e), "Shutdown call to the agent failed"),
+    }
+}
