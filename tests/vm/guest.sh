@@ -17,7 +17,7 @@ echo "SOCKFWD-VM: cmdline: $(cat /proc/cmdline)"
 mkfifo /tmp/agent.fifo
 sed 's/^/AGENT: /' < /tmp/agent.fifo &
 # shellcheck disable=SC2086 # AGENT_FLAGS is a list of flags
-RUST_LOG=$AGENT_RUST_LOG /bin/sockfwd-agent $AGENT_FLAGS > /tmp/agent.fifo 2>&1 &
+NO_COLOR=1 RUST_LOG=$AGENT_RUST_LOG /bin/sockfwd-agent $AGENT_FLAGS > /tmp/agent.fifo 2>&1 &
 apid=$!
 echo "SOCKFWD-VM: agent started pid=$apid flags=[$AGENT_FLAGS] uptime=$(cut -d' ' -f1 /proc/uptime)"
 

@@ -22,7 +22,9 @@
 # Environment: SOCKFWD_VM_BUDGET (1200 s: hard stop for the whole script),
 # SOCKFWD_VM_BYTES (4 MiB per direction), SOCKFWD_VM_KEEP=1 (keep the run dir on
 # success), SOCKFWD_VM_STRICT=1 (a lost half-close is a FAIL, never an XFAIL),
-# SOCKFWD_VM_ACCEL (auto|kvm|tcg), SOCKFWD_MICROVM, CARGO_TARGET_DIR.
+# SOCKFWD_VM_ACCEL (auto|kvm|tcg), SOCKFWD_MICROVM, CARGO_TARGET_DIR; for debugging
+# the harness itself: SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries,
+# no build), SOCKFWD_VM_GUEST_WAIT (120 s for the forwarded socket to appear).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -71,8 +73,12 @@ record() { # status name text
 record_vmcheck() {
     local line=${1#VMCHECK: } status name rest
     status=${line%% *}; rest=${line#* }
-    name=${rest%%[ :]*}; rest=${rest#"$name"}; rest=${rest#: }; rest=${rest# (}; rest=${rest%)}
-    [ "$status" = PASS ] || [ "$status" = FAIL ] || return 0
+    name=${rest%%[ :]*}; rest=${rest#"$name"}
+    case $status in
+        PASS) rest=${rest# (}; rest=${rest%)};;
+        FAIL) rest=${rest#: };;
+        *) return 0;;
+    esac
     record "$status" "$name" "$rest"
 }
 
@@ -120,7 +126,7 @@ trap 'log "interrupted"; exit 130' INT TERM
 WATCHDOG=$!
 
 # ------------------------------------------------------------------ reporting
-agent_log() { sed -n 's/\r$//; s/^AGENT: //p' "$CONSOLE" 2>/dev/null; }
+agent_log() { sed -n 's/\r$//; s/\x1b\[[0-9;]*m//g; s/^AGENT: //p' "$CONSOLE" 2>/dev/null; }
 
 show_tail() { # title file [lines]
     [ -s "$2" ] || return 0
@@ -139,7 +145,11 @@ finish() { # prints the results and exits
     done
     echo
     echo "== sockfwd VM test results"
+    # in the order of CASES, then anything vm-check reported beyond them
     for name in "${ORDER[@]}"; do
+        [[ " ${CASES[*]} " == *" $name "* ]] || CASES+=("$name")
+    done
+    for name in "${CASES[@]}"; do
         r=${RESULT[$name]}
         echo "$r"
         case $r in PASS*) passed=$((passed + 1));; XFAIL*) xfailed=$((xfailed + 1));; *) failed=$((failed + 1));; esac
@@ -181,18 +191,29 @@ build() { # what, then the cargo command
         abort "build of $what failed"
     fi
 }
-build agent env RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --manifest-path "$ROOT/Cargo.toml" --release --target "$TRIPLE" -p sockfwd-agent
-build vm-check env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR/vm-check" \
-    cargo build --manifest-path "$VMDIR/check/Cargo.toml" --release --target "$TRIPLE"
-build relay cargo build --manifest-path "$ROOT/Cargo.toml" -p sockfwd-relay
 AGENT=$TARGET_DIR/$TRIPLE/release/sockfwd-agent
 CHECK=$TARGET_DIR/vm-check/$TRIPLE/release/vm-check
 RELAY=$TARGET_DIR/debug/sockfwd-relay
+if [ -n "${SOCKFWD_VM_AGENT_BIN:-}" ]; then
+    # debugging aid: a prebuilt agent (or a stand-in); the guest runs /bin/sockfwd-agent
+    mkdir -p "$RUN/bin"; cp "$SOCKFWD_VM_AGENT_BIN" "$RUN/bin/sockfwd-agent"; AGENT=$RUN/bin/sockfwd-agent
+else
+    build agent env RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --manifest-path "$ROOT/Cargo.toml" --release --target "$TRIPLE" -p sockfwd-agent
+fi
+build vm-check env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR/vm-check" \
+    cargo build --manifest-path "$VMDIR/check/Cargo.toml" --release --target "$TRIPLE"
+if [ -n "${SOCKFWD_VM_RELAY_BIN:-}" ]; then
+    RELAY=$SOCKFWD_VM_RELAY_BIN
+else
+    build relay cargo build --manifest-path "$ROOT/Cargo.toml" -p sockfwd-relay
+fi
 T_BUILD=$(secs $(( $(now_ms) - t )))
 AGENT_SIZE=$(stat -c %s "$AGENT")
 log "build: $T_BUILD s; agent $AGENT_SIZE bytes"
-if readelf -lW "$AGENT" | grep -q 'program interpreter'; then
+if ! headers=$(readelf -lW "$AGENT" 2>&1); then
+    record FAIL agent-static-binary "readelf: $(tail -n 1 <<< "$headers")"
+elif grep -q 'program interpreter' <<< "$headers"; then
     record FAIL agent-static-binary "$AGENT is dynamically linked"
 else
     record PASS agent-static-binary "$AGENT_SIZE bytes, no program interpreter"
@@ -204,7 +225,7 @@ AGENT_FLAGS='$AGENT_FLAGS'
 AGENT_RUST_LOG=debug
 FORWARD_PATH=$FORWARD_PATH
 CHECK_BYTES=$BYTES
-CHECK_WAIT=120
+CHECK_WAIT=${SOCKFWD_VM_GUEST_WAIT:-120}
 EOF
 "$MICROVM" build-initramfs --out "$RUN/initramfs.cpio" \
     --payload "$AGENT" --payload "$CHECK" \
@@ -283,7 +304,7 @@ for _ in $(seq 100); do [ -S "$RUN/host.sock" ] && break; sleep 0.05; done
 [ -S "$RUN/host.sock" ] || abort "host server did not start: $(tail -n 2 "$RUN/host-server.log")"
 
 log "relay: $RELAY --control hvsock://$MVM_UDS:$CONTROL_PORT --streams hvsock://$MVM_UDS:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock"
-RUST_LOG=debug "$RELAY" --control "hvsock://$MVM_UDS:$CONTROL_PORT" --streams "hvsock://$MVM_UDS:$STREAMS_PORT" \
+NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MVM_UDS:$CONTROL_PORT" --streams "hvsock://$MVM_UDS:$STREAMS_PORT" \
     --forward "$FORWARD_PATH:$RUN/host.sock" > "$RUN/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
@@ -320,7 +341,7 @@ fi
 # not negotiated; once it was, a lost reply is a real failure.
 if [[ "${RESULT[half-close]:-}" == "FAIL half-close: reply lost"* ]] && [ "${SOCKFWD_VM_STRICT:-0}" != 1 ]; then
     agent_log > "$RUN/agent.log"
-    if grep -Eiq 'framing[^a-z0-9]{0,4}(eof|EofFrames)' "$RUN/relay.log" "$RUN/agent.log"; then
+    if sed 's/\x1b\[[0-9;]*m//g' "$RUN/relay.log" "$RUN/agent.log" | grep -Eiq 'framing[^a-z0-9]{0,4}(eof|EofFrames)'; then
         RESULT[half-close]="${RESULT[half-close]} (the EOF-frame extension was negotiated: a real failure)"
     else
         RESULT[half-close]="XFAIL half-close: KNOWN FAILURE: ${RESULT[half-close]#FAIL half-close: } (vhost-device-vsock drops a half-close and the EOF-frame extension was not negotiated)"
