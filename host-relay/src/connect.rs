@@ -191,7 +191,10 @@ async fn connect_and_relay(
         open_stream(&config.streams, &req.stream_id, config.stream_timeout),
     );
     let outcome = match (host, stream) {
-        (Err(e), _) => Err((DIAL_FAILED.to_owned(), chain(&e))),
+        (Err(e), _) => Err((
+            DIAL_FAILED.to_owned(),
+            format!("{DIAL_FAILED}: {}", chain(&e)),
+        )),
         (_, Err(e)) => Err((chain(&e), chain(&e))),
         (Ok(_), Ok(_)) if shared.shutdown.is_cancelled() => {
             Err((SHUTTING_DOWN.to_owned(), SHUTTING_DOWN.to_owned()))

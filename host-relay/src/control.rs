@@ -66,9 +66,14 @@ impl Connector {
     /// The first connection, before `deadline` (the boot timeout).
     async fn first(&self, deadline: Instant, shared: &Shared) -> Result<Stream, RelayError> {
         let config = &shared.config;
+        // Rounded up to 10 ms so messages say "60s", not "59.99998s".
         let left = deadline.saturating_duration_since(Instant::now());
+        let left = Duration::from_millis(
+            u64::try_from(left.as_millis().div_ceil(10) * 10).unwrap_or(u64::MAX),
+        );
         match self {
             Connector::Dial(addr) => {
+                tracing::info!(control = %addr, within = ?left, "dialing the agent");
                 let attempt = config.dial_timeout.min(left).max(MIN_ATTEMPT);
                 dial_with_retry(addr, attempt, left)
                     .await

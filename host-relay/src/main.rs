@@ -4,6 +4,7 @@ use clap::Parser as _;
 use sockfwd_relay::cli::Cli;
 use sockfwd_relay::report::causes;
 use sockfwd_relay::{Config, ConfigError, RelayError};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Journald and log files get plain text; colours only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -1,0 +1,468 @@
+//! The relay library against a minimal fake agent over Unix sockets: a ttrpc
+//! server built from the generated `create_socket_forward`, and a stream port
+//! that completes the handshake and hands each stream to the test. The full
+//! suite against the real binaries lives in the workspace's `tests/`.
+
+#[cfg(test)]
+mod tests {
+    use sockfwd_proto::framing::Framing;
+    use sockfwd_proto::handshake;
+    use sockfwd_proto::relay::{relay_stream, RelayConfig};
+    use sockfwd_proto::rpc::{self, BindRequest, ConnectRequest, ConnectResult};
+    use sockfwd_proto::transport::{Address, Stream};
+    use sockfwd_relay::framing::FramingPolicy;
+    use sockfwd_relay::{Config, Control, Forward, ForwardTable, RelayError};
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{mpsc, Mutex};
+    use tokio::time::timeout;
+    use tokio_util::sync::CancellationToken;
+    use ttrpc::r#async::{Server, ServerStream, TtrpcContext};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Channels shared by every incarnation of the fake agent (restarts included).
+    struct Wires {
+        binds: mpsc::UnboundedSender<BindRequest>,
+        pings: AtomicUsize,
+        requests: Mutex<mpsc::UnboundedReceiver<ConnectRequest>>,
+        results: mpsc::UnboundedSender<ConnectResult>,
+    }
+
+    struct Agent {
+        wires: Arc<Wires>,
+        kill: CancellationToken,
+    }
+
+    #[async_trait::async_trait]
+    impl rpc::SocketForward for Agent {
+        async fn bind(
+            &self,
+            _ctx: &TtrpcContext,
+            req: BindRequest,
+        ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+            if req.sockets.is_empty() {
+                self.wires.pings.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = self.wires.binds.send(req);
+            }
+            Ok(Default::default())
+        }
+
+        async fn accept(
+            &self,
+            _ctx: &TtrpcContext,
+            s: ServerStream<ConnectRequest, ConnectResult>,
+        ) -> ttrpc::Result<()> {
+            let (tx, mut rx) = s.split();
+            let mut requests = self.wires.requests.lock().await;
+            loop {
+                tokio::select! {
+                    () = self.kill.cancelled() => return Ok(()),
+                    r = rx.recv() => match r {
+                        Ok(Some(res)) => { let _ = self.wires.results.send(res); }
+                        _ => return Ok(()),
+                    },
+                    q = requests.recv() => match q {
+                        Some(q) => tx.send(&q).await?,
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The test's side of the fake agent.
+    struct Harness {
+        dir: tempfile::TempDir,
+        wires: Arc<Wires>,
+        requests: mpsc::UnboundedSender<ConnectRequest>,
+        results: mpsc::UnboundedReceiver<ConnectResult>,
+        binds: mpsc::UnboundedReceiver<BindRequest>,
+        streams: mpsc::UnboundedReceiver<(String, Stream)>,
+        server: Option<(Server, CancellationToken)>,
+    }
+
+    impl Harness {
+        async fn new() -> Harness {
+            let dir = tempfile::Builder::new()
+                .prefix("sfr")
+                .tempdir_in("/tmp")
+                .unwrap();
+            let (binds_tx, binds) = mpsc::unbounded_channel();
+            let (requests, requests_rx) = mpsc::unbounded_channel();
+            let (results_tx, results) = mpsc::unbounded_channel();
+            let wires = Arc::new(Wires {
+                binds: binds_tx,
+                pings: AtomicUsize::new(0),
+                requests: Mutex::new(requests_rx),
+                results: results_tx,
+            });
+            let (streams_tx, streams) = mpsc::unbounded_channel();
+            let l = tokio::net::UnixListener::bind(dir.path().join("streams.sock")).unwrap();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    let tx = streams_tx.clone();
+                    tokio::spawn(async move {
+                        let mut s = Stream::from_unix(s).unwrap();
+                        let id = handshake::read_id(&mut s, 256, WAIT).await.unwrap();
+                        handshake::accept(&mut s, &id, WAIT).await.unwrap();
+                        let _ = tx.send((id, s));
+                    });
+                }
+            });
+            Harness {
+                dir,
+                wires,
+                requests,
+                results,
+                binds,
+                streams,
+                server: None,
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn service(
+            &self,
+            kill: &CancellationToken,
+        ) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+            rpc::create_socket_forward(Arc::new(Agent {
+                wires: Arc::clone(&self.wires),
+                kill: kill.clone(),
+            }))
+        }
+
+        /// Serves ttrpc on `control.sock` (the relay dials it).
+        async fn serve(&mut self) {
+            let path = self.path("control.sock");
+            let _ = std::fs::remove_file(&path);
+            let kill = CancellationToken::new();
+            let mut server = Server::new()
+                .bind(&format!("unix://{}", path.display()))
+                .unwrap()
+                .register_service(self.service(&kill));
+            server.start().await.unwrap();
+            self.server = Some((server, kill));
+        }
+
+        /// Dials the relay's `--control-listen` socket and serves ttrpc on that connection.
+        async fn dial_in(&mut self, path: &Path) {
+            let conn = tokio::net::UnixStream::connect(path).await.unwrap();
+            let incoming = futures::stream::StreamExt::chain(
+                futures::stream::once(async move { Ok(conn) }),
+                futures::stream::pending(),
+            );
+            let kill = CancellationToken::new();
+            let mut server = Server::new()
+                .add_listener(ttrpc::r#async::transport::Listener::new(incoming))
+                .register_service(self.service(&kill));
+            server.start().await.unwrap();
+            self.server = Some((server, kill));
+        }
+
+        /// The agent dies: its Accept streams end and its connections close.
+        async fn kill(&mut self) {
+            if let Some((mut server, kill)) = self.server.take() {
+                kill.cancel();
+                server.shutdown().await.unwrap();
+            }
+        }
+
+        async fn bound(&mut self) -> BindRequest {
+            timeout(WAIT, self.binds.recv()).await.unwrap().unwrap()
+        }
+
+        async fn connect(
+            &mut self,
+            stream_id: &str,
+            forward_id: &str,
+            framings: u32,
+        ) -> ConnectResult {
+            let mut req = ConnectRequest::new();
+            req.stream_id = stream_id.into();
+            req.forward_id = forward_id.into();
+            req.framings = framings;
+            self.requests.send(req).unwrap();
+            let r = timeout(WAIT, self.results.recv()).await.unwrap().unwrap();
+            assert_eq!(r.stream_id, stream_id);
+            r
+        }
+
+        async fn stream(&mut self, stream_id: &str) -> Stream {
+            let (id, s) = timeout(WAIT, self.streams.recv()).await.unwrap().unwrap();
+            assert_eq!(id, stream_id);
+            s
+        }
+    }
+
+    /// A host server that echoes each connection until EOF, then closes it.
+    fn echo_server(path: &Path) {
+        let l = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+    }
+
+    fn config(h: &Harness, control: Control, forwards: Vec<Forward>) -> Config {
+        let streams = Address::Unix(h.path("streams.sock"));
+        let mut c = Config::new(control, streams, forwards);
+        c.ping_interval = Duration::from_millis(200);
+        c.bind_timeout = Duration::from_secs(2);
+        c.boot_timeout = WAIT;
+        c.shutdown_grace = Duration::from_millis(200);
+        c
+    }
+
+    fn forward(id: &str, guest: &str, host: &Path) -> Forward {
+        Forward::from_spec(&format!("{id}={guest}:{}", host.display())).unwrap()
+    }
+
+    /// Starts the relay; returns its shutdown token, its table and its join handle.
+    fn start(
+        config: Config,
+    ) -> (
+        CancellationToken,
+        Arc<ForwardTable>,
+        tokio::task::JoinHandle<Result<(), RelayError>>,
+    ) {
+        let table = Arc::new(ForwardTable::new(&config.forwards, 0));
+        let token = CancellationToken::new();
+        let run = sockfwd_relay::run_with_table(config, Arc::clone(&table), token.clone());
+        (token, table, tokio::spawn(run))
+    }
+
+    /// Client bytes through the stream (as the guest would), echoed by the host.
+    async fn echo_through(mut s: Stream, payload: &[u8]) -> Vec<u8> {
+        s.write_all(payload).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        timeout(WAIT, s.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        back
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        timeout(WAIT, async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwards_refuses_and_fails_as_the_contract_says() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let forwards = vec![
+            forward("good", "/g/good.sock", &host),
+            forward("gone", "/g/gone.sock", &h.path("absent.sock")),
+        ];
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let (token, table, relay) = start(config(&h, control, forwards));
+
+        let bind = h.bound().await;
+        let mut ids: Vec<_> = bind.sockets.iter().map(|s| s.forward_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["gone", "good"]);
+
+        let r = h.connect("socketfwd-1-AAAAAA", "good", 0).await;
+        assert_eq!((r.error.as_str(), r.framing), ("", 0));
+        let s = h.stream("socketfwd-1-AAAAAA").await;
+        assert_eq!(echo_through(s, b"ping").await, b"ping");
+
+        let r = h.connect("socketfwd-2-BBBBBB", "nope", 0).await;
+        assert_eq!(r.error, "unknown forward ID: nope");
+        // The guest's ID is never a path: a path-looking one is just unknown.
+        let r = h
+            .connect("socketfwd-3-CCCCCC", &host.display().to_string(), 0)
+            .await;
+        assert!(r.error.starts_with("unknown forward ID: /"), "{}", r.error);
+        let r = h.connect("socketfwd-4-DDDDDD", "gone", 0).await;
+        assert_eq!(r.error, "failed to dial host socket");
+        let r = h.connect("bad id", "good", 0).await;
+        assert_eq!(r.error, "invalid stream ID");
+
+        let good = table.get("good").unwrap();
+        eventually("the relay's byte counts", || {
+            good.counters.snapshot().bytes_to_host == 4
+        })
+        .await;
+        let snap = good.counters.snapshot();
+        assert_eq!((snap.total, snap.active, snap.bytes_to_guest), (1, 0, 4));
+        assert_eq!(table.get("gone").unwrap().counters.snapshot().failed, 1);
+        assert_eq!(table.unknown.load(Ordering::Relaxed), 2);
+        assert!(h.wires.pings.load(Ordering::Relaxed) <= 100);
+
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rebinds_after_the_agent_restarts() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let (token, _table, relay) =
+            start(config(&h, control, vec![forward("f", "/g/f.sock", &host)]));
+        h.bound().await;
+        eventually("a liveness call", || {
+            h.wires.pings.load(Ordering::Relaxed) > 0
+        })
+        .await;
+
+        h.kill().await;
+        h.serve().await;
+        let again = h.bound().await;
+        assert_eq!(again.sockets[0].forward_id, "f");
+        let r = h.connect("socketfwd-5-EEEEEE", "f", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-5-EEEEEE").await;
+        assert_eq!(echo_through(s, b"after restart").await, b"after restart");
+
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listen_mode_serves_the_agent_that_dials_in_and_the_next_one() {
+        let mut h = Harness::new().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let ctl = h.path("hostctl.sock");
+        let control = Control::Listen(Address::Unix(ctl.clone()));
+        let mut c = config(&h, control, vec![forward("f", "/g/f.sock", &host)]);
+        c.framing = FramingPolicy::Eof;
+        let (token, _table, relay) = start(c);
+        eventually("the control listener", || ctl.exists()).await;
+        h.dial_in(&ctl).await;
+        h.bound().await;
+
+        // EOF framing, offered by the agent and forced by the flag.
+        let r = h
+            .connect("socketfwd-6-FFFFFF", "f", Framing::EofFrames.bit())
+            .await;
+        assert_eq!(
+            (r.error.as_str(), r.framing),
+            ("", Framing::EofFrames.wire())
+        );
+        let stream = h.stream("socketfwd-6-FFFFFF").await;
+        let (local, client) = tokio::net::UnixStream::pair().unwrap();
+        let local = Stream::from_unix(local).unwrap();
+        tokio::spawn(async move {
+            relay_stream(&local, &stream, Framing::EofFrames, &RelayConfig::default()).await
+        });
+        let client = Stream::from_unix(client).unwrap();
+        assert_eq!(echo_through(client, b"framed").await, b"framed");
+
+        // The agent redials (a restart): the relay takes the new connection.
+        h.kill().await;
+        h.dial_in(&ctl).await;
+        h.bound().await;
+        let r = h.connect("socketfwd-7-GGGGGG", "f", 0).await;
+        assert_eq!((r.error.as_str(), r.framing), ("", 0));
+
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+        assert!(!ctl.exists(), "the control socket is removed at exit");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_refuse_the_excess_and_shutdown_cuts_after_the_grace() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let mut c = config(&h, control, vec![forward("f", "/g/f.sock", &host)]);
+        c.limits.max_concurrent_per_forward = 1;
+        let (token, table, relay) = start(c);
+        h.bound().await;
+
+        let r = h.connect("socketfwd-8-HHHHHH", "f", 0).await;
+        assert_eq!(r.error, "");
+        // Held open: the one slot stays taken.
+        let held = h.stream("socketfwd-8-HHHHHH").await;
+        let r = h.connect("socketfwd-9-IIIIII", "f", 0).await;
+        assert_eq!(r.error, "connection limit reached");
+        assert_eq!(table.get("f").unwrap().counters.snapshot().refused, 1);
+
+        token.cancel();
+        // The held relay is cut once the 200 ms grace is over.
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+        drop(held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_agent_fails_naming_the_address() {
+        let h = Harness::new().await;
+        let control = Control::Dial(Address::Unix(h.path("nobody.sock")));
+        let mut c = config(&h, control, vec![]);
+        c.boot_timeout = Duration::from_millis(300);
+        let (_token, _table, relay) = start(c);
+        let err = timeout(WAIT, relay).await.unwrap().unwrap().unwrap_err();
+        assert!(matches!(err, RelayError::AgentUnreachable { .. }), "{err}");
+        let text = sockfwd_relay::report::chain(&err);
+        assert!(text.contains("nobody.sock"), "{text}");
+    }
+
+    /// The documented invocation of the real binary, then SIGTERM: exit 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_runs_as_documented_and_exits_cleanly_on_sigterm() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let log = h.path("relay.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
+            .arg("--control")
+            .arg(format!("unix://{}", h.path("control.sock").display()))
+            .arg("--streams")
+            .arg(format!("unix://{}", h.path("streams.sock").display()))
+            .arg("--forward")
+            .arg(format!("/guest/x.sock:{}", host.display()))
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let bind = h.bound().await;
+        assert_eq!(bind.sockets[0].forward_id, "d0276c36d5d9aa1e");
+        assert_eq!(bind.sockets[0].socket_path, "/guest/x.sock");
+        let r = h
+            .connect("socketfwd-10-JJJJJJ", "d0276c36d5d9aa1e", 0)
+            .await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-10-JJJJJJ").await;
+        assert_eq!(echo_through(s, b"binary").await, b"binary");
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let logs = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{status}\n{logs}");
+        assert!(logs.contains("relay ready"), "{logs}");
+        assert!(!logs.contains('\u{1b}'), "no colour codes in a log file");
+    }
+}
