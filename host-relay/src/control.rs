@@ -109,8 +109,7 @@ impl Connector {
         }
     }
 
-    /// Listen mode: the agent's next connection (a new one replaces the session's).
-    /// Dial mode: never.
+    /// Listen mode: the agent's next connection while a session runs. Dial mode: never.
     pub(crate) async fn incoming(&self) -> Stream {
         match self {
             Connector::Dial(_) => std::future::pending().await,
@@ -165,19 +164,18 @@ pub(crate) async fn run(shared: &Arc<Shared>) -> Result<(), RelayError> {
             }
         };
         let mut ready = false;
-        let end = session::run(shared, stream, &connector, &mut ready).await;
+        let end = session::run(shared, stream, &connector, &mut ready, &mut next).await;
         if ready {
             was_ready = true;
             backoff.reset();
         }
         match end {
             SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Replaced(s) => {
-                tracing::info!(control = %addr, "the agent dialed in again; replacing the control connection");
-                next = Some(s);
-                continue;
-            }
             SessionEnd::Lost(e) => lost(e, was_ready, ready, boot_deadline, shared)?,
+        }
+        if next.is_some() {
+            tracing::info!(control = %addr, "continuing on the agent's newer control connection");
+            continue;
         }
         tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(()),

@@ -1,8 +1,7 @@
 //! One control session over one connection: Bind every forward, open one Accept
 //! stream, hand each `ConnectRequest` to `connect`, and check liveness with an
 //! empty Bind every ping interval (a nerdbox guest answers it too). The session
-//! ends when the channel dies, on shutdown, or (listen mode) when the agent dials
-//! in again; `control` decides what comes next.
+//! ends when the channel dies or on shutdown; `control` decides what comes next.
 
 use crate::connect::{self, Results};
 use crate::control::Connector;
@@ -91,8 +90,17 @@ pub(crate) enum SessionEnd {
     Shutdown,
     /// The control channel is unusable.
     Lost(SessionError),
-    /// Listen mode: the agent dialed in again; continue on that connection.
-    Replaced(Stream),
+}
+
+/// Listen mode: keeps the agent's newest extra connection for when this session
+/// ends. It does not replace a working session at once: a probe that connects
+/// and leaves must not cost the agent its session, and a dead one is found by
+/// the liveness call within a ping interval.
+fn hold(waiting: &mut Option<Stream>, s: Stream) {
+    if waiting.replace(s).is_some() {
+        tracing::debug!("a newer control connection replaces the waiting one");
+    }
+    tracing::info!("another control connection is waiting; it takes over if this session ends");
 }
 
 /// A ttrpc context whose deadline the agent sees in `timeout_nano`.
@@ -111,12 +119,14 @@ async fn call<T>(
     }
 }
 
-/// Runs one session on `stream`. `ready` is set once Bind succeeded and Accept is open.
+/// Runs one session on `stream`. `ready` is set once Bind succeeded and Accept is
+/// open; `waiting` receives a connection the agent opened meanwhile (listen mode).
 pub(crate) async fn run(
     shared: &Arc<Shared>,
     stream: Stream,
     connector: &Connector,
     ready: &mut bool,
+    waiting: &mut Option<Stream>,
 ) -> SessionEnd {
     let config = &shared.config;
     let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
@@ -132,13 +142,16 @@ pub(crate) async fn run(
             .await
             .map_err(SessionError::OpenAccept)
     };
-    let accept = tokio::select! {
-        () = shared.shutdown.cancelled() => return SessionEnd::Shutdown,
-        s = connector.incoming() => return SessionEnd::Replaced(s),
-        r = opened => match r {
-            Ok(a) => a,
-            Err(e) => return SessionEnd::Lost(e),
-        },
+    tokio::pin!(opened);
+    let accept = loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return SessionEnd::Shutdown,
+            s = connector.incoming() => hold(waiting, s),
+            r = &mut opened => match r {
+                Ok(a) => break a,
+                Err(e) => return SessionEnd::Lost(e),
+            },
+        }
     };
     let (sender, receiver) = accept.split();
     let results = Results::new(sender, limit);
@@ -150,11 +163,16 @@ pub(crate) async fn run(
         "relay ready"
     );
 
-    let end = tokio::select! {
-        () = shared.shutdown.cancelled() => SessionEnd::Shutdown,
-        e = liveness(&client, config.ping_interval) => SessionEnd::Lost(SessionError::Ping(e)),
-        e = accept_loop(shared, receiver, &results) => SessionEnd::Lost(e),
-        s = connector.incoming() => SessionEnd::Replaced(s),
+    let ping = liveness(&client, config.ping_interval);
+    let reading = accept_loop(shared, receiver, &results);
+    tokio::pin!(ping, reading);
+    let end = loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break SessionEnd::Shutdown,
+            e = &mut ping => break SessionEnd::Lost(SessionError::Ping(e)),
+            e = &mut reading => break SessionEnd::Lost(e),
+            s = connector.incoming() => hold(waiting, s),
+        }
     };
     if matches!(end, SessionEnd::Shutdown) && config.shutdown_agent {
         shutdown_agent(&client, config.shutdown_grace, limit).await;

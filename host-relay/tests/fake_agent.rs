@@ -374,6 +374,11 @@ mod tests {
         let client = Stream::from_unix(client).unwrap();
         assert_eq!(echo_through(client, b"framed").await, b"framed");
 
+        // A readiness probe connects and leaves: the working session stays.
+        drop(tokio::net::UnixStream::connect(&ctl).await.unwrap());
+        let r = h.connect("socketfwd-61-FFFFFF", "f", 0).await;
+        assert_eq!(r.error, "");
+
         // The agent redials (a restart): the relay takes the new connection.
         h.kill().await;
         h.dial_in(&ctl).await;
