@@ -14,7 +14,13 @@ use std::time::Duration;
 /// ADDR: unix://PATH | vsock://CID:PORT | hvsock://PATH:PORT.
 /// DUR: 500ms, 10s, 1m (humantime). A cap of 0 means no cap.
 #[derive(Debug, Parser)]
-#[command(name = "sockfwd-relay", version)]
+#[command(
+    name = "sockfwd-relay",
+    version,
+    after_help = "Exit status: 0 after SIGTERM/SIGINT (open connections get --shutdown-grace); \
+2 invalid flags; 3 the agent was not reachable within --boot-timeout or refused the Bind; \
+1 any other failure."
+)]
 #[command(group(ArgGroup::new("control_mode").required(true).args(["control", "control_listen"])))]
 pub struct Cli {
     /// Dial the agent's ttrpc port (unix://, vsock://, hvsock://).

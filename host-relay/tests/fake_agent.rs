@@ -30,6 +30,8 @@ mod tests {
         pings: AtomicUsize,
         requests: Mutex<mpsc::UnboundedReceiver<ConnectRequest>>,
         results: mpsc::UnboundedSender<ConnectResult>,
+        /// When set, Bind of any socket fails with this message (status Unknown).
+        bind_error: std::sync::Mutex<Option<String>>,
     }
 
     struct Agent {
@@ -46,6 +48,11 @@ mod tests {
         ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
             if req.sockets.is_empty() {
                 self.wires.pings.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(msg) = self.wires.bind_error.lock().unwrap().clone() {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::UNKNOWN,
+                    msg,
+                )));
             } else {
                 let _ = self.wires.binds.send(req);
             }
@@ -100,6 +107,7 @@ mod tests {
                 pings: AtomicUsize::new(0),
                 requests: Mutex::new(requests_rx),
                 results: results_tx,
+                bind_error: std::sync::Mutex::new(None),
             });
             let (streams_tx, streams) = mpsc::unbounded_channel();
             let l = tokio::net::UnixListener::bind(dir.path().join("streams.sock")).unwrap();
@@ -469,5 +477,28 @@ mod tests {
         assert!(status.success(), "{status}\n{logs}");
         assert!(logs.contains("relay ready"), "{logs}");
         assert!(!logs.contains('\u{1b}'), "no colour codes in a log file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_first_bind_is_fatal_with_the_agent_s_message() {
+        let mut h = Harness::new().await;
+        *h.wires.bind_error.lock().unwrap() =
+            Some("binding socket forward listener at /g/f.sock: file exists".into());
+        h.serve().await;
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let host = h.path("host.sock");
+        let (_token, _table, relay) =
+            start(config(&h, control, vec![forward("f", "/g/f.sock", &host)]));
+        let err = timeout(WAIT, relay).await.unwrap().unwrap().unwrap_err();
+        assert!(matches!(err, RelayError::NoSession { .. }), "{err}");
+        let causes = sockfwd_relay::report::causes(&err);
+        assert_eq!(
+            causes[1..],
+            [
+                "binding the forwards",
+                "the agent answered UNKNOWN: binding socket forward listener at /g/f.sock: file exists"
+            ],
+            "{causes:?}"
+        );
     }
 }
