@@ -1,0 +1,175 @@
+//! Control connections: each one gets its own ttrpc server.
+//!
+//! ttrpc's `TtrpcContext` says nothing about which connection a call came on, so
+//! every control connection gets a ttrpc `Server` of its own, fed by a listener
+//! that yields just that connection, with a [`Service`] that knows the
+//! connection's ID: that is how a Bind's forwards get their owner, and how an
+//! Accept stream is tied to its connection.
+//!
+//! The end of a connection is seen by [`WatchedSocket`], which fires on EOF, a
+//! socket error, or drop: ttrpc stops reading then, but keeps its writer (and
+//! the socket) alive while any Accept handler holds a sender, so waiting for
+//! the drop alone would wait forever. The connection's token then ends its
+//! Accept handlers, and its requests in flight go back to waiting.
+//!
+//! With `--control-dial` the agent dials the host instead and serves ttrpc on
+//! that one connection, redialing with backoff (capped at 1 s) until shutdown.
+
+use crate::backoff::{accept_next, peer_allowed, Backoff};
+use crate::error_chain;
+use crate::service::Service;
+use crate::state::AgentState;
+use futures::StreamExt as _;
+use sockfwd_proto::rpc::create_socket_forward;
+use sockfwd_proto::transport::{dial as dial_host, Address, Listener, Stream};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+/// Deadline of one dial attempt to the host.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on ttrpc's own teardown of a connection's server.
+const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// Accepts control connections until shutdown.
+pub async fn listen(state: Arc<AgentState>, listener: Listener) {
+    let mut backoff = Backoff::accept();
+    let stop = state.shutdown.stop.clone();
+    while let Some((stream, peer)) = accept_next(&listener, &mut backoff, &stop).await {
+        if !peer_allowed(peer, state.config.allow_any_cid) {
+            tracing::warn!(
+                ?peer,
+                "control connection from a CID other than the host; closed"
+            );
+            continue;
+        }
+        state.tasks.spawn(serve_connection(state.clone(), stream));
+    }
+    tracing::debug!(listener = %listener.address(), "control listener closed");
+}
+
+/// Dials the host and serves each connection, redialing until shutdown.
+pub async fn dial(state: Arc<AgentState>, addr: Address) {
+    let stop = state.shutdown.stop.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut quiet = false;
+    loop {
+        let dialed = tokio::select! {
+            () = stop.cancelled() => return,
+            r = dial_host(&addr, DIAL_TIMEOUT) => r,
+        };
+        match dialed {
+            Ok(stream) => {
+                tracing::info!(%addr, "control connection to the host open");
+                backoff.reset();
+                quiet = false;
+                serve_connection(state.clone(), stream).await;
+            }
+            // Said once per outage: a host that is not up yet is normal at boot.
+            Err(err) if !quiet => {
+                tracing::warn!(%addr, cause = %error_chain(&err), "cannot reach the host; retrying");
+                quiet = true;
+            }
+            Err(err) => {
+                tracing::debug!(%addr, cause = %error_chain(&err), "cannot reach the host; retrying");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Serves ttrpc on one control connection until it ends or shutdown step 4.
+async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
+    let conn = state.next_conn_id();
+    let ended = CancellationToken::new();
+    let conn_token = state.shutdown.control.child_token();
+    let socket = WatchedSocket {
+        stream,
+        ended: ended.clone(),
+    };
+    let service = Service::new(state.clone(), conn, conn_token.clone());
+    let incoming = futures::stream::once(futures::future::ready(Ok::<_, io::Error>(socket)))
+        .chain(futures::stream::pending());
+    let mut server = ttrpc::r#async::Server::new()
+        .register_service(create_socket_forward(Arc::new(service)))
+        .add_listener(ttrpc::r#async::transport::Listener::new(incoming));
+    state.dispatcher.lock().open_conn(conn);
+    tracing::info!(conn, "control connection open");
+    match server.start().await {
+        Ok(()) => {
+            tokio::select! {
+                () = ended.cancelled() => {}
+                () = conn_token.cancelled() => {}
+            }
+        }
+        Err(err) => tracing::error!(conn, cause = %err, "cannot serve the control connection"),
+    }
+    conn_token.cancel();
+    state.dispatcher.lock().close_conn(conn);
+    if tokio::time::timeout(SERVER_SHUTDOWN, server.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!(conn, "ttrpc server teardown timed out");
+    }
+    tracing::info!(conn, "control connection closed");
+}
+
+/// A control connection's socket that reports its end (EOF, error, drop).
+struct WatchedSocket {
+    stream: Stream,
+    ended: CancellationToken,
+}
+
+impl AsyncRead for WatchedSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if asked && buf.filled().len() == before => self.ended.cancel(),
+            Poll::Ready(Err(_)) => self.ended.cancel(),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl AsyncWrite for WatchedSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = &r {
+            self.ended.cancel();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for WatchedSocket {
+    fn drop(&mut self) {
+        self.ended.cancel();
+    }
+}

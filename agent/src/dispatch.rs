@@ -1,0 +1,667 @@
+//! Routing of connection requests to Accept streams (fixes the reference's
+//! misrouting, where whichever Accept stream read first took the request).
+//!
+//! [`Router`] is a state machine with no I/O of its own: each open Accept stream
+//! is an unbounded channel of `ConnectRequest`s (drained by its ttrpc handler),
+//! and each waiting guest connection receives [`Event`]s on its own channel.
+//! Timers live in the guest-connection task, which reports a missed result with
+//! [`Router::result_timeout`]. [`Dispatcher`] is the shared, locked handle.
+//!
+//! Rules:
+//! - a forward's requests go to the Accept streams of the control connection that
+//!   owns it (the last that bound it), round-robin; a forward without an owner
+//!   (bound from boot configuration) may use any Accept stream;
+//! - with no such stream open, the request waits and is sent as soon as one
+//!   opens or ownership moves to a connection that has one;
+//! - an `unknown forward ID` answer or a missed result moves the request to an
+//!   untried stream of the same connection, then of any other; with none left
+//!   the guest connection is closed;
+//! - when a stream or its connection ends, its requests in flight go back to
+//!   waiting (a restarted relay answers them);
+//! - a success from any stream the request was offered to completes it; results
+//!   for unknown stream IDs, or stale errors, are ignored.
+//!
+//! The count of waiting requests is bounded (`--max-pending`); the wait itself is
+//! bounded by the guest-connection task (`--pending-timeout`).
+
+use sockfwd_proto::rpc::{ConnectRequest, ConnectResult};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Identifies one control connection for the agent's lifetime.
+pub type ConnId = u64;
+/// Identifies one Accept stream for the agent's lifetime.
+pub type AcceptId = u64;
+
+/// The prefix of the host's answer for a forward it does not know.
+pub const UNKNOWN_FORWARD: &str = "unknown forward ID";
+
+/// What a waiting guest connection hears about its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Sent on an Accept stream: the result timer (re)starts for `attempt`.
+    Offered {
+        /// Which sending this is; echo it to [`Router::result_timeout`].
+        attempt: u32,
+    },
+    /// The host opened the stream: claim it and relay with this framing.
+    Ready {
+        /// `ConnectResult.framing` as sent.
+        framing: u32,
+    },
+    /// The request failed: the host's error text, or why it was given up.
+    Refused(String),
+}
+
+/// Why a request was not taken.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// `--max-pending` requests already wait.
+    #[error("{0} connections already wait for the host (--max-pending)")]
+    Full(usize),
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    Closed,
+    /// The stream ID is already pending (a generator collision).
+    #[error("stream ID is already pending")]
+    Duplicate,
+}
+
+struct Pending {
+    seq: u64,
+    request: ConnectRequest,
+    events: UnboundedSender<Event>,
+    /// Streams offered this request, in order.
+    tried: Vec<AcceptId>,
+    /// The stream it is in flight on; `None` while waiting.
+    at: Option<AcceptId>,
+    attempt: u32,
+    last_error: Option<String>,
+}
+
+struct AcceptStream {
+    conn: ConnId,
+    requests: UnboundedSender<ConnectRequest>,
+}
+
+#[derive(Default)]
+struct Conn {
+    /// Its open Accept streams, oldest first.
+    streams: Vec<AcceptId>,
+    next: usize,
+}
+
+/// The routing state; see the module docs.
+pub struct Router {
+    conns: HashMap<ConnId, Conn>,
+    streams: HashMap<AcceptId, AcceptStream>,
+    owners: HashMap<String, ConnId>,
+    pending: HashMap<String, Pending>,
+    next_any: usize,
+    next_accept: AcceptId,
+    next_seq: u64,
+    max_pending: usize,
+    closed: bool,
+}
+
+impl Router {
+    /// An empty router admitting at most `max_pending` waiting requests.
+    pub fn new(max_pending: usize) -> Self {
+        Router {
+            conns: HashMap::new(),
+            streams: HashMap::new(),
+            owners: HashMap::new(),
+            pending: HashMap::new(),
+            next_any: 0,
+            next_accept: 0,
+            next_seq: 0,
+            max_pending,
+            closed: false,
+        }
+    }
+
+    /// A control connection opened.
+    pub fn open_conn(&mut self, conn: ConnId) {
+        self.conns.entry(conn).or_default();
+    }
+
+    /// A control connection ended: its Accept streams end with it. The forwards
+    /// it owns keep their owner, so their requests wait for it to bind again.
+    pub fn close_conn(&mut self, conn: ConnId) {
+        let streams = self
+            .conns
+            .get(&conn)
+            .map(|c| c.streams.clone())
+            .unwrap_or_default();
+        for s in streams {
+            self.close_stream(s);
+        }
+        self.conns.remove(&conn);
+    }
+
+    /// An Accept stream opened on `conn`; waiting requests it may serve are sent.
+    pub fn open_stream(
+        &mut self,
+        conn: ConnId,
+        requests: UnboundedSender<ConnectRequest>,
+    ) -> AcceptId {
+        self.next_accept += 1;
+        let id = self.next_accept;
+        self.conns.entry(conn).or_default().streams.push(id);
+        self.streams.insert(id, AcceptStream { conn, requests });
+        self.route_waiting(|_| true);
+        id
+    }
+
+    /// An Accept stream ended; its requests in flight go back to waiting.
+    pub fn close_stream(&mut self, stream: AcceptId) {
+        let Some(s) = self.streams.remove(&stream) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&s.conn) {
+            c.streams.retain(|&x| x != stream);
+        }
+        for p in self.pending.values_mut() {
+            if p.at == Some(stream) {
+                p.at = None;
+            }
+        }
+        self.route_waiting(|_| true);
+    }
+
+    /// `forward_id` was bound by `owner` (`None`: boot configuration).
+    pub fn set_owner(&mut self, forward_id: &str, owner: Option<ConnId>) {
+        match owner {
+            Some(c) => self.owners.insert(forward_id.to_owned(), c),
+            None => self.owners.remove(forward_id),
+        };
+        self.route_waiting(|p| p.request.forward_id == forward_id);
+    }
+
+    /// Takes a new request; it is sent at once if a suitable stream is open.
+    pub fn submit(
+        &mut self,
+        request: ConnectRequest,
+        events: UnboundedSender<Event>,
+    ) -> Result<(), SubmitError> {
+        if self.closed {
+            return Err(SubmitError::Closed);
+        }
+        if self.pending.len() >= self.max_pending {
+            return Err(SubmitError::Full(self.max_pending));
+        }
+        if self.pending.contains_key(&request.stream_id) {
+            return Err(SubmitError::Duplicate);
+        }
+        self.next_seq += 1;
+        let id = request.stream_id.clone();
+        self.pending.insert(
+            id.clone(),
+            Pending {
+                seq: self.next_seq,
+                request,
+                events,
+                tried: Vec::new(),
+                at: None,
+                attempt: 0,
+                last_error: None,
+            },
+        );
+        self.route_first(&id);
+        Ok(())
+    }
+
+    /// The guest connection gave up (deadline, shutdown): forget the request.
+    pub fn cancel(&mut self, stream_id: &str) {
+        self.pending.remove(stream_id);
+    }
+
+    /// A `ConnectResult` arrived on `stream`.
+    pub fn on_result(&mut self, stream: AcceptId, result: ConnectResult) {
+        let id = result.stream_id.as_str();
+        let Some(p) = self.pending.get_mut(id) else {
+            tracing::debug!(stream_id = %id, "result for a stream nobody waits for; ignored");
+            return;
+        };
+        if !p.tried.contains(&stream) {
+            tracing::debug!(stream_id = %id, "result from an Accept stream never asked; ignored");
+            return;
+        }
+        if result.error.is_empty() {
+            self.finish(
+                id,
+                Event::Ready {
+                    framing: result.framing,
+                },
+            );
+            return;
+        }
+        if p.at != Some(stream) {
+            tracing::debug!(stream_id = %id, cause = %result.error, "stale error result; ignored");
+            return;
+        }
+        if result.error.starts_with(UNKNOWN_FORWARD) {
+            p.last_error = Some(result.error);
+            p.at = None;
+            let conn = self.streams.get(&stream).map(|s| s.conn);
+            self.route_fallback(&result.stream_id, conn);
+        } else {
+            self.finish(id, Event::Refused(result.error));
+        }
+    }
+
+    /// The guest connection's result timer for `attempt` ran out.
+    pub fn result_timeout(&mut self, stream_id: &str, attempt: u32) {
+        let Some(p) = self.pending.get_mut(stream_id) else {
+            return;
+        };
+        let Some(at) = p.at.filter(|_| p.attempt == attempt) else {
+            return;
+        };
+        p.last_error = Some("no result from the host in time".to_owned());
+        p.at = None;
+        let conn = self.streams.get(&at).map(|s| s.conn);
+        self.route_fallback(stream_id, conn);
+    }
+
+    /// Refuses every waiting request and any new one (shutdown).
+    pub fn close(&mut self, reason: &str) {
+        self.closed = true;
+        for (_, p) in self.pending.drain() {
+            let _ = p.events.send(Event::Refused(reason.to_owned()));
+        }
+    }
+
+    /// Requests currently pending (waiting or in flight).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn finish(&mut self, stream_id: &str, event: Event) {
+        if let Some(p) = self.pending.remove(stream_id) {
+            // The guest task may have just given up: nothing to tell then.
+            let _ = p.events.send(event);
+        }
+    }
+
+    /// Sends every waiting request matching `filter`, oldest first.
+    fn route_waiting(&mut self, filter: impl Fn(&Pending) -> bool) {
+        let mut waiting: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.at.is_none() && filter(p))
+            .map(|(id, p)| (p.seq, id.clone()))
+            .collect();
+        waiting.sort_unstable();
+        for (_, id) in waiting {
+            self.route_first(&id);
+        }
+    }
+
+    /// First choice: the owner's streams (any stream if unowned), round-robin,
+    /// skipping those already tried. None suitable: the request waits.
+    fn route_first(&mut self, stream_id: &str) {
+        loop {
+            let Some(p) = self.pending.get(stream_id) else {
+                return;
+            };
+            let choice = match self.owners.get(&p.request.forward_id) {
+                Some(owner) => match self.conns.get_mut(owner) {
+                    Some(c) => pick(&c.streams, &p.tried, &mut c.next),
+                    None => None,
+                },
+                None => {
+                    let mut all: Vec<AcceptId> = self.streams.keys().copied().collect();
+                    all.sort_unstable();
+                    pick(&all, &p.tried, &mut self.next_any)
+                }
+            };
+            match choice {
+                None => return,
+                Some(s) if self.offer(stream_id, s) => return,
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// After a refusal or a missed result: an untried stream of `conn`, then of
+    /// any connection; with none left, the request fails with its last error.
+    fn route_fallback(&mut self, stream_id: &str, conn: Option<ConnId>) {
+        loop {
+            let Some(p) = self.pending.get(stream_id) else {
+                return;
+            };
+            let same = conn
+                .and_then(|c| self.conns.get(&c))
+                .and_then(|c| c.streams.iter().find(|s| !p.tried.contains(s)).copied());
+            let choice = same.or_else(|| {
+                let mut all: Vec<AcceptId> = self
+                    .streams
+                    .keys()
+                    .filter(|s| !p.tried.contains(s))
+                    .copied()
+                    .collect();
+                all.sort_unstable();
+                all.first().copied()
+            });
+            match choice {
+                None => {
+                    let reason = p
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "no Accept stream answered".to_owned());
+                    self.finish(stream_id, Event::Refused(reason));
+                    return;
+                }
+                Some(s) if self.offer(stream_id, s) => return,
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// Sends the request on `stream`. `false` if that stream is already gone
+    /// (its handler ended; its close follows): it counts as tried.
+    fn offer(&mut self, stream_id: &str, stream: AcceptId) -> bool {
+        let Some(p) = self.pending.get_mut(stream_id) else {
+            return true;
+        };
+        p.tried.push(stream);
+        let sent = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.requests.send(p.request.clone()).is_ok());
+        if sent {
+            p.at = Some(stream);
+            p.attempt += 1;
+            let _ = p.events.send(Event::Offered { attempt: p.attempt });
+        }
+        sent
+    }
+}
+
+/// Round-robin over `streams` minus `tried`.
+fn pick(streams: &[AcceptId], tried: &[AcceptId], next: &mut usize) -> Option<AcceptId> {
+    let open: Vec<AcceptId> = streams
+        .iter()
+        .filter(|s| !tried.contains(s))
+        .copied()
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    let choice = open[*next % open.len()];
+    *next = next.wrapping_add(1);
+    Some(choice)
+}
+
+/// The shared router.
+pub struct Dispatcher {
+    router: Mutex<Router>,
+}
+
+impl Dispatcher {
+    /// A dispatcher admitting at most `max_pending` waiting requests.
+    pub fn new(max_pending: usize) -> Self {
+        Dispatcher {
+            router: Mutex::new(Router::new(max_pending)),
+        }
+    }
+
+    /// Locks the router; every method on it is short and does no I/O but
+    /// channel sends.
+    pub fn lock(&self) -> MutexGuard<'_, Router> {
+        // Each router method leaves the maps consistent between statements that
+        // can panic, so a poisoned lock is still usable.
+        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    struct Guest {
+        events: UnboundedReceiver<Event>,
+    }
+
+    impl Guest {
+        fn next(&mut self) -> Option<Event> {
+            self.events.try_recv().ok()
+        }
+    }
+
+    fn request(r: &mut Router, id: &str, forward: &str) -> Guest {
+        let (tx, rx) = unbounded_channel();
+        r.submit(
+            ConnectRequest {
+                stream_id: id.into(),
+                forward_id: forward.into(),
+                ..Default::default()
+            },
+            tx,
+        )
+        .unwrap();
+        Guest { events: rx }
+    }
+
+    fn stream(r: &mut Router, conn: ConnId) -> (AcceptId, UnboundedReceiver<ConnectRequest>) {
+        r.open_conn(conn);
+        let (tx, rx) = unbounded_channel();
+        (r.open_stream(conn, tx), rx)
+    }
+
+    fn sent(rx: &mut UnboundedReceiver<ConnectRequest>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| r.stream_id)
+            .collect()
+    }
+
+    fn result(id: &str, error: &str) -> ConnectResult {
+        ConnectResult {
+            stream_id: id.into(),
+            error: error.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_request_waits_for_a_stream_then_is_sent() {
+        let mut r = Router::new(10);
+        let mut g = request(&mut r, "s1", "f");
+        assert_eq!(g.next(), None);
+        let (a, mut rx) = stream(&mut r, 1);
+        assert_eq!(sent(&mut rx), ["s1"]);
+        assert_eq!(g.next(), Some(Event::Offered { attempt: 1 }));
+        r.on_result(
+            a,
+            ConnectResult {
+                framing: 1,
+                ..result("s1", "")
+            },
+        );
+        assert_eq!(g.next(), Some(Event::Ready { framing: 1 }));
+        assert_eq!(r.pending_len(), 0);
+    }
+
+    #[test]
+    fn owned_forwards_go_only_to_their_connection_round_robin() {
+        let mut r = Router::new(10);
+        let (_a1, mut rx_a1) = stream(&mut r, 1);
+        let (_a2, mut rx_a2) = stream(&mut r, 1);
+        let (_b, mut rx_b) = stream(&mut r, 2);
+        r.set_owner("fa", Some(1));
+        r.set_owner("fb", Some(2));
+        for i in 0..4 {
+            request(&mut r, &format!("a{i}"), "fa");
+            request(&mut r, &format!("b{i}"), "fb");
+        }
+        let (x, y) = (sent(&mut rx_a1), sent(&mut rx_a2));
+        assert_eq!(x.len() + y.len(), 4);
+        assert_eq!(x.len(), 2, "round-robin: {x:?} {y:?}");
+        assert!(x.iter().chain(&y).all(|id| id.starts_with('a')));
+        assert_eq!(sent(&mut rx_b), ["b0", "b1", "b2", "b3"]);
+    }
+
+    #[test]
+    fn an_owner_without_streams_makes_requests_wait_until_ownership_moves() {
+        let mut r = Router::new(10);
+        r.open_conn(1);
+        r.set_owner("f", Some(1));
+        let (_b, mut rx_b) = stream(&mut r, 2);
+        let mut g = request(&mut r, "s", "f");
+        assert!(sent(&mut rx_b).is_empty(), "not the owner's stream");
+        assert_eq!(g.next(), None);
+        r.set_owner("f", Some(2));
+        assert_eq!(sent(&mut rx_b), ["s"]);
+    }
+
+    #[test]
+    fn unknown_forward_tries_same_connection_then_others_then_fails() {
+        let mut r = Router::new(10);
+        let (a1, mut rx_a1) = stream(&mut r, 1);
+        let (a2, mut rx_a2) = stream(&mut r, 1);
+        let (b, mut rx_b) = stream(&mut r, 2);
+        r.set_owner("f", Some(1));
+        let mut g = request(&mut r, "s", "f");
+        let (first, second) = if sent(&mut rx_a1).is_empty() {
+            (a2, a1)
+        } else {
+            (a1, a2)
+        };
+        r.on_result(first, result("s", "unknown forward ID: f"));
+        let again = if second == a1 {
+            sent(&mut rx_a1)
+        } else {
+            sent(&mut rx_a2)
+        };
+        assert_eq!(again, ["s"], "same connection first");
+        r.on_result(second, result("s", "unknown forward ID: f"));
+        assert_eq!(sent(&mut rx_b), ["s"], "then the other connection");
+        r.on_result(b, result("s", "unknown forward ID: f"));
+        let events: Vec<Event> = std::iter::from_fn(|| g.next()).collect();
+        assert_eq!(
+            events.last(),
+            Some(&Event::Refused("unknown forward ID: f".into()))
+        );
+        assert_eq!(r.pending_len(), 0);
+    }
+
+    #[test]
+    fn other_errors_fail_at_once() {
+        let mut r = Router::new(10);
+        let (a, _rx) = stream(&mut r, 1);
+        let (b, mut rx_b) = stream(&mut r, 2);
+        let mut g = request(&mut r, "s", "f");
+        let _ = g.next();
+        // Unowned: round-robin picked a (the first stream) or b.
+        let at = if sent(&mut rx_b).is_empty() { a } else { b };
+        r.on_result(at, result("s", "failed to dial host socket"));
+        assert_eq!(
+            g.next(),
+            Some(Event::Refused("failed to dial host socket".into()))
+        );
+    }
+
+    #[test]
+    fn a_missed_result_moves_the_request_once_then_fails() {
+        let mut r = Router::new(10);
+        let (_a, mut rx_a) = stream(&mut r, 1);
+        let (_b, mut rx_b) = stream(&mut r, 2);
+        r.set_owner("f", Some(1));
+        let mut g = request(&mut r, "s", "f");
+        assert_eq!(sent(&mut rx_a), ["s"]);
+        assert_eq!(g.next(), Some(Event::Offered { attempt: 1 }));
+        // A stale timer for another attempt does nothing.
+        r.result_timeout("s", 7);
+        assert!(sent(&mut rx_b).is_empty());
+        r.result_timeout("s", 1);
+        assert_eq!(sent(&mut rx_b), ["s"]);
+        assert_eq!(g.next(), Some(Event::Offered { attempt: 2 }));
+        r.result_timeout("s", 2);
+        assert!(matches!(g.next(), Some(Event::Refused(_))));
+    }
+
+    #[test]
+    fn a_late_success_from_an_earlier_stream_still_completes() {
+        let mut r = Router::new(10);
+        let (a, _rx_a) = stream(&mut r, 1);
+        let (_b, _rx_b) = stream(&mut r, 1);
+        r.set_owner("f", Some(1));
+        let mut g = request(&mut r, "s", "f");
+        r.result_timeout("s", 1);
+        let _ = std::iter::from_fn(|| g.next()).count();
+        // a may have been first or second; whichever it was, it was offered.
+        r.on_result(a, result("s", ""));
+        assert_eq!(g.next(), Some(Event::Ready { framing: 0 }));
+    }
+
+    #[test]
+    fn in_flight_requests_return_to_waiting_when_their_stream_ends() {
+        let mut r = Router::new(10);
+        let (a, mut rx_a) = stream(&mut r, 1);
+        r.set_owner("f", Some(1));
+        let mut g = request(&mut r, "s", "f");
+        assert_eq!(sent(&mut rx_a), ["s"]);
+        r.close_conn(1);
+        // The relay restarts: a new connection binds again and opens Accept.
+        let (b, mut rx_b) = stream(&mut r, 2);
+        assert!(
+            sent(&mut rx_b).is_empty(),
+            "still owned by the old connection"
+        );
+        r.set_owner("f", Some(2));
+        assert_eq!(sent(&mut rx_b), ["s"]);
+        r.on_result(a, result("s", "")); // the dead stream: never mind
+        r.on_result(b, result("s", ""));
+        let events: Vec<Event> = std::iter::from_fn(|| g.next()).collect();
+        assert_eq!(events.last(), Some(&Event::Ready { framing: 0 }));
+    }
+
+    #[test]
+    fn results_nobody_waits_for_are_ignored() {
+        let mut r = Router::new(10);
+        let (a, _rx) = stream(&mut r, 1);
+        r.on_result(a, result("nobody", ""));
+        let (b, _rx_b) = stream(&mut r, 2);
+        r.set_owner("f", Some(1));
+        let mut g = request(&mut r, "s", "f");
+        let _ = g.next();
+        // b was never offered "s": its answer does not count.
+        r.on_result(b, result("s", ""));
+        assert_eq!(g.next(), None);
+        assert_eq!(r.pending_len(), 1);
+    }
+
+    #[test]
+    fn the_pending_bound_and_close_refuse() {
+        let mut r = Router::new(2);
+        let mut g1 = request(&mut r, "1", "f");
+        let _g2 = request(&mut r, "2", "f");
+        let (tx, _rx) = unbounded_channel();
+        let req = ConnectRequest {
+            stream_id: "3".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.submit(req.clone(), tx.clone()), Err(SubmitError::Full(2)));
+        r.cancel("2");
+        r.close("shutting down");
+        assert_eq!(g1.next(), Some(Event::Refused("shutting down".into())));
+        assert_eq!(r.submit(req, tx), Err(SubmitError::Closed));
+    }
+
+    #[test]
+    fn a_stream_whose_handler_is_gone_is_skipped() {
+        let mut r = Router::new(10);
+        let (_a, rx_a) = stream(&mut r, 1);
+        drop(rx_a);
+        let (_b, mut rx_b) = stream(&mut r, 1);
+        r.set_owner("f", Some(1));
+        for i in 0..3 {
+            request(&mut r, &i.to_string(), "f");
+        }
+        assert_eq!(sent(&mut rx_b), ["0", "1", "2"]);
+    }
+}

@@ -1,0 +1,169 @@
+//! One guest connection on a forward's listener, in its own task:
+//! raise a `ConnectRequest`, wait for the host's result (bounded by
+//! `--pending-timeout`, with `--result-timeout` per Accept stream), claim the
+//! stream the host opened, then relay until both directions end.
+//!
+//! Every way out closes the guest connection at once and says why in the log;
+//! nothing waits without a deadline.
+
+use crate::dispatch::Event;
+use crate::state::AgentState;
+use crate::stats::ForwardStats;
+use sockfwd_proto::framing::Framing;
+use sockfwd_proto::relay::{relay_stream, RelayConfig};
+use sockfwd_proto::rpc::ConnectRequest;
+use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
+use sockfwd_proto::transport::Stream;
+use std::sync::Arc;
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::time::{sleep_until, Instant};
+use tracing::Instrument as _;
+
+/// Serves one guest connection accepted on `forward_id`'s listener.
+pub async fn serve(
+    state: Arc<AgentState>,
+    conn: Stream,
+    forward_id: String,
+    stats: Arc<ForwardStats>,
+) {
+    let stream_id = stream_id::generate(SOCKET_FORWARD_PREFIX);
+    let span = tracing::debug_span!("guest", %stream_id, %forward_id);
+    async move {
+        let Some(framing) = wait_for_host(&state, &stream_id, &forward_id, &stats).await else {
+            return;
+        };
+        let Some(framing) = Framing::from_wire(framing) else {
+            tracing::error!(
+                framing,
+                "the host chose a framing this agent does not speak; closing"
+            );
+            ForwardStats::bump(&stats.failed);
+            return;
+        };
+        let Some(stream) = state
+            .registry
+            .claim(&stream_id, state.config.handshake_timeout)
+            .await
+        else {
+            tracing::error!(
+                "the host reported success but no stream with this ID is registered; closing"
+            );
+            ForwardStats::bump(&stats.failed);
+            return;
+        };
+        relay(&state, &conn, &stream, framing, &stats).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Forgets the request if the task ends before its result (deadline, shutdown).
+struct CancelOnDrop<'a> {
+    state: &'a AgentState,
+    stream_id: &'a str,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.state.dispatcher.lock().cancel(self.stream_id);
+    }
+}
+
+/// Raises the request and waits for its result: `Some(framing)` on success.
+async fn wait_for_host(
+    state: &AgentState,
+    stream_id: &str,
+    forward_id: &str,
+    stats: &ForwardStats,
+) -> Option<u32> {
+    let (tx, mut events) = unbounded_channel();
+    let request = ConnectRequest {
+        stream_id: stream_id.to_owned(),
+        forward_id: forward_id.to_owned(),
+        framings: Framing::supported_bits(),
+        ..Default::default()
+    };
+    if let Err(err) = state.dispatcher.lock().submit(request, tx) {
+        tracing::warn!(cause = %err, "guest connection refused");
+        ForwardStats::bump(&stats.refused);
+        return None;
+    }
+    let _cancel = CancelOnDrop { state, stream_id };
+    let deadline = Instant::now() + state.config.pending_timeout;
+    let mut result_timer: Option<(Instant, u32)> = None;
+    loop {
+        let timer = async {
+            match result_timer {
+                Some((at, _)) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep_until(deadline) => {
+                tracing::error!(
+                    timeout = ?state.config.pending_timeout,
+                    "no result from the host in time; closing the guest connection"
+                );
+                ForwardStats::bump(&stats.failed);
+                return None;
+            }
+            () = timer => {
+                if let Some((_, attempt)) = result_timer.take() {
+                    tracing::debug!(attempt, "no result from this Accept stream in time");
+                    state.dispatcher.lock().result_timeout(stream_id, attempt);
+                }
+            }
+            event = events.recv() => match event {
+                Some(Event::Offered { attempt }) => {
+                    tracing::debug!(attempt, "request sent to the host");
+                    result_timer = Some((Instant::now() + state.config.result_timeout, attempt));
+                }
+                Some(Event::Ready { framing }) => return Some(framing),
+                Some(Event::Refused(reason)) => {
+                    if state.shutdown.stop.is_cancelled() {
+                        tracing::info!(cause = %reason, "guest connection closed");
+                        ForwardStats::bump(&stats.refused);
+                    } else {
+                        tracing::error!(cause = %reason, "the host refused the connection; closing it");
+                        ForwardStats::bump(&stats.failed);
+                    }
+                    return None;
+                }
+                // The router dropped the request without a word: cannot happen,
+                // but a closed connection is the safe answer.
+                None => {
+                    ForwardStats::bump(&stats.failed);
+                    return None;
+                }
+            },
+        }
+    }
+}
+
+/// Relays until both directions end, or the shutdown grace period is over.
+async fn relay(
+    state: &AgentState,
+    conn: &Stream,
+    stream: &Stream,
+    framing: Framing,
+    stats: &ForwardStats,
+) {
+    let _active = stats.active_guard();
+    let config = RelayConfig::default();
+    tracing::debug!(?framing, "relaying");
+    tokio::select! {
+        result = relay_stream(conn, stream, framing, &config) => match result {
+            Ok(moved) => {
+                stats.bytes_to_host.fetch_add(moved.a_to_b, std::sync::atomic::Ordering::Relaxed);
+                stats.bytes_to_guest.fetch_add(moved.b_to_a, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(to_host = moved.a_to_b, to_guest = moved.b_to_a, "relay done");
+            }
+            Err(err) => {
+                tracing::debug!(cause = %crate::error_chain(&err), "relay ended on an error");
+            }
+        },
+        () = state.shutdown.relays.cancelled() => {
+            tracing::debug!("shutdown grace period over; closing the relay");
+        }
+    }
+}

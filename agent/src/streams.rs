@@ -1,0 +1,85 @@
+//! The stream port: the host opens one connection per forwarded connection.
+//!
+//! The accept loop only accepts; each connection's handshake runs in its own
+//! task, bounded in length (`--max-stream-id-len`) and time
+//! (`--handshake-timeout`), so a slow or hostile peer stalls nobody else.
+//! The ID is reserved in the registry (a duplicate is refused with the
+//! contract's text), acknowledged, and then kept until the guest connection
+//! that asked for it claims it, or `--claim-timeout` passes and it is closed.
+
+use crate::backoff::{accept_next, peer_allowed, Backoff};
+use crate::error_chain;
+use crate::state::AgentState;
+use sockfwd_proto::handshake;
+use sockfwd_proto::transport::{Listener, Stream};
+use std::sync::Arc;
+
+/// Accepts stream-port connections until shutdown.
+pub async fn serve(state: Arc<AgentState>, listener: Listener) {
+    let mut backoff = Backoff::accept();
+    let stop = state.shutdown.stop.clone();
+    while let Some((stream, peer)) = accept_next(&listener, &mut backoff, &stop).await {
+        if !peer_allowed(peer, state.config.allow_any_cid) {
+            tracing::warn!(
+                ?peer,
+                "stream connection from a CID other than the host; closed"
+            );
+            continue;
+        }
+        state.tasks.spawn(handle(state.clone(), stream));
+    }
+    tracing::debug!(listener = %listener.address(), "stream port closed");
+}
+
+/// One stream-port connection: handshake, register, wait to be claimed.
+async fn handle(state: Arc<AgentState>, mut stream: Stream) {
+    let config = &state.config;
+    let stop = &state.shutdown.stop;
+    let read = handshake::read_id(
+        &mut stream,
+        config.max_stream_id_len,
+        config.handshake_timeout,
+    );
+    let id = tokio::select! {
+        () = stop.cancelled() => return,
+        r = read => match r {
+            Ok(id) => id,
+            Err(err) => {
+                tracing::warn!(cause = %error_chain(&err), "stream handshake failed; closed");
+                return;
+            }
+        },
+    };
+    let mut registration = match state.registry.reserve(&id) {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!(stream_id = %id, cause = %err, "duplicate stream ID refused");
+            let message = handshake::duplicate_message(&id);
+            if let Err(err) =
+                handshake::refuse(&mut stream, &message, config.handshake_timeout).await
+            {
+                tracing::debug!(stream_id = %id, cause = %error_chain(&err), "could not send the refusal");
+            }
+            return;
+        }
+    };
+    if let Err(err) = handshake::accept(&mut stream, &id, config.handshake_timeout).await {
+        tracing::warn!(stream_id = %id, cause = %error_chain(&err), "stream handshake failed; closed");
+        return;
+    }
+    registration.fill(stream);
+    tracing::debug!(stream_id = %id, "stream registered");
+    tokio::select! {
+        claimed = registration.claimed_within(config.claim_timeout) => {
+            if !claimed {
+                tracing::warn!(
+                    stream_id = %id,
+                    timeout = ?config.claim_timeout,
+                    "stream not claimed in time; closed"
+                );
+            }
+        }
+        () = stop.cancelled() => {}
+    }
+    // Dropping the registration closes the stream unless it was claimed.
+}
