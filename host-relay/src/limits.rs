@@ -223,9 +223,10 @@ impl LogThrottle {
         }
     }
 
-    /// `Some(n)`: log this line, and say that `n` lines were dropped before it.
-    /// `None`: drop it.
-    pub fn allow(&self) -> Option<u64> {
+    /// `None`: drop this line. `Some(dropped)`: log it, with `dropped` the number
+    /// of lines dropped before it when there were any (a field only when it says
+    /// something).
+    pub fn allow(&self) -> Option<Option<u64>> {
         let now = Instant::now();
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if now.saturating_duration_since(s.start) >= self.window {
@@ -234,7 +235,8 @@ impl LogThrottle {
         }
         if s.logged < self.per_window {
             s.logged += 1;
-            Some(std::mem::take(&mut s.suppressed))
+            let dropped = std::mem::take(&mut s.suppressed);
+            Some((dropped > 0).then_some(dropped))
         } else {
             s.suppressed += 1;
             None
@@ -335,12 +337,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn log_throttle_counts_what_it_drops() {
         let t = LogThrottle::new(2, Duration::from_secs(1));
-        assert_eq!(t.allow(), Some(0));
-        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(None));
+        assert_eq!(t.allow(), Some(None));
         assert_eq!(t.allow(), None);
         assert_eq!(t.allow(), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.allow(), Some(2));
-        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(Some(2)));
+        assert_eq!(t.allow(), Some(None));
     }
 }
