@@ -204,11 +204,16 @@ async fn connect_and_relay(
     let (host, stream) = match outcome {
         Ok(pair) => pair,
         Err((error, cause)) => {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = shared.log_throttle.allow() {
-                tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
-                    host_path = %entry.forward.host_path.display(), %cause, suppressed,
-                    "connection failed");
+            if error == SHUTTING_DOWN {
+                // Refused on purpose, not failed: the agent closes the guest side.
+                tracing::debug!("connection refused: relay shutting down");
+            } else {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = shared.log_throttle.allow() {
+                    tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
+                        host_path = %entry.forward.host_path.display(), %cause, suppressed,
+                        "connection failed");
+                }
             }
             if let Err(e) = results.send(&req.stream_id, &error, Framing::Raw).await {
                 tracing::debug!(cause = %chain(&e), "could not send the failure to the agent");

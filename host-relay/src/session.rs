@@ -10,6 +10,7 @@ use crate::Shared;
 use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketForwardClient};
 use sockfwd_proto::transport::Stream;
 use std::future::Future;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -103,6 +104,27 @@ fn hold(waiting: &mut Option<Stream>, s: Stream) {
     tracing::info!("another control connection is waiting; it takes over if this session ends");
 }
 
+/// Shuts the control socket down (both ways) when the session ends. ttrpc keeps a
+/// dropped client's connection while its writer is blocked on a peer that does
+/// not read, and keeps reading from it; shutting the socket itself down ends
+/// both. A duplicate descriptor keeps the number from being reused meanwhile.
+struct ShutdownOnDrop(Option<OwnedFd>);
+
+impl ShutdownOnDrop {
+    fn new(stream: &Stream) -> ShutdownOnDrop {
+        ShutdownOnDrop(stream.as_fd().try_clone_to_owned().ok())
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.0 {
+            // Already shut down or disconnected: nothing left to do.
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+    }
+}
+
 /// A ttrpc context whose deadline the agent sees in `timeout_nano`.
 fn context(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(i64::try_from(limit.as_nanos()).unwrap_or(i64::MAX))
@@ -129,6 +151,7 @@ pub(crate) async fn run(
     waiting: &mut Option<Stream>,
 ) -> SessionEnd {
     let config = &shared.config;
+    let _close = ShutdownOnDrop::new(&stream);
     let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
     let client = SocketForwardClient::new(client);
     let limit = config.bind_timeout;
@@ -231,5 +254,36 @@ async fn shutdown_agent(client: &SocketForwardClient, grace: Duration, limit: Du
             tracing::info!(cause = %e, "the agent does not support Shutdown; leaving it running");
         }
         Err(e) => tracing::warn!(cause = %chain(&e), "Shutdown call to the agent failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_guard_shuts_the_socket_while_others_still_hold_it() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let held = Stream::from_unix(a).unwrap();
+        let peer = Stream::from_unix(b).unwrap();
+        drop(ShutdownOnDrop::new(&held));
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).await.unwrap(), 0, "the peer sees EOF");
+        assert!(held.write_all(b"x").await.is_err(), "writes fail too");
+    }
+
+    #[test]
+    fn unknown_methods_count_as_unsupported() {
+        let e = CallError::from(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::NOT_FOUND,
+            "/nerdbox.services.socketforward.v1.SocketForward/Shutdown is not supported",
+        )));
+        assert!(e.is_unsupported());
+        let e = CallError::from(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "method Shutdown",
+        )));
+        assert!(e.is_unsupported());
+        assert!(!CallError::Timeout(Duration::from_secs(1)).is_unsupported());
     }
 }
