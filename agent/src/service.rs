@@ -135,3 +135,151 @@ impl SocketForward for Service {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+    use sockfwd_proto::rpc::Socket;
+    use std::collections::HashMap;
+
+    fn ctx() -> TtrpcContext {
+        TtrpcContext {
+            mh: ttrpc::MessageHeader::new_request(1, 0),
+            metadata: HashMap::new(),
+            timeout_nano: 0,
+        }
+    }
+
+    fn service(config: AgentConfig) -> (Service, Arc<AgentState>) {
+        let state = Arc::new(AgentState::new(config, &CancellationToken::new()));
+        (
+            Service::new(state.clone(), 7, CancellationToken::new()),
+            state,
+        )
+    }
+
+    fn bind_req(sockets: &[(&str, &str)]) -> BindRequest {
+        BindRequest {
+            sockets: sockets
+                .iter()
+                .map(|(id, path)| Socket {
+                    forward_id: (*id).into(),
+                    socket_path: (*path).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn status_of(err: ttrpc::Error) -> (ttrpc::Code, String) {
+        match err {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_answers_with_the_contract_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        let (svc, state) = service(AgentConfig {
+            allow_dirs: vec![allowed.clone()],
+            max_sockets_per_bind: 2,
+            ..AgentConfig::default()
+        });
+        svc.bind(&ctx(), bind_req(&[])).await.unwrap();
+
+        let outside = dir.path().join("x.sock");
+        let outside = outside.to_str().unwrap();
+        let (code, msg) = status_of(
+            svc.bind(&ctx(), bind_req(&[("f", outside)]))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, ttrpc::Code::UNKNOWN);
+        assert_eq!(
+            msg,
+            format!(
+                "binding socket forward listener at {outside}: path is outside the allowed directories"
+            )
+        );
+
+        let a = allowed.join("a.sock");
+        let a = a.to_str().unwrap();
+        let (_, msg) = status_of(
+            svc.bind(&ctx(), bind_req(&[("a", a), ("b", a), ("c", a)]))
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            msg.ends_with("3 sockets in one request; the limit is 2"),
+            "{msg}"
+        );
+
+        svc.bind(&ctx(), bind_req(&[("a", a)])).await.unwrap();
+        let forwards = state.forwards.snapshot();
+        assert_eq!(forwards.len(), 1);
+        assert_eq!(forwards[0].0, "a");
+        state.shutdown.stop.cancel();
+        state.listeners.close();
+        state.listeners.wait().await;
+        assert!(!std::path::Path::new(a).exists());
+    }
+
+    #[tokio::test]
+    async fn mode_and_owner_are_applied_without_following_symlinks() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, _state) = service(AgentConfig::default());
+        let path = dir.path().join("owned.sock");
+        let mut req = bind_req(&[("o", path.to_str().unwrap())]);
+        req.sockets[0].mode = Some(0o640);
+        req.sockets[0].uid = Some(1234);
+        req.sockets[0].gid = Some(4321);
+        let result = svc.bind(&ctx(), req).await;
+        if nix::unistd::geteuid().is_root() {
+            result.unwrap();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+            assert_eq!((m.uid(), m.gid()), (1234, 4321));
+        } else {
+            let (_, msg) = status_of(result.unwrap_err());
+            assert!(msg.contains("setting owner"), "{msg}");
+            assert!(!path.exists(), "rolled back");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_bind_of_the_same_forward_moves_ownership() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, state) = service(AgentConfig::default());
+        let second = Service::new(state.clone(), 8, CancellationToken::new());
+        let p = dir.path().join("f.sock");
+        let req = || bind_req(&[("f", p.to_str().unwrap())]);
+        first.bind(&ctx(), req()).await.unwrap();
+        second.bind(&ctx(), req()).await.unwrap();
+        // A request for f now goes to connection 8's Accept stream only.
+        let (tx7, mut rx7) = unbounded_channel();
+        let (tx8, mut rx8) = unbounded_channel();
+        let (events, _events_rx) = unbounded_channel();
+        {
+            let mut router = state.dispatcher.lock();
+            router.open_stream(7, tx7);
+            router.open_stream(8, tx8);
+            router
+                .submit(
+                    ConnectRequest {
+                        stream_id: "s".into(),
+                        forward_id: "f".into(),
+                        ..Default::default()
+                    },
+                    events,
+                )
+                .unwrap();
+        }
+        assert!(rx7.try_recv().is_err());
+        assert_eq!(rx8.try_recv().unwrap().stream_id, "s");
+    }
+}
