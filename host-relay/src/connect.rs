@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::time::timeout;
+use tokio::time::{sleep, timeout, Instant};
 use tracing::Instrument as _;
 use ttrpc::r#async::CSSender;
 
@@ -30,6 +30,8 @@ pub const DIAL_FAILED: &str = "failed to dial host socket";
 pub const SHUTTING_DOWN: &str = "relay shutting down";
 /// Error text for a stream ID that is empty, too long or not printable ASCII.
 pub const BAD_STREAM_ID: &str = "invalid stream ID";
+/// Longest wait between connect attempts on a full listen backlog.
+const BACKLOG_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// How much of a guest-sent forward ID is echoed back or logged.
 const ECHO_MAX: usize = 128;
 
@@ -145,10 +147,33 @@ pub(crate) async fn handle_request(shared: &Arc<Shared>, results: &Results, req:
     }
 }
 
+/// [`dial`], waiting out a full listen backlog: a nonblocking Unix connect fails
+/// with EAGAIN where a blocking one would wait, and a burst of connections (a
+/// thousand at once) fills a host server's backlog easily.
+async fn dial_patiently(addr: &Address, limit: Duration) -> Result<Stream, DialError> {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match dial(addr, left).await {
+            Err(DialError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock
+                    && Instant::now() + pause < deadline =>
+            {
+                sleep(pause).await;
+                pause = (pause * 2).min(BACKLOG_PAUSE_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Dials the guest's stream port and completes the handshake for `id`.
 async fn open_stream(addr: &Address, id: &str, limit: Duration) -> Result<Stream, StreamError> {
     let open = async {
-        let mut s = dial(addr, limit).await.map_err(StreamError::Dial)?;
+        let mut s = dial_patiently(addr, limit)
+            .await
+            .map_err(StreamError::Dial)?;
         handshake::open(&mut s, id, limit)
             .await
             .map_err(StreamError::Handshake)?;
@@ -187,7 +212,7 @@ async fn connect_and_relay(
     let framing = choose(config.framing, &config.streams, req.framings);
     let host_addr = Address::Unix(entry.forward.host_path.clone());
     let (host, stream) = tokio::join!(
-        dial(&host_addr, config.dial_timeout),
+        dial_patiently(&host_addr, config.dial_timeout),
         open_stream(&config.streams, &req.stream_id, config.stream_timeout),
     );
     let outcome = match (host, stream) {
@@ -245,6 +270,34 @@ async fn connect_and_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_backlog_is_waited_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let sock = tokio::net::UnixSocket::new_stream().unwrap();
+        sock.bind(&path).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = Address::Unix(path);
+        // Fill the backlog until a plain dial sees EAGAIN.
+        let mut queued = Vec::new();
+        let refused = loop {
+            match dial(&addr, Duration::from_secs(1)).await {
+                Ok(s) => queued.push(s),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 100, "the backlog never filled");
+        };
+        assert!(
+            matches!(&refused, DialError::Connect { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock),
+            "{refused}"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while listener.accept().await.is_ok() {}
+        });
+        dial_patiently(&addr, Duration::from_secs(5)).await.unwrap();
+    }
 
     #[test]
     fn stream_ids_are_checked_and_guest_text_clipped() {
