@@ -279,7 +279,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        assert!(rx7.try_recv().is_err());
+        rx7.try_recv().unwrap_err();
         assert_eq!(rx8.try_recv().unwrap().stream_id, "s");
     }
 }

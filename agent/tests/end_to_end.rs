@@ -21,6 +21,7 @@ mod end_to_end {
     use tokio_util::sync::CancellationToken;
 
     const LONG: Duration = Duration::from_secs(10);
+    const LONG_NANOS: i64 = 10_000_000_000;
 
     struct Agent {
         dir: tempfile::TempDir,
@@ -113,7 +114,7 @@ mod end_to_end {
                 ..Default::default()
             };
             self.client
-                .bind(ttrpc::context::with_timeout(LONG.as_nanos() as i64), &req)
+                .bind(ttrpc::context::with_timeout(LONG_NANOS), &req)
                 .await
                 .map(|_| ())
         }
@@ -412,7 +413,7 @@ mod end_to_end {
         let start = Instant::now();
         host.client
             .shutdown(
-                ttrpc::context::with_timeout(LONG.as_nanos() as i64),
+                ttrpc::context::with_timeout(LONG_NANOS),
                 &ShutdownRequest {
                     grace_period_ms: 300,
                     ..Default::default()
@@ -435,15 +436,15 @@ mod end_to_end {
         let agent = Agent::start(|c| c.result_timeout = Duration::from_millis(300)).await;
         let addr = Address::Unix(agent.control.clone());
         // Garbage, a truncated frame, and a frame header announcing 4 GiB.
-        let mut garbage = dial(&addr, LONG).await.unwrap();
+        let garbage = dial(&addr, LONG).await.unwrap();
         garbage.write_all(&[0xff; 64]).await.unwrap();
-        let mut truncated = dial(&addr, LONG).await.unwrap();
+        let truncated = dial(&addr, LONG).await.unwrap();
         truncated
             .write_all(&[0, 0, 0, 50, 0, 0, 0, 1, 1])
             .await
             .unwrap();
         drop(truncated);
-        let mut huge = dial(&addr, LONG).await.unwrap();
+        let huge = dial(&addr, LONG).await.unwrap();
         huge.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0])
             .await
             .unwrap();
