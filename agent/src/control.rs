@@ -12,6 +12,10 @@
 //! the drop alone would wait forever. The connection's token then ends its
 //! Accept handlers, and its requests in flight go back to waiting.
 //!
+//! Once ttrpc's teardown is over (or timed out) the socket is shut down through
+//! a duplicate descriptor, so a writer blocked on a host that stopped reading
+//! cannot keep it open.
+//!
 //! With `--control-dial` the agent dials the host instead and serves ttrpc on
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
@@ -23,6 +27,7 @@ use futures::StreamExt as _;
 use sockfwd_proto::rpc::create_socket_forward;
 use sockfwd_proto::transport::{dial as dial_host, Address, Listener, Stream};
 use std::io;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -88,6 +93,10 @@ pub async fn dial(state: Arc<AgentState>, addr: Address) {
 /// Serves ttrpc on one control connection until it ends or shutdown step 4.
 async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
     let conn = state.next_conn_id();
+    // A second handle on the socket, to cut it once ttrpc has had its chance to
+    // flush: its writer can otherwise stay blocked on a host that stopped
+    // reading, holding the socket open for good. None if out of descriptors.
+    let cut = stream.as_fd().try_clone_to_owned().ok();
     let ended = CancellationToken::new();
     let conn_token = state.shutdown.control.child_token();
     let socket = WatchedSocket {
@@ -118,6 +127,9 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
         .is_err()
     {
         tracing::debug!(conn, "ttrpc server teardown timed out");
+    }
+    if let Some(fd) = cut {
+        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
     tracing::info!(conn, "control connection closed");
 }

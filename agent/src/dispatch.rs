@@ -84,6 +84,9 @@ struct Pending {
 struct AcceptStream {
     conn: ConnId,
     requests: UnboundedSender<ConnectRequest>,
+    /// Results it missed since it last answered: a stream left open by a host
+    /// that no longer serves it is chosen last.
+    silent: u32,
 }
 
 #[derive(Default)]
@@ -130,15 +133,8 @@ impl Router {
     /// A control connection ended: its Accept streams end with it. The forwards
     /// it owns keep their owner, so their requests wait for it to bind again.
     pub fn close_conn(&mut self, conn: ConnId) {
-        let streams = self
-            .conns
-            .get(&conn)
-            .map(|c| c.streams.clone())
-            .unwrap_or_default();
-        for s in streams {
-            self.close_stream(s);
-        }
-        self.conns.remove(&conn);
+        let streams = self.conns.remove(&conn).map(|c| c.streams);
+        self.drop_streams(&streams.unwrap_or_default());
     }
 
     /// An Accept stream opened on `conn`; waiting requests it may serve are sent.
@@ -150,21 +146,35 @@ impl Router {
         self.next_accept += 1;
         let id = self.next_accept;
         self.conns.entry(conn).or_default().streams.push(id);
-        self.streams.insert(id, AcceptStream { conn, requests });
+        self.streams.insert(
+            id,
+            AcceptStream {
+                conn,
+                requests,
+                silent: 0,
+            },
+        );
         self.route_waiting(|_| true);
         id
     }
 
     /// An Accept stream ended; its requests in flight go back to waiting.
     pub fn close_stream(&mut self, stream: AcceptId) {
-        let Some(s) = self.streams.remove(&stream) else {
-            return;
-        };
-        if let Some(c) = self.conns.get_mut(&s.conn) {
-            c.streams.retain(|&x| x != stream);
+        self.drop_streams(&[stream]);
+    }
+
+    /// Forgets `gone` (all at once, so none of them is chosen again) and
+    /// reroutes the requests that were in flight on them.
+    fn drop_streams(&mut self, gone: &[AcceptId]) {
+        for id in gone {
+            if let Some(s) = self.streams.remove(id) {
+                if let Some(c) = self.conns.get_mut(&s.conn) {
+                    c.streams.retain(|x| x != id);
+                }
+            }
         }
         for p in self.pending.values_mut() {
-            if p.at == Some(stream) {
+            if p.at.is_some_and(|at| gone.contains(&at)) {
                 p.at = None;
             }
         }
@@ -220,6 +230,9 @@ impl Router {
 
     /// A `ConnectResult` arrived on `stream`.
     pub fn on_result(&mut self, stream: AcceptId, result: ConnectResult) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.silent = 0;
+        }
         let id = result.stream_id.as_str();
         let Some(p) = self.pending.get_mut(id) else {
             tracing::debug!(stream_id = %id, "result for a stream nobody waits for; ignored");
@@ -262,7 +275,10 @@ impl Router {
         };
         p.last_error = Some("no result from the host in time".to_owned());
         p.at = None;
-        let conn = self.streams.get(&at).map(|s| s.conn);
+        let conn = self.streams.get_mut(&at).map(|s| {
+            s.silent = s.silent.saturating_add(1);
+            s.conn
+        });
         self.route_fallback(stream_id, conn);
     }
 
@@ -307,15 +323,17 @@ impl Router {
             let Some(p) = self.pending.get(stream_id) else {
                 return;
             };
+            let streams = &self.streams;
+            let candidates = |list: &[AcceptId]| quietest(streams, list, &p.tried);
             let choice = match self.owners.get(&p.request.forward_id) {
                 Some(owner) => match self.conns.get_mut(owner) {
-                    Some(c) => pick(&c.streams, &p.tried, &mut c.next),
+                    Some(c) => round_robin(&candidates(&c.streams), &mut c.next),
                     None => None,
                 },
                 None => {
-                    let mut all: Vec<AcceptId> = self.streams.keys().copied().collect();
+                    let mut all: Vec<AcceptId> = streams.keys().copied().collect();
                     all.sort_unstable();
-                    pick(&all, &p.tried, &mut self.next_any)
+                    round_robin(&candidates(&all), &mut self.next_any)
                 }
             };
             match choice {
@@ -333,18 +351,15 @@ impl Router {
             let Some(p) = self.pending.get(stream_id) else {
                 return;
             };
-            let same = conn
-                .and_then(|c| self.conns.get(&c))
-                .and_then(|c| c.streams.iter().find(|s| !p.tried.contains(s)).copied());
-            let choice = same.or_else(|| {
-                let mut all: Vec<AcceptId> = self
-                    .streams
-                    .keys()
-                    .filter(|s| !p.tried.contains(s))
+            let same = conn.and_then(|c| self.conns.get(&c)).and_then(|c| {
+                quietest(&self.streams, &c.streams, &p.tried)
+                    .first()
                     .copied()
-                    .collect();
+            });
+            let choice = same.or_else(|| {
+                let mut all: Vec<AcceptId> = self.streams.keys().copied().collect();
                 all.sort_unstable();
-                all.first().copied()
+                quietest(&self.streams, &all, &p.tried).first().copied()
             });
             match choice {
                 None => {
@@ -381,17 +396,25 @@ impl Router {
     }
 }
 
-/// Round-robin over `streams` minus `tried`.
-fn pick(streams: &[AcceptId], tried: &[AcceptId], next: &mut usize) -> Option<AcceptId> {
-    let open: Vec<AcceptId> = streams
-        .iter()
-        .filter(|s| !tried.contains(s))
-        .copied()
-        .collect();
-    if open.is_empty() {
+/// The streams of `list` not yet `tried` that missed the fewest results.
+fn quietest(
+    streams: &HashMap<AcceptId, AcceptStream>,
+    list: &[AcceptId],
+    tried: &[AcceptId],
+) -> Vec<AcceptId> {
+    let silent = |id: &AcceptId| streams.get(id).map_or(u32::MAX, |s| s.silent);
+    let open = list.iter().filter(|s| !tried.contains(s));
+    let Some(least) = open.clone().map(silent).min() else {
+        return Vec::new();
+    };
+    open.filter(|s| silent(s) == least).copied().collect()
+}
+
+fn round_robin(candidates: &[AcceptId], next: &mut usize) -> Option<AcceptId> {
+    if candidates.is_empty() {
         return None;
     }
-    let choice = open[*next % open.len()];
+    let choice = candidates[*next % candidates.len()];
     *next = next.wrapping_add(1);
     Some(choice)
 }
@@ -650,6 +673,38 @@ mod tests {
         r.close("shutting down");
         assert_eq!(g1.next(), Some(Event::Refused("shutting down".into())));
         assert_eq!(r.submit(req, tx), Err(SubmitError::Closed));
+    }
+
+    #[test]
+    fn a_stream_that_stopped_answering_is_chosen_last() {
+        let mut r = Router::new(100);
+        let (dead, mut rx_dead) = stream(&mut r, 1);
+        let (_live, mut rx_live) = stream(&mut r, 1);
+        r.set_owner("f", Some(1));
+        // Whichever request lands on the dead stream times out there once.
+        let _g = request(&mut r, "first", "f");
+        if sent(&mut rx_dead) == ["first"] {
+            r.result_timeout("first", 1);
+        } else {
+            let _g2 = request(&mut r, "second", "f");
+            assert_eq!(sent(&mut rx_dead), ["second"]);
+            r.result_timeout("second", 1);
+        }
+        sent(&mut rx_live);
+        for i in 0..6 {
+            request(&mut r, &format!("n{i}"), "f");
+        }
+        assert!(
+            sent(&mut rx_dead).is_empty(),
+            "the silent stream is avoided"
+        );
+        assert_eq!(sent(&mut rx_live).len(), 6);
+        // Once it answers anything it is back in the rotation.
+        r.on_result(dead, result("nobody", ""));
+        for i in 0..4 {
+            request(&mut r, &format!("m{i}"), "f");
+        }
+        assert_eq!(sent(&mut rx_dead).len(), 2);
     }
 
     #[test]

@@ -472,6 +472,39 @@ mod end_to_end {
     }
 
     #[tokio::test]
+    async fn shutdown_rpc_is_answered_even_with_nothing_to_drain() {
+        for _ in 0..10 {
+            let agent = Agent::start(|_| {}).await;
+            let host = agent.host().await;
+            host.client
+                .shutdown(
+                    ttrpc::context::with_timeout(LONG_NANOS),
+                    &ShutdownRequest::default(),
+                )
+                .await
+                .unwrap();
+            timeout(LONG, agent.task).await.unwrap().unwrap().unwrap();
+            // The agent closed the control connection behind it.
+            let mut buf = [0u8; 1];
+            let n = timeout(LONG, async {
+                loop {
+                    match nix::sys::socket::recv(
+                        std::os::fd::AsRawFd::as_raw_fd(host.cut.as_ref()),
+                        &mut buf,
+                        nix::sys::socket::MsgFlags::MSG_PEEK,
+                    ) {
+                        Ok(n) => break n,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(n, 0);
+        }
+    }
+
+    #[tokio::test]
     async fn dial_mode_redials_after_the_host_goes_away() {
         let dir = tempfile::tempdir().unwrap();
         let host_path = dir.path().join("host.sock");
