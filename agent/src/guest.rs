@@ -27,7 +27,8 @@ pub async fn serve(
     stats: Arc<ForwardStats>,
 ) {
     let stream_id = stream_id::generate(SOCKET_FORWARD_PREFIX);
-    let span = tracing::debug_span!("guest", %stream_id, %forward_id);
+    // Info level, so the IDs show on every line logged inside, even under RUST_LOG=info.
+    let span = tracing::info_span!("guest", %stream_id, %forward_id);
     async move {
         let Some(framing) = wait_for_host(&state, &stream_id, &forward_id, &stats).await else {
             return;
