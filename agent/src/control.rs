@@ -6,7 +6,7 @@
 //! connection's ID: that is how a Bind's forwards get their owner, and how an
 //! Accept stream is tied to its connection.
 //!
-//! The end of a connection is seen by [`WatchedSocket`], which fires on EOF, a
+//! The end of a connection is seen by `WatchedSocket`, which fires on EOF, a
 //! socket error, or drop: ttrpc stops reading then, but keeps its writer (and
 //! the socket) alive while any Accept handler holds a sender, so waiting for
 //! the drop alone would wait forever. The connection's token then ends its
