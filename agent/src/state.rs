@@ -6,6 +6,8 @@ use crate::listeners::Forwards;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +29,10 @@ pub struct AgentState {
     pub guests: TaskTracker,
     /// Control connections, the dialer, and stream-port handshakes.
     pub tasks: TaskTracker,
+    /// One permit per guest connection the open-file limit can carry
+    /// (`sockfwd_proto::limits`): out of permits, a new guest connection is
+    /// refused at once rather than starving the stream connections it needs.
+    pub guest_slots: Arc<Semaphore>,
     next_conn: AtomicU64,
 }
 
@@ -41,6 +47,7 @@ impl AgentState {
             listeners: TaskTracker::new(),
             guests: TaskTracker::new(),
             tasks: TaskTracker::new(),
+            guest_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
             next_conn: AtomicU64::new(0),
             config,
         }

@@ -113,8 +113,19 @@ pub async fn run_with_table(
         tracing::warn!("no forwards configured: nothing will be forwarded");
     }
     let grace = config.shutdown_grace;
+    let mut limits = config.limits;
+    // Never admit more connections than the open-file limit can carry: out of
+    // descriptors, refusing up front beats failing halfway through a setup.
+    let budget = sockfwd_proto::limits::connection_budget();
+    if limits.max_concurrent == 0 || limits.max_concurrent > budget {
+        tracing::info!(
+            max_concurrent = budget,
+            "total connection cap set by the open-file limit"
+        );
+        limits.max_concurrent = budget;
+    }
     let shared = Arc::new(Shared {
-        caps: Caps::new(config.limits),
+        caps: Caps::new(limits),
         config,
         table,
         tracker: TaskTracker::new(),

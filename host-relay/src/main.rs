@@ -66,6 +66,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), MainError> {
     let config = Config::try_from(cli).map_err(MainError::Config)?;
+    sockfwd_proto::limits::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

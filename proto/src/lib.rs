@@ -7,6 +7,7 @@
 
 pub mod framing;
 pub mod handshake;
+pub mod limits;
 pub mod relay;
 pub mod rpc;
 pub mod stream_id;

@@ -156,6 +156,22 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// CPU time used so far (user + system), in clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(11) + get(12)
+    }
+
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status =
@@ -266,6 +282,19 @@ impl Env {
     pub fn relay_with(&self, args: Vec<String>) -> Daemon {
         let log = self.unique("relay", "log");
         Daemon::spawn("sockfwd-relay", &bin("sockfwd-relay"), &args, log)
+    }
+
+    /// Starts `binary` (`sockfwd-agent` or `sockfwd-relay`) with `args` under an
+    /// open-file limit of `nofile` (through util-linux's prlimit), without waiting.
+    pub fn spawn_limited(&self, binary: &str, args: Vec<String>, nofile: u32) -> Daemon {
+        let prlimit = require_tool("prlimit", "util-linux");
+        let mut cmd = Command::new(prlimit);
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(bin(binary))
+            .args(args);
+        let log = self.unique(binary, "log");
+        Daemon::spawn_command(binary, cmd, log)
     }
 
     fn unique(&self, stem: &str, ext: &str) -> PathBuf {
