@@ -110,6 +110,9 @@ cleanup() {
         "$MICROVM" stop --run-dir "$VMRUN" --timeout 10 >> "$RUN/microvm.log" 2>&1 || log "microvm.sh stop failed (see $RUN/microvm.log)"
     fi
     if [ -n "$WATCHDOG" ]; then kill -TERM "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; fi
+    # the last run's logs stay in the project's ignored cache, whatever happened
+    rm -rf "$ROOT/.cache/vm-last-run"; mkdir -p "$ROOT/.cache/vm-last-run"
+    cp "$RUN"/*.log "$VMRUN"/*.log "$ROOT/.cache/vm-last-run/" 2>/dev/null || true
     if [ "$rc" = 0 ] && [ "${SOCKFWD_VM_KEEP:-0}" != 1 ]; then
         rm -rf "$RUN"
     else
@@ -118,7 +121,9 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+# shellcheck disable=SC2317  # invoked by the INT/TERM trap
+on_signal() { trap - INT TERM; record FAIL whole-run "interrupted (signal or the $BUDGET s budget)"; abort "interrupted"; }
+trap on_signal INT TERM
 
 # Hard stop: every wait below has its own timeout; this is the backstop.
 (
@@ -262,7 +267,7 @@ VM_STARTED=1
 . "$VMRUN/env"
 rc=0; wait_console "SOCKFWD-VM: agent started" 180 || rc=$?
 T_BOOT=$(secs $(( $(now_ms) - MVM_START_MS )))
-VM_INFO="accel=$MVM_ACCEL, $(grep -o 'MVM: vsock ready.*' "$CONSOLE" | tr -d '\r' | head -n 1)"
+VM_INFO="accel=$MVM_ACCEL, $(grep -o 'MVM: vsock ready.*' "$CONSOLE" | tr -d '\r' | head -n 1 || true)"
 if [ $rc != 0 ]; then
     record FAIL vm-boot "no 'agent started' on the console (rc $rc: 1 timeout, 2 qemu exited) after $T_BOOT s"
     abort "VM did not boot"
@@ -316,11 +321,15 @@ PIDS+=("$RELAY_PID")
 # ------------------------------------------------------------------ guest cases
 log "guest: waiting for the guest's cases"
 rc=0; wait_console "SOCKFWD-VM: guest checks done" 240 "$RELAY_PID" || rc=$?
+RELAY_EXIT=""
+if ! kill -0 "$RELAY_PID" 2>/dev/null; then
+    st=0; wait "$RELAY_PID" 2>/dev/null || st=$?; RELAY_EXIT="exit status $st"
+fi
 case $rc in
     0) ;;
     1) ABORT_REASON="guest checks did not finish within 240 s";;
     2) ABORT_REASON="qemu exited during the guest checks";;
-    3) ABORT_REASON="the relay exited: $(tail -n 1 "$RUN/relay.log")";;
+    3) ABORT_REASON="the relay exited ($RELAY_EXIT): $(tail -n 1 "$RUN/relay.log")";;
 esac
 while IFS= read -r line; do
     record_vmcheck "$line"
@@ -330,13 +339,13 @@ if [ $rc = 0 ]; then
     if grep -q '^SOCKFWD-VM: agent alive' "$CONSOLE"; then
         record PASS agent-alive "the agent process was still running after every case"
     else
-        record FAIL agent-alive "$(grep -o 'SOCKFWD-VM: agent dead.*' "$CONSOLE" | tr -d '\r')"
+        record FAIL agent-alive "$(grep -o 'SOCKFWD-VM: agent dead.*' "$CONSOLE" | tr -d '\r' || echo 'no agent status from the guest')"
     fi
 fi
-if kill -0 "$RELAY_PID" 2>/dev/null; then
-    record PASS relay-alive
+if [ -z "$RELAY_EXIT" ] && kill -0 "$RELAY_PID" 2>/dev/null; then
+    record PASS relay-alive "still running after the guest's cases"
 else
-    record FAIL relay-alive "the relay exited: $(tail -n 1 "$RUN/relay.log")"
+    record FAIL relay-alive "the relay exited (${RELAY_EXIT:-after the guest cases}): $(tail -n 1 "$RUN/relay.log")"
 fi
 
 # Half-close through vhost-device-vsock: a plain shutdown(SHUT_WR) does not survive
@@ -344,7 +353,7 @@ fi
 # hvsock:// streams (it logs "relaying framing=EofFrames|Raw" per stream). A lost
 # reply is a known failure only while that extension was not negotiated; once it
 # was, a lost reply is a real failure.
-framings=$(sed 's/\x1b\[[0-9;]*m//g' "$RUN/relay.log" | grep -o 'framing=[A-Za-z]*' | sort | uniq -c | awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')
+framings=$(sed 's/\x1b\[[0-9;]*m//g' "$RUN/relay.log" | { grep -o 'framing=[A-Za-z]*' || true; } | sort | uniq -c | awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')
 case ${RESULT[half-close]:-} in
     "PASS half-close"*)
         RESULT[half-close]="${RESULT[half-close]%)}; relay streams: ${framings:-framing not logged})";;
