@@ -588,7 +588,7 @@ pub fn startup(bins: &Bins) -> Res<Startup> {
     let mut relay = Daemon::spawn(
         "sockfwd-relay",
         &bins.relay,
-        &procs::relay_args(d),
+        &procs::relay_args(d, &bins.relay_extra),
         &d.join("relay.log"),
     )?;
     procs::wait_bound(&d.join("guest.sock"), &mut relay, Duration::from_secs(10))?;

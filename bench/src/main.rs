@@ -73,6 +73,12 @@ struct Cli {
     /// Idle connections for the memory figure (default: 10000, or 300 with --short).
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
+    /// Run the relay with its default admission limits (rate, connections at once).
+    #[arg(long)]
+    default_limits: bool,
+    /// Keep the temp dir with the daemons' logs (its path is printed).
+    #[arg(long)]
+    keep: bool,
     /// Directory holding release builds of sockfwd-agent and sockfwd-relay.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -301,6 +307,28 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
         (
             Figure::Memory,
             row(
+                "pss_guest_per",
+                "guest-side PSS per idle conn (KiB; socat's forks share pages)".into(),
+                "KiB",
+                1,
+                false,
+                None,
+            ),
+        ),
+        (
+            Figure::Memory,
+            row(
+                "pss_host_per",
+                "host-side PSS per idle conn (KiB)".into(),
+                "KiB",
+                1,
+                false,
+                None,
+            ),
+        ),
+        (
+            Figure::Memory,
+            row(
                 "mem_kernel_per",
                 "kernel memory per idle conn, ends included (KiB)".into(),
                 "KiB",
@@ -459,11 +487,22 @@ fn run() -> Res<()> {
         ));
     }
 
-    let bins = if sockfwd {
+    let mut bins = if sockfwd {
         Some(Bins::find(cli.bin_dir.as_deref())?)
     } else {
         None
     };
+    if let Some(b) = bins.as_mut().filter(|_| !cli.default_limits) {
+        let set = b.raise_relay_limits()?;
+        if !set.is_empty() {
+            notes.add(format!(
+                "relay started with its admission limits raised ({}): its defaults are policy (new connections \
+                 per second and connections at once per forward) and would refuse the rate and idle-connection \
+                 workloads; --default-limits measures the shipped defaults",
+                set.join(", ")
+            ));
+        }
+    }
     let socat = procs::which("socat");
     if paths.contains(&PathKind::Socat) && socat.is_none() {
         return Err("socat is not installed (apt-get install socat); or leave it out: --paths direct,sockfwd".into());
@@ -520,7 +559,7 @@ fn run() -> Res<()> {
     .into_iter()
     .any(selected);
     if needs_topology {
-        let mut topo = Topology::start(&paths, bins.as_ref(), socat.as_deref())?;
+        let mut topo = Topology::start(&paths, bins.as_ref(), socat.as_deref(), cli.keep)?;
         eprintln!("daemons up in {}", topo.dir().display());
         if selected(Figure::Memory) && sockfwd {
             std::thread::sleep(Duration::from_millis(200));
@@ -562,6 +601,7 @@ fn run() -> Res<()> {
                                     dir.label()
                                 ));
                                 socat_stalled.push(dir);
+                                topo.kill_forks(p);
                                 topo.check_alive()?;
                                 continue;
                             }
@@ -674,7 +714,7 @@ fn run() -> Res<()> {
                 res.record("burst", served);
             }
             if selected(Figure::Memory) {
-                let mut m = [[None; 3]; 5];
+                let mut m = [[None; 3]; 7];
                 for &p in &paths {
                     let n = if p == PathKind::Socat {
                         cfg.socat_idle.min(idle)
@@ -689,6 +729,8 @@ fn run() -> Res<()> {
                         m[1][i] = Some(r.rss_kib[1] as f64 / 1024.0);
                         m[2][i] = Some(r.per_conn_kib[0]);
                         m[3][i] = Some(r.per_conn_kib[1]);
+                        m[5][i] = Some(r.pss_per_conn_kib[0]);
+                        m[6][i] = Some(r.pss_per_conn_kib[1]);
                     }
                     m[4][i] = Some(r.kernel_per_conn_kib);
                     if r.conns != idle {
@@ -717,16 +759,8 @@ fn run() -> Res<()> {
                             .filter(|_| p != PathKind::Direct)
                             .map(|f| format!(", descriptors per conn {:.2} / {:.2}", f[0], f[1]))
                             .unwrap_or_default();
-                        let pss = if p == PathKind::Socat {
-                            format!(
-                                ", PSS per conn {:.1} / {:.1} KiB (RSS counts pages shared between the forks once per process)",
-                                r.pss_per_conn_kib[0], r.pss_per_conn_kib[1]
-                            )
-                        } else {
-                            String::new()
-                        };
                         notes.add(format!(
-                            "memory, {} (last run): sockets in use per conn {}{fds}{pss}",
+                            "memory, {} (last run): sockets in use per conn {}{fds}",
                             p.title(),
                             r.sockets_per_conn.map_or("?".into(), |s| format!("{s:.2}")),
                         ));
@@ -740,6 +774,8 @@ fn run() -> Res<()> {
                     "mem_guest_per",
                     "mem_host_per",
                     "mem_kernel_per",
+                    "pss_guest_per",
+                    "pss_host_per",
                 ]
                 .into_iter()
                 .zip(m)

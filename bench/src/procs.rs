@@ -214,7 +214,19 @@ pub struct Bins {
     pub agent: PathBuf,
     /// sockfwd-relay (release).
     pub relay: PathBuf,
+    /// Extra relay arguments (raised admission limits).
+    pub relay_extra: Vec<OsString>,
 }
+
+/// The relay's admission limits and the values the bench raises them to:
+/// the defaults are policy (e.g. 1,000 new connections/s per forward), below
+/// what the rate and idle-connection figures need.
+const RELAY_LIMITS: [(&str, &str); 4] = [
+    ("--max-concurrent", "1000000"),
+    ("--max-concurrent-per-forward", "1000000"),
+    ("--max-rate", "10000000"),
+    ("--max-rate-per-forward", "10000000"),
+];
 
 const BUILD_HINT: &str =
     "build them first: cargo build --release -p sockfwd-agent -p sockfwd-relay";
@@ -271,7 +283,28 @@ impl Bins {
         Ok(Self {
             agent: find("sockfwd-agent")?,
             relay: find("sockfwd-relay")?,
+            relay_extra: Vec::new(),
         })
+    }
+
+    /// Raises the relay's admission limits, for the flags its `--help` lists;
+    /// returns the flags set, as text for the report.
+    pub fn raise_relay_limits(&mut self) -> Res<Vec<String>> {
+        let out = Command::new(&self.relay)
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+            .with_ctx(|| format!("{} --help", self.relay.display()))?;
+        let help = String::from_utf8_lossy(&out.stdout);
+        let mut set = Vec::new();
+        for (flag, value) in RELAY_LIMITS {
+            if help.split_whitespace().any(|w| w == flag) {
+                self.relay_extra.push(flag.into());
+                self.relay_extra.push(value.into());
+                set.push(format!("{flag} {value}"));
+            }
+        }
+        Ok(set)
     }
 }
 
@@ -304,7 +337,7 @@ pub fn agent_args(dir: &Path) -> Vec<OsString> {
 }
 
 /// Arguments for a relay forwarding `dir/guest.sock` to `dir/server.sock`.
-pub fn relay_args(dir: &Path) -> Vec<OsString> {
+pub fn relay_args(dir: &Path, extra: &[OsString]) -> Vec<OsString> {
     let mut fwd = dir.join("guest.sock").into_os_string();
     fwd.push(":");
     fwd.push(dir.join("server.sock"));
@@ -316,4 +349,7 @@ pub fn relay_args(dir: &Path) -> Vec<OsString> {
         os("--forward"),
         fwd,
     ]
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect()
 }

@@ -59,9 +59,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Topology {
     /// Starts the forwarders for `paths`.
-    pub fn start(paths: &[PathKind], bins: Option<&Bins>, socat: Option<&Path>) -> Res<Self> {
+    /// With `keep`, the temp dir (sockets, daemon logs) is left behind.
+    pub fn start(
+        paths: &[PathKind],
+        bins: Option<&Bins>,
+        socat: Option<&Path>,
+        keep: bool,
+    ) -> Res<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sockfwd-bench.")
+            .disable_cleanup(keep)
             .tempdir()
             .ctx("temp dir")?;
         let d = dir.path().to_path_buf();
@@ -116,7 +123,7 @@ impl Topology {
             let mut relay = Daemon::spawn(
                 "sockfwd-relay",
                 &bins.relay,
-                &procs::relay_args(&d),
+                &procs::relay_args(&d, &bins.relay_extra),
                 &d.join("relay.log"),
             )?;
             procs::wait_bound(&d.join("guest.sock"), &mut relay, START_TIMEOUT)?;
@@ -201,9 +208,29 @@ impl Topology {
                 return true;
             }
             if start.elapsed() > timeout {
+                eprintln!(
+                    "  warning: {} still busy {timeout:?} after its connections closed",
+                    path.title()
+                );
                 return false;
             }
             thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the per-connection processes socat forked (after a stalled
+    /// transfer they stay blocked writing to each other). No-op for sockfwd.
+    pub fn kill_forks(&self, path: PathKind) {
+        let Some(pair) = self.pair(path).filter(|p| p.forks) else {
+            return;
+        };
+        for parent in [pair.guest.pid(), pair.host.pid()] {
+            for child in sys::children(parent) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 
