@@ -82,6 +82,12 @@ pub struct Cli {
     /// Accept vsock connections from any CID, not only the host (CID 2)
     #[arg(long)]
     pub allow_any_cid: bool,
+
+    /// A target host-initiated connections may reach (repeatable): HOST:PORT
+    /// with * for any host or port and A-B for a range (127.0.0.1:*, *:8080,
+    /// [::1]:8000-8999), or unix:GLOB (unix:/run/*) [default: any target]
+    #[arg(long = "allow-target", value_name = "SPEC")]
+    pub allow_targets: Vec<crate::target::AllowTarget>,
 }
 
 /// Parses an octal file mode: `0666`, `666` or `0o666`.
@@ -139,6 +145,9 @@ impl Cli {
         }
         if self.allow_any_cid {
             base.allow_any_cid = true;
+        }
+        if !self.allow_targets.is_empty() {
+            base.allow_targets = crate::target::AllowList(self.allow_targets);
         }
         base.validate()?;
         Ok(base)

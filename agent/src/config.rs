@@ -85,6 +85,8 @@ pub struct AgentConfig {
     pub max_sockets_per_bind: usize,
     /// Accept vsock connections from any CID, not only the host (CID 2).
     pub allow_any_cid: bool,
+    /// Targets the host may reach with `Connect` (`--allow-target`); empty: any.
+    pub allow_targets: crate::target::AllowList,
 }
 
 impl Default for AgentConfig {
@@ -106,6 +108,7 @@ impl Default for AgentConfig {
             allow_dirs: Vec::new(),
             max_sockets_per_bind: 1024,
             allow_any_cid: false,
+            allow_targets: crate::target::AllowList::default(),
         }
     }
 }

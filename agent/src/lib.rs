@@ -9,7 +9,9 @@
 //! - [`guest`]: one guest connection: request, wait, claim, relay;
 //! - [`dispatch`]: which Accept stream gets each request;
 //! - [`streams`] and [`registry`]: the stream port and its waiting streams;
-//! - [`shutdown`]: the order things stop in; [`backoff`], [`stats`]: helpers.
+//! - [`shutdown`]: the order things stop in; [`backoff`], [`stats`]: helpers;
+//! - extensions: [`outbound`] and [`target`] (host-initiated `Connect`),
+//!   [`ports`] (`WatchPorts`).
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
 //! [`run`]. The wire contract is `shared/docs/wire-protocol.md`.
@@ -21,12 +23,15 @@ pub mod control;
 pub mod dispatch;
 pub mod guest;
 pub mod listeners;
+pub mod outbound;
+pub mod ports;
 pub mod registry;
 pub mod service;
 pub mod shutdown;
 pub mod state;
 pub mod stats;
 pub mod streams;
+pub mod target;
 pub mod validate;
 
 pub use config::{AgentConfig, ConfigError, ControlMode};

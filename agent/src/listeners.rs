@@ -98,7 +98,22 @@ pub enum BindCause {
 struct Forward {
     path: PathBuf,
     stats: Arc<ForwardStats>,
+    /// Cancelled by Unbind: the accept loop ends and drops the listener.
+    stop: CancellationToken,
+    /// Cancelled by the accept loop once its listener (and file) is gone.
+    done: CancellationToken,
 }
+
+/// A failed Unbind.
+#[derive(Debug, Error)]
+pub enum UnbindError {
+    /// No forward with this ID is bound.
+    #[error("no forward {0:?} is bound")]
+    Unknown(String),
+}
+
+/// Longest Unbind waits for the accept loop to drop its listener.
+const UNBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct Table {
@@ -271,22 +286,25 @@ pub async fn bind(
         }
         for c in created {
             let stats = Arc::new(ForwardStats::default());
+            let stop = state.shutdown.stop.child_token();
+            let done = CancellationToken::new();
             t.by_path.insert(c.path.clone(), c.forward_id.clone());
             t.by_id.insert(
                 c.forward_id.clone(),
                 Forward {
                     path: c.path.clone(),
                     stats: stats.clone(),
+                    stop: stop.clone(),
+                    done: done.clone(),
                 },
             );
             tracing::info!(forward_id = %c.forward_id, path = %c.path.display(), "forward listening");
-            let stop = state.shutdown.stop.child_token();
             state.listeners.spawn(serve_forward(
                 state.clone(),
                 c.forward_id,
                 c.listener,
                 stats,
-                stop,
+                (stop, done),
             ));
         }
     }
@@ -303,7 +321,7 @@ async fn serve_forward(
     forward_id: String,
     listener: Listener,
     stats: Arc<ForwardStats>,
-    stop: CancellationToken,
+    (stop, done): (CancellationToken, CancellationToken),
 ) {
     let mut backoff = Backoff::accept();
     while let Some((conn, _peer)) = accept_next(&listener, &mut backoff, &stop).await {
@@ -316,4 +334,34 @@ async fn serve_forward(
         ));
     }
     tracing::debug!(%forward_id, listener = %listener.address(), "forward listener closed");
+    drop(listener);
+    done.cancel();
+}
+
+/// Unbind: closes `forward_id`'s listener and removes its socket file (once the
+/// accept loop has dropped it); connections already accepted run to their end.
+/// Returns the path that was unbound.
+pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<PathBuf, UnbindError> {
+    let forwards = &state.forwards;
+    let _serial = forwards.bind_lock.lock().await;
+    let removed = {
+        let mut t = forwards.lock();
+        let f = t.by_id.remove(forward_id);
+        if let Some(f) = &f {
+            t.by_path.remove(&f.path);
+        }
+        f
+    };
+    let Some(f) = removed else {
+        return Err(UnbindError::Unknown(forward_id.to_owned()));
+    };
+    f.stop.cancel();
+    if tokio::time::timeout(UNBIND_WAIT, f.done.cancelled())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%forward_id, "listener still closing; answering Unbind anyway");
+    }
+    tracing::info!(%forward_id, path = %f.path.display(), "forward unbound");
+    Ok(f.path)
 }

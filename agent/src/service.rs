@@ -12,13 +12,15 @@ use crate::state::AgentState;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
 use sockfwd_proto::rpc::{
-    BindRequest, ConnectRequest, ConnectResult, ShutdownRequest, SocketForward,
+    BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
+    ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, SocketForward,
+    UnbindRequest, WatchPortsRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
-use ttrpc::r#async::{ServerStream, TtrpcContext};
+use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
 
 /// Longest the Shutdown RPC waits for the listeners before answering anyway.
 const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -133,6 +135,80 @@ impl SocketForward for Service {
             tracing::warn!("listeners still closing; answering Shutdown anyway");
         }
         Ok(Empty::new())
+    }
+
+    async fn connect(&self, ctx: &TtrpcContext, req: ConnectTargetRequest) -> ttrpc::Result<Empty> {
+        let deadline = u64::try_from(ctx.timeout_nano)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Duration::from_nanos);
+        let (stream_id, target) = (req.stream_id.clone(), req.target.clone());
+        match crate::outbound::connect(&self.state, req, deadline).await {
+            Ok(()) => Ok(Empty::new()),
+            Err(err) => {
+                tracing::warn!(conn = self.conn, stream_id = %stream_id.escape_debug(),
+                    target = %target.escape_debug(), cause = %error_chain(&err), "Connect refused");
+                Err(crate::outbound::status(&err))
+            }
+        }
+    }
+
+    async fn watch_ports(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: WatchPortsRequest,
+        sender: ServerStreamSender<PortEvent>,
+    ) -> ttrpc::Result<()> {
+        tracing::info!(conn = self.conn, "WatchPorts stream open");
+        let stop = self.conn_token.clone();
+        let shutdown = self.state.shutdown.stop.clone();
+        tokio::select! {
+            r = crate::ports::watch(&sender) => {
+                if let Err(err) = r {
+                    tracing::debug!(conn = self.conn, cause = %err, "WatchPorts stream ended");
+                }
+            }
+            () = stop.cancelled() => {}
+            () = shutdown.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    async fn unbind(&self, _ctx: &TtrpcContext, req: UnbindRequest) -> ttrpc::Result<Empty> {
+        match listeners::unbind(&self.state, &req.forward_id).await {
+            Ok(_) => Ok(Empty::new()),
+            Err(err) => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                err.to_string(),
+            ))),
+        }
+    }
+
+    async fn list_forwards(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ListForwardsRequest,
+    ) -> ttrpc::Result<ListForwardsResponse> {
+        let mut resp = ListForwardsResponse::new();
+        resp.forwards = self
+            .state
+            .forwards
+            .snapshot()
+            .into_iter()
+            .map(|(id, path, s)| {
+                let mut f = ForwardInfo::new();
+                f.forward_id = id;
+                f.socket_path = path.display().to_string();
+                f.active = s.active;
+                f.total = s.total;
+                f.refused = s.refused;
+                f.failed = s.failed;
+                f.bytes_to_host = s.bytes_to_host;
+                f.bytes_to_guest = s.bytes_to_guest;
+                f
+            })
+            .collect();
+        Ok(resp)
     }
 }
 
