@@ -475,7 +475,7 @@ fn run() -> Res<()> {
             Some(cpu)
         }
     };
-    let nofile = sys::raise_nofile(65_536)?;
+    let nofile = sys::raise_nofile(262_144)?;
     let fd_budget = usize::try_from(nofile)
         .unwrap_or(usize::MAX)
         .saturating_sub(2000)
