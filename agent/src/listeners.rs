@@ -326,12 +326,20 @@ async fn serve_forward(
     let mut backoff = Backoff::accept();
     while let Some((conn, _peer)) = accept_next(&listener, &mut backoff, &stop).await {
         ForwardStats::bump(&stats.total);
-        state.guests.spawn(crate::guest::serve(
-            state.clone(),
-            conn,
-            forward_id.clone(),
-            stats.clone(),
-        ));
+        let Ok(slot) = state.guest_slots.clone().try_acquire_owned() else {
+            ForwardStats::bump(&stats.refused);
+            tracing::warn!(
+                %forward_id,
+                "open-file limit reached: guest connection refused (raise LimitNOFILE)"
+            );
+            drop(conn);
+            continue;
+        };
+        let serve = crate::guest::serve(state.clone(), conn, forward_id.clone(), stats.clone());
+        state.guests.spawn(async move {
+            serve.await;
+            drop(slot);
+        });
     }
     tracing::debug!(%forward_id, listener = %listener.address(), "forward listener closed");
     drop(listener);
