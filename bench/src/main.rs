@@ -117,6 +117,19 @@ impl Config {
     }
 }
 
+/// `git describe --always --dirty` of the workspace, if git is there.
+fn git_describe() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(procs::workspace_dir())
+        .args(["describe", "--always", "--dirty"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -519,7 +532,14 @@ fn run() -> Res<()> {
             let s = figures::agent_size(Some(b))?;
             res.record("size", fwd_only(s.bytes as f64 / MIB as f64));
             notes.add(if s.is_static {
-                format!("agent binary: static build {}", s.path.display())
+                let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let stale = match (modified(&s.path), modified(&b.agent)) {
+                    (Some(st), Some(dynamic)) if st < dynamic => {
+                        " (older than the release build: it may not be the current code; rebuild it)"
+                    }
+                    _ => "",
+                };
+                format!("agent binary: static build {}{stale}", s.path.display())
             } else {
                 format!(
                     "agent binary: {} is dynamically linked (no static build found; build one with \
@@ -816,6 +836,12 @@ fn run() -> Res<()> {
     println!("### sockfwd benchmark, {}", sys::utc_now());
     println!();
     println!("- machine: {model}, {cores} CPUs, Linux {kernel}");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!(
+        "- sockfwd {}; command: `sockfwd-bench {}`",
+        git_describe().map_or_else(|| "(commit unknown)".into(), |c| format!("commit {c}")),
+        args.join(" ")
+    );
     println!(
         "- mode: {mode}; {} runs; {} MiB per transfer and direction; {}",
         cfg.runs,
