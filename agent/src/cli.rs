@@ -1,25 +1,41 @@
 //! Command-line flags, the last configuration layer.
 //!
-//! Every flag is optional here: [`Cli::apply`] overlays only the flags given on a
-//! base [`AgentConfig`] (defaults, or defaults with a file and the kernel command
-//! line applied), so each layer stays separate from the defaults.
+//! Every value flag is optional text here: [`Cli::values`] lists only the flags
+//! given, and [`crate::load`] parses them with the same [`crate::keys`] table
+//! as the file and the kernel command line, so a flag, a `sockfwd.` key and a
+//! file key of one name accept the same values and fail with the same message.
 
-use crate::config::{AgentConfig, ConfigError, ControlMode};
+use crate::keys::Key;
 use clap::Parser;
-use sockfwd_proto::transport::Address;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Guest agent: creates the forwarded Unix sockets and serves the socketforward
 /// ttrpc service and the stream port.
 ///
+/// Configuration layers, later wins: defaults, the file (--config), the kernel
+/// command line (sockfwd.KEY=VALUE, KEY as the flag with `_`), flags.
 /// ADDR: unix://PATH | vsock://CID:PORT.  DUR: 500ms, 10s, 1m.
 #[derive(Debug, Parser, Default)]
 #[command(name = "sockfwd-agent", version)]
 pub struct Cli {
+    /// Print the effective configuration and where each value came from, then
+    /// exit
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Configuration file (TOML); a missing file named here is an error
+    /// [default: sockfwd.config= on the kernel command line, else
+    /// /etc/sockfwd/agent.toml if it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Read the kernel command line from PATH instead of /proc/cmdline
+    #[arg(long, value_name = "PATH")]
+    pub cmdline_file: Option<PathBuf>,
+
     /// ttrpc listener [default: vsock://-1:1025]
-    #[arg(long, value_name = "ADDR")]
-    pub control: Option<Address>,
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["control_dial", "control_port"])]
+    pub control: Option<String>,
 
     /// Dial the host and serve ttrpc on that connection, redialing with backoff
     /// [default when given without ADDR: vsock://2:1025]
@@ -28,146 +44,181 @@ pub struct Cli {
         value_name = "ADDR",
         num_args = 0..=1,
         default_missing_value = "vsock://2:1025",
-        conflicts_with = "control"
+        conflicts_with = "control_port"
     )]
-    pub control_dial: Option<Address>,
+    pub control_dial: Option<String>,
+
+    /// Listen for ttrpc on vsock://-1:PORT
+    #[arg(long, value_name = "PORT")]
+    pub control_port: Option<String>,
 
     /// Stream-port listener [default: vsock://-1:1026]
-    #[arg(long, value_name = "ADDR")]
-    pub streams: Option<Address>,
+    #[arg(long, value_name = "ADDR", conflicts_with = "streams_port")]
+    pub streams: Option<String>,
+
+    /// Stream port on vsock://-1:PORT
+    #[arg(long, value_name = "PORT")]
+    pub streams_port: Option<String>,
 
     /// How long a guest connection waits for its result [default: 30s]
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub pending_timeout: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub pending_timeout: Option<String>,
 
     /// How long one Accept stream may take to answer before the request is
     /// offered to another [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub result_timeout: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub result_timeout: Option<String>,
 
     /// Guest connections waiting at once; beyond it they are closed and logged
     /// [default: 4096]
     #[arg(long, value_name = "N")]
-    pub max_pending: Option<usize>,
+    pub max_pending: Option<String>,
 
     /// Longest stream ID accepted on the stream port [default: 256]
     #[arg(long, value_name = "N")]
-    pub max_stream_id_len: Option<usize>,
+    pub max_stream_id_len: Option<String>,
 
     /// Stream-port handshake read deadline [default: 5s]
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub handshake_timeout: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub handshake_timeout: Option<String>,
 
     /// A registered stream not claimed within this is closed [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub claim_timeout: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub claim_timeout: Option<String>,
 
     /// How long open relays may run after Shutdown or SIGTERM [default: 5s]
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub shutdown_grace: Option<String>,
 
-    /// Mode of a forward listener whose Bind gives none [default: 0666]
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
-    pub socket_mode: Option<u32>,
+    /// Mode of a forward socket whose Bind gives none [default: 0666: the
+    /// socket's directory decides who reaches it]
+    #[arg(long, value_name = "OCTAL")]
+    pub socket_mode: Option<String>,
+
+    /// Owner of a forward socket whose Bind gives none [default: the agent's]
+    #[arg(long, value_name = "UID")]
+    pub socket_uid: Option<String>,
+
+    /// Group of a forward socket whose Bind gives none [default: the agent's]
+    #[arg(long, value_name = "GID")]
+    pub socket_gid: Option<String>,
 
     /// Only create sockets under DIR (repeatable); below DIR no symlink is
     /// followed [default: anywhere]
-    #[arg(long = "allow-dir", value_name = "DIR")]
-    pub allow_dirs: Vec<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub allow_dir: Vec<String>,
 
     /// Most sockets one Bind call may create [default: 1024]
     #[arg(long, value_name = "N")]
-    pub max_sockets_per_bind: Option<usize>,
+    pub max_sockets_per_bind: Option<String>,
 
     /// Accept vsock connections from any CID, not only the host (CID 2)
-    #[arg(long)]
-    pub allow_any_cid: bool,
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub allow_any_cid: Option<String>,
 
     /// A target host-initiated connections may reach (repeatable): HOST:PORT
     /// with * for any host or port and A-B for a range (127.0.0.1:*, *:8080,
     /// [::1]:8000-8999), or unix:GLOB (unix:/run/*) [default: any target]
-    #[arg(long = "allow-target", value_name = "SPEC")]
-    pub allow_targets: Vec<crate::target::AllowTarget>,
-}
+    #[arg(long, value_name = "SPEC")]
+    pub allow_target: Vec<String>,
 
-/// Parses an octal file mode: `0666`, `666` or `0o666`.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    let mode = u32::from_str_radix(digits, 8)
-        .map_err(|e| format!("{s:?} is not an octal mode like 0666: {e}"))?;
-    if mode > 0o7777 {
-        return Err(format!("{s:?} is not a file mode (at most 07777)"));
-    }
-    Ok(mode)
+    /// Bind this socket at start, before any host attaches (repeatable);
+    /// MODE is octal, an empty field keeps the default
+    #[arg(long, value_name = "ID:PATH[:MODE[:UID:GID]]")]
+    pub forward: Vec<String>,
+
+    /// Log filter [default: RUST_LOG, else info]
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
 }
 
 impl Cli {
-    /// Overlays the flags that were given on `base`, then validates the result.
-    pub fn apply(self, mut base: AgentConfig) -> Result<AgentConfig, ConfigError> {
-        if let Some(addr) = self.control {
-            base.control = ControlMode::Listen(addr);
-        }
-        if let Some(addr) = self.control_dial {
-            base.control = ControlMode::Dial(addr);
-        }
-        if let Some(v) = self.streams {
-            base.streams = v;
-        }
-        if let Some(v) = self.pending_timeout {
-            base.pending_timeout = v;
-        }
-        if let Some(v) = self.result_timeout {
-            base.result_timeout = v;
-        }
-        if let Some(v) = self.max_pending {
-            base.max_pending = v;
-        }
-        if let Some(v) = self.max_stream_id_len {
-            base.max_stream_id_len = v;
-        }
-        if let Some(v) = self.handshake_timeout {
-            base.handshake_timeout = v;
-        }
-        if let Some(v) = self.claim_timeout {
-            base.claim_timeout = v;
-        }
-        if let Some(v) = self.shutdown_grace {
-            base.shutdown_grace = v;
-        }
-        if let Some(v) = self.socket_mode {
-            base.socket_mode = v;
-        }
-        if !self.allow_dirs.is_empty() {
-            base.allow_dirs = self.allow_dirs;
-        }
-        if let Some(v) = self.max_sockets_per_bind {
-            base.max_sockets_per_bind = v;
-        }
-        if self.allow_any_cid {
-            base.allow_any_cid = true;
-        }
-        if !self.allow_targets.is_empty() {
-            base.allow_targets = crate::target::AllowList(self.allow_targets);
-        }
-        base.validate()?;
-        Ok(base)
+    /// The value flags that were given, as (key, text), for [`crate::load`].
+    pub fn values(&self) -> Vec<(Key, String)> {
+        let mut v: Vec<(Key, String)> = Vec::new();
+        let mut one = |key, value: &Option<String>| {
+            if let Some(value) = value {
+                v.push((key, value.clone()));
+            }
+        };
+        one(
+            Key::Config,
+            &self.config.as_ref().map(|p| p.display().to_string()),
+        );
+        one(Key::Control, &self.control);
+        one(Key::ControlDial, &self.control_dial);
+        one(Key::ControlPort, &self.control_port);
+        one(Key::Streams, &self.streams);
+        one(Key::StreamsPort, &self.streams_port);
+        one(Key::PendingTimeout, &self.pending_timeout);
+        one(Key::ResultTimeout, &self.result_timeout);
+        one(Key::MaxPending, &self.max_pending);
+        one(Key::MaxStreamIdLen, &self.max_stream_id_len);
+        one(Key::HandshakeTimeout, &self.handshake_timeout);
+        one(Key::ClaimTimeout, &self.claim_timeout);
+        one(Key::ShutdownGrace, &self.shutdown_grace);
+        one(Key::SocketMode, &self.socket_mode);
+        one(Key::SocketUid, &self.socket_uid);
+        one(Key::SocketGid, &self.socket_gid);
+        one(Key::MaxSocketsPerBind, &self.max_sockets_per_bind);
+        one(Key::AllowAnyCid, &self.allow_any_cid);
+        one(Key::Log, &self.log);
+        v.extend(self.allow_dir.iter().map(|d| (Key::AllowDir, d.clone())));
+        v.extend(
+            self.allow_target
+                .iter()
+                .map(|t| (Key::AllowTarget, t.clone())),
+        );
+        v.extend(self.forward.iter().map(|f| (Key::Forward, f.clone())));
+        v
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ControlMode;
+    use crate::load::{resolve, FileLayer, Source};
+    use crate::AgentConfig;
     use clap::CommandFactory as _;
+    use sockfwd_proto::transport::Address;
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<AgentConfig, String> {
         let cli = Cli::try_parse_from(std::iter::once("sockfwd-agent").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        cli.apply(AgentConfig::default()).map_err(|e| e.to_string())
+        let file = FileLayer {
+            path: "/nonexistent.toml".into(),
+            text: None,
+            named_by: Source::Default,
+        };
+        resolve(file, &[], &cli.values(), None)
+            .map(|l| l.config)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_key_has_a_flag() {
+        let cmd = Cli::command();
+        for key in Key::ALL {
+            let flag = key.flag();
+            let long = flag.trim_start_matches("--");
+            assert!(
+                cmd.get_arguments().any(|a| a.get_long() == Some(long)),
+                "no {flag}"
+            );
+        }
     }
 
     #[test]
@@ -198,6 +249,10 @@ mod tests {
             "4s",
             "--socket-mode",
             "0660",
+            "--socket-uid",
+            "10",
+            "--socket-gid",
+            "20",
             "--allow-dir",
             "/run/a",
             "--allow-dir",
@@ -205,6 +260,10 @@ mod tests {
             "--max-sockets-per-bind",
             "9",
             "--allow-any-cid",
+            "--forward",
+            "a:/run/a/x.sock",
+            "--forward",
+            "b:/run/b/y.sock:0600:1:2",
         ])
         .unwrap();
         assert_eq!(
@@ -220,12 +279,25 @@ mod tests {
         assert_eq!(c.claim_timeout, Duration::from_secs(3));
         assert_eq!(c.shutdown_grace, Duration::from_secs(4));
         assert_eq!(c.socket_mode, 0o660);
+        assert_eq!((c.socket_uid, c.socket_gid), (Some(10), Some(20)));
         assert_eq!(
             c.allow_dirs,
             vec![PathBuf::from("/run/a"), PathBuf::from("/run/b")]
         );
         assert_eq!(c.max_sockets_per_bind, 9);
         assert!(c.allow_any_cid);
+        let forwards: Vec<String> = c.forwards.iter().map(|f| f.to_string()).collect();
+        assert_eq!(forwards, ["a:/run/a/x.sock", "b:/run/b/y.sock:0600:1:2"]);
+    }
+
+    #[test]
+    fn shorthands_and_switch_values() {
+        let c = parse(&["--control-port", "2000", "--streams-port", "2001"]).unwrap();
+        assert_eq!(c.control.to_string(), "listen vsock://-1:2000");
+        assert_eq!(c.streams.to_string(), "vsock://-1:2001");
+        assert!(!parse(&["--allow-any-cid=false"]).unwrap().allow_any_cid);
+        parse(&["--streams", "unix:///s", "--streams-port", "1"]).unwrap_err();
+        parse(&["--control-port", "1", "--control-dial"]).unwrap_err();
     }
 
     #[test]
@@ -246,25 +318,20 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_flag_named() {
         for (args, needle) in [
-            (&["--control", "tcp://x"][..], "--control"),
+            (
+                &["--control", "tcp://x"][..],
+                "\"tcp://x\" for --control on the command line",
+            ),
             (&["--pending-timeout", "soon"][..], "--pending-timeout"),
             (&["--socket-mode", "0999"][..], "--socket-mode"),
             (&["--socket-mode", "70000"][..], "--socket-mode"),
-            (&["--max-pending", "0"][..], "max-pending"),
-            (&["--allow-dir", "relative"][..], "allow-dir"),
-            (&["--streams", "hvsock:///v:1"][..], "streams"),
+            (&["--max-pending", "0"][..], "--max-pending"),
+            (&["--allow-dir", "relative"][..], "--allow-dir"),
+            (&["--streams", "hvsock:///v:1"][..], "--streams"),
+            (&["--forward", "x"][..], "--forward"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
-    }
-
-    #[test]
-    fn modes_parse_in_each_spelling() {
-        assert_eq!(parse_mode("0666"), Ok(0o666));
-        assert_eq!(parse_mode("666"), Ok(0o666));
-        assert_eq!(parse_mode("0o600"), Ok(0o600));
-        parse_mode("").unwrap_err();
-        parse_mode("8").unwrap_err();
     }
 }

@@ -1,10 +1,12 @@
 //! The agent's one validated configuration.
 //!
-//! Sources apply in order (defaults, then a file and the kernel command line in a
-//! later issue, then flags); each source overlays [`AgentConfig`] and the result
-//! is checked once with [`AgentConfig::validate`] before [`crate::run`] uses it.
+//! Sources apply in order: defaults, the file, the kernel command line, flags
+//! ([`crate::load`] reads and merges them, [`crate::keys`] parses each value);
+//! the result is checked once with [`AgentConfig::validate`] before
+//! [`crate::run`] uses it.
 
 use sockfwd_proto::handshake;
+use sockfwd_proto::rpc::Socket;
 use sockfwd_proto::transport::{Address, VMADDR_CID_ANY, VMADDR_CID_HOST};
 use std::fmt;
 use std::path::{Component, PathBuf};
@@ -77,7 +79,19 @@ pub struct AgentConfig {
     /// How long open relays may run after Shutdown or SIGTERM.
     pub shutdown_grace: Duration,
     /// Mode of a forward listener whose Bind gives none.
+    ///
+    /// 0666 by default, unlike the reference agent's umask-derived mode: the
+    /// socket sits where the host asked, usually bind-mounted into one
+    /// container whose processes run as arbitrary non-root users, and a mode
+    /// derived from root's umask refuses them. Access control is by placement
+    /// (who can reach the directory), as for the host socket it stands for.
     pub socket_mode: u32,
+    /// Owner of a forward listener whose Bind gives no uid; `None` leaves the
+    /// agent's own.
+    pub socket_uid: Option<u32>,
+    /// Group of a forward listener whose Bind gives no gid; `None` leaves the
+    /// agent's own.
+    pub socket_gid: Option<u32>,
     /// Directories under which Bind may create sockets; empty means anywhere.
     /// Each is trusted as spelled; below it no symlink is followed.
     pub allow_dirs: Vec<PathBuf>,
@@ -87,6 +101,57 @@ pub struct AgentConfig {
     pub allow_any_cid: bool,
     /// Targets the host may reach with `Connect` (`--allow-target`); empty: any.
     pub allow_targets: crate::target::AllowList,
+    /// Sockets bound at start, before any host attaches, owned by no control
+    /// connection; a host's Bind of the same ID and path later takes them over.
+    pub forwards: Vec<BootForward>,
+}
+
+/// A forward from the configuration, bound at start so that guest services
+/// find its socket at once; its connections wait for a host like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootForward {
+    /// The forward ID the host will use for it.
+    pub id: String,
+    /// Where the socket is created.
+    pub path: PathBuf,
+    /// Its mode; `None`: [`AgentConfig::socket_mode`].
+    pub mode: Option<u32>,
+    /// Its owner; `None`: [`AgentConfig::socket_uid`].
+    pub uid: Option<u32>,
+    /// Its group; `None`: [`AgentConfig::socket_gid`].
+    pub gid: Option<u32>,
+}
+
+impl BootForward {
+    /// The Bind request entry for this forward.
+    pub fn to_socket(&self) -> Socket {
+        Socket {
+            forward_id: self.id.clone(),
+            socket_path: self.path.to_string_lossy().into_owned(),
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            ..Default::default()
+        }
+    }
+}
+
+impl fmt::Display for BootForward {
+    /// The `ID:PATH[:MODE[:UID:GID]]` form of the kernel command line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.id, self.path.display())?;
+        if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() {
+            f.write_str(":")?;
+            if let Some(mode) = self.mode {
+                write!(f, "{mode:04o}")?;
+            }
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            let id = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+            write!(f, ":{}:{}", id(self.uid), id(self.gid))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for AgentConfig {
@@ -105,10 +170,13 @@ impl Default for AgentConfig {
             claim_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             socket_mode: 0o666,
+            socket_uid: None,
+            socket_gid: None,
             allow_dirs: Vec::new(),
             max_sockets_per_bind: 1024,
             allow_any_cid: false,
             allow_targets: crate::target::AllowList::default(),
+            forwards: Vec::new(),
         }
     }
 }
@@ -131,6 +199,16 @@ pub enum ConfigError {
     /// An allowed directory that is relative or has `..` in it.
     #[error("allow-dir {0:?} must be an absolute path without '..'")]
     AllowDir(PathBuf),
+    /// A boot-time forward with a bad ID, a relative path or a bad mode.
+    #[error("forward {id:?} at {path:?}: {reason}")]
+    Forward {
+        /// The forward ID.
+        id: String,
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A listener address nothing can listen on.
     #[error(
         "{setting} {addr}: hvsock:// is for dialing from the host; listen on vsock:// or unix://"
@@ -176,6 +254,20 @@ impl AgentConfig {
                 return Err(ConfigError::AllowDir(dir.clone()));
             }
         }
+        for f in &self.forwards {
+            let refuse = |reason: String| ConfigError::Forward {
+                id: f.id.clone(),
+                path: f.path.clone(),
+                reason,
+            };
+            crate::validate::check_forward_id(&f.id).map_err(refuse)?;
+            if !f.path.is_absolute() {
+                return Err(refuse("the path is not absolute".to_owned()));
+            }
+            if let Some(mode) = f.mode.filter(|m| *m > 0o7777) {
+                return Err(refuse(format!("mode {mode:#o} is not a file mode")));
+            }
+        }
         if let ControlMode::Listen(addr @ Address::Hybrid { .. }) = &self.control {
             return Err(ConfigError::NotListenable {
                 setting: "control",
@@ -212,7 +304,35 @@ mod tests {
         assert_eq!(c.max_sockets_per_bind, 1024);
         assert!(c.allow_dirs.is_empty());
         assert!(!c.allow_any_cid);
+        assert_eq!((c.socket_uid, c.socket_gid), (None, None));
+        assert!(c.forwards.is_empty());
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    fn boot(id: &str, path: &str) -> BootForward {
+        BootForward {
+            id: id.into(),
+            path: path.into(),
+            mode: None,
+            uid: None,
+            gid: None,
+        }
+    }
+
+    #[test]
+    fn boot_forwards_print_in_the_command_line_form() {
+        let mut f = boot("web", "/run/web.sock");
+        assert_eq!(f.to_string(), "web:/run/web.sock");
+        f.mode = Some(0o660);
+        assert_eq!(f.to_string(), "web:/run/web.sock:0660");
+        f.uid = Some(0);
+        f.gid = Some(5);
+        assert_eq!(f.to_string(), "web:/run/web.sock:0660:0:5");
+        f.mode = None;
+        assert_eq!(f.to_string(), "web:/run/web.sock::0:5");
+        let s = f.to_socket();
+        assert_eq!(s.socket_path, "/run/web.sock");
+        assert_eq!((s.mode, s.uid, s.gid), (None, Some(0), Some(5)));
     }
 
     #[test]
@@ -226,6 +346,14 @@ mod tests {
             (|c| c.socket_mode = 0o10000, "socket-mode"),
             (|c| c.allow_dirs = vec!["run".into()], "allow-dir"),
             (|c| c.allow_dirs = vec!["/run/../etc".into()], "allow-dir"),
+            (
+                |c| c.forwards = vec![boot("", "/run/a.sock")],
+                "empty forward ID",
+            ),
+            (
+                |c| c.forwards = vec![boot("a", "run/a.sock")],
+                "not absolute",
+            ),
             (
                 |c| {
                     c.streams = Address::Hybrid {

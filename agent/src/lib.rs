@@ -2,7 +2,11 @@
 //! serves the socketforward ttrpc service (control channel) and the stream port.
 //!
 //! Layout, in the order of one connection's flow:
-//! - [`config`], [`cli`]: the validated [`AgentConfig`] and the flags layer;
+//! - [`config`]: the validated [`AgentConfig`], built by [`load`] from the
+//!   defaults, the file, the kernel command line ([`cmdline`]) and the flags
+//!   ([`cli`]), each value parsed by [`keys`]; [`print_config`] shows it;
+//! - [`boot`]: the configuration's forwards, bound before the agent is ready;
+//! - [`notify`]: systemd readiness, watchdog and stopping notifications;
 //! - [`control`]: control connections (listen or dial), one ttrpc server each,
 //!   serving [`service`];
 //! - [`listeners`]: Bind and the forward table, with [`validate`] for paths;
@@ -17,14 +21,20 @@
 //! [`run`]. The wire contract is `shared/docs/wire-protocol.md`.
 
 pub mod backoff;
+pub mod boot;
 pub mod cli;
+pub mod cmdline;
 pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod guest;
+pub mod keys;
 pub mod listeners;
+pub mod load;
+pub mod notify;
 pub mod outbound;
 pub mod ports;
+pub mod print_config;
 pub mod registry;
 pub mod service;
 pub mod shutdown;
@@ -55,16 +65,23 @@ pub enum AgentError {
     /// The stream-port listener could not be created.
     #[error("stream port")]
     Streams(#[source] ListenerError),
+    /// A forward from the configuration could not be bound.
+    #[error("boot-time forward")]
+    BootForward(#[source] listeners::BindError),
 }
 
 /// Sent once the agent is ready: the control channel is listening (or its
-/// dialer started) and the stream port is listening.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// dialer started), the stream port is listening, and the boot-time forwards
+/// exist.
+#[derive(Debug, Clone)]
 pub struct Ready {
     /// The control channel as configured.
     pub control: ControlMode,
     /// The stream port.
     pub streams: Address,
+    /// Cancelled when shutdown begins (signal or Shutdown RPC), for systemd's
+    /// STOPPING=1; cancelling it starts shutdown.
+    pub stopping: CancellationToken,
 }
 
 enum ControlStart {
@@ -94,6 +111,12 @@ pub async fn run_with_ready(
         ControlMode::Dial(addr) => ControlStart::Dial(addr.clone()),
     };
     let state = Arc::new(AgentState::new(config, &shutdown));
+    if let Err(err) = boot::bind_forwards(&state).await {
+        // Undo what was bound; the unspawned listeners go with this frame.
+        state.shutdown.request(None);
+        shutdown::drain(&state).await;
+        return Err(AgentError::BootForward(err));
+    }
     state
         .listeners
         .spawn(streams::serve(state.clone(), streams));
@@ -118,6 +141,7 @@ pub async fn run_with_ready(
         let _ = ready.send(Ready {
             control: state.config.control.clone(),
             streams: state.config.streams.clone(),
+            stopping: state.shutdown.stop.clone(),
         });
     }
     shutdown::drain(&state).await;

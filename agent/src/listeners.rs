@@ -219,19 +219,18 @@ impl Forwards {
         // From here on, dropping `listener` on an error unlinks the socket.
         std::fs::set_permissions(&checked.path, std::fs::Permissions::from_mode(mode))
             .map_err(|source| BindCause::Chmod { mode, source })?;
-        if s.uid.is_some() || s.gid.is_some() {
+        // Unset: the configured default, else the agent's own (no chown).
+        let uid = s.uid.or(state.config.socket_uid);
+        let gid = s.gid.or(state.config.socket_gid);
+        if uid.is_some() || gid.is_some() {
             fchownat(
                 None,
                 &checked.path,
-                s.uid.map(Uid::from_raw),
-                s.gid.map(Gid::from_raw),
+                uid.map(Uid::from_raw),
+                gid.map(Gid::from_raw),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|source| BindCause::Chown {
-                uid: s.uid,
-                gid: s.gid,
-                source,
-            })?;
+            .map_err(|source| BindCause::Chown { uid, gid, source })?;
         }
         created.push(Created {
             forward_id: s.forward_id.clone(),
