@@ -1,5 +1,6 @@
 //! Command-line flags (clap derive), turned into a [`Config`] once.
 
+use crate::autofwd::PortFilter;
 use crate::config::{Config, ConfigError, Control};
 use crate::framing::FramingPolicy;
 use crate::limits::Limits;
@@ -7,6 +8,8 @@ use crate::spec::{check_guest_dir, Forward, DEFAULT_GUEST_DIR};
 use clap::{ArgGroup, Parser};
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::transport::Address;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Forwards Unix sockets from a microVM guest to sockets on the host.
@@ -19,7 +22,12 @@ use std::time::Duration;
     version,
     after_help = "Exit status: 0 after SIGTERM/SIGINT (open connections get --shutdown-grace); \
 2 invalid flags; 3 the agent was not reachable within --boot-timeout or refused the Bind; \
-1 any other failure."
+1 any other failure.
+
+Runtime control (with --admin PATH on the running relay):
+  sockfwd-relay status --admin PATH [--prometheus]
+  sockfwd-relay add --admin PATH (--forward [ID=]GUEST_PATH:HOST_PATH | -L SPEC)
+  sockfwd-relay remove --admin PATH ID|SPEC"
 )]
 #[command(group(ArgGroup::new("control_mode").required(true).args(["control", "control_listen"])))]
 pub struct Cli {
@@ -96,6 +104,27 @@ pub struct Cli {
     /// Call the agent's Shutdown on exit (closes its listeners).
     #[arg(long)]
     pub shutdown_agent: bool,
+
+    /// Host-to-guest forward (repeatable), as ssh -L: [BIND:]PORT:HOST:PORT,
+    /// 0:HOST:PORT (a free port, printed), [BIND:]PORT:/GUEST/PATH,
+    /// /HOST/PATH:/GUEST/PATH, ./HOST/PATH:HOST:PORT, HOST:PORT. BIND defaults
+    /// to 127.0.0.1; HOST is resolved in the guest.
+    #[arg(short = 'L', long = "local", value_name = "SPEC")]
+    pub locals: Vec<String>,
+
+    /// Give each TCP port the guest listens on a host listener on the same
+    /// port (or the next free one, printed): all ports, or a list like
+    /// 3000,8000-8999.
+    #[arg(long, value_name = "all|PORTS", num_args = 0..=1, default_missing_value = "all")]
+    pub auto_forward: Option<PortFilter>,
+
+    /// Address the --auto-forward listeners bind.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub auto_forward_bind: IpAddr,
+
+    /// Admin socket (mode 0600) for the status, add and remove subcommands.
+    #[arg(long, value_name = "PATH")]
+    pub admin: Option<PathBuf>,
 }
 
 impl TryFrom<Cli> for Config {
@@ -144,6 +173,10 @@ impl TryFrom<Cli> for Config {
             },
             shutdown_agent: cli.shutdown_agent,
             relay: RelayConfig::default(),
+            locals: cli.locals,
+            auto_forward: cli.auto_forward,
+            auto_forward_bind: cli.auto_forward_bind,
+            admin: cli.admin,
         };
         config.validate()?;
         Ok(config)

@@ -61,6 +61,14 @@ pub struct Config {
     pub shutdown_agent: bool,
     /// Relay tuning (splice pipes, buffers).
     pub relay: RelayConfig,
+    /// `-L` specs: host listeners reaching targets in the guest (see [`crate::local`]).
+    pub locals: Vec<String>,
+    /// `--auto-forward`: which guest ports get a host listener; `None`: off.
+    pub auto_forward: Option<crate::autofwd::PortFilter>,
+    /// Address auto-forward listeners bind (loopback by default).
+    pub auto_forward_bind: std::net::IpAddr,
+    /// `--admin`: the admin socket (mode 0600).
+    pub admin: Option<std::path::PathBuf>,
 }
 
 /// A configuration that cannot work.
@@ -125,6 +133,15 @@ pub enum ConfigError {
     /// `--control-listen` on hybrid vsock, which only the host dials.
     #[error("--control-listen {0}: hvsock:// can only be dialed; listen on unix:// or vsock://")]
     ListenOnHybrid(Address),
+    /// An `-L` spec is malformed.
+    #[error("invalid -L {spec:?}")]
+    Local {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::local::LocalSpecError,
+    },
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -155,6 +172,10 @@ impl Config {
             limits: Limits::default(),
             shutdown_agent: false,
             relay: RelayConfig::default(),
+            locals: Vec::new(),
+            auto_forward: None,
+            auto_forward_bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            admin: None,
         }
     }
 
@@ -177,6 +198,14 @@ impl Config {
             }
             if value > MAX_DURATION {
                 return Err(ConfigError::HugeDuration { name, value });
+            }
+        }
+        for spec in &self.locals {
+            if let Err(source) = spec.parse::<crate::local::LocalSpec>() {
+                return Err(ConfigError::Local {
+                    spec: spec.clone(),
+                    source,
+                });
             }
         }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();

@@ -123,7 +123,7 @@ pub(crate) async fn handle_request(shared: &Arc<Shared>, results: &Results, req:
         return;
     };
     entry.counters.total.fetch_add(1, Ordering::Relaxed);
-    match shared.caps.admit(entry) {
+    match shared.caps.admit(&entry) {
         Err(refusal) => {
             entry.counters.refused.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = shared.log_throttle.allow() {
@@ -135,13 +135,7 @@ pub(crate) async fn handle_request(shared: &Arc<Shared>, results: &Results, req:
         Ok(permit) => {
             let span = tracing::debug_span!("connection", stream_id = %req.stream_id,
                 forward_id = %entry.forward.id);
-            let task = serve(
-                Arc::clone(shared),
-                results.clone(),
-                Arc::clone(entry),
-                req,
-                permit,
-            );
+            let task = serve(Arc::clone(shared), results.clone(), entry, req, permit);
             shared.tracker.spawn(task.instrument(span));
         }
     }
@@ -169,7 +163,11 @@ async fn dial_patiently(addr: &Address, limit: Duration) -> Result<Stream, DialE
 }
 
 /// Dials the guest's stream port and completes the handshake for `id`.
-async fn open_stream(addr: &Address, id: &str, limit: Duration) -> Result<Stream, StreamError> {
+pub(crate) async fn open_stream(
+    addr: &Address,
+    id: &str,
+    limit: Duration,
+) -> Result<Stream, StreamError> {
     let open = async {
         let mut s = dial_patiently(addr, limit)
             .await

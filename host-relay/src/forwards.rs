@@ -9,7 +9,7 @@ use crate::spec::Forward;
 use sockfwd_proto::relay::RelayStats;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Counters of one forward (or of requests naming no known forward).
 #[derive(Debug, Default)]
@@ -78,10 +78,12 @@ pub struct ForwardEntry {
     pub(crate) rate: RateLimiter,
 }
 
-/// Forwards by ID, built once from the configuration.
+/// Forwards by ID, built from the configuration; the admin socket adds and
+/// removes forwards at runtime.
 #[derive(Debug)]
 pub struct ForwardTable {
-    by_id: HashMap<String, Arc<ForwardEntry>>,
+    by_id: RwLock<HashMap<String, Arc<ForwardEntry>>>,
+    rate_per_forward: u32,
     /// Requests naming a forward ID not in the table.
     pub unknown: AtomicU64,
 }
@@ -102,52 +104,89 @@ impl ForwardTable {
             })
             .collect();
         ForwardTable {
-            by_id,
+            by_id: RwLock::new(by_id),
+            rate_per_forward,
             unknown: AtomicU64::new(0),
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ForwardEntry>>> {
+        // Every update is one insert or remove: a poisoned lock is still consistent.
+        self.by_id.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Resolves an ID the guest sent.
-    pub fn get(&self, id: &str) -> Option<&Arc<ForwardEntry>> {
-        self.by_id.get(id)
+    pub fn get(&self, id: &str) -> Option<Arc<ForwardEntry>> {
+        self.read().get(id).cloned()
     }
 
     /// Number of forwards.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.read().len()
     }
 
     /// Whether the table has no forwards.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.read().is_empty()
     }
 
-    /// Every forward, in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = &Arc<ForwardEntry>> {
-        self.by_id.values()
+    /// Every forward, sorted by ID.
+    pub fn entries(&self) -> Vec<Arc<ForwardEntry>> {
+        let mut v: Vec<_> = self.read().values().cloned().collect();
+        v.sort_by(|a, b| a.forward.id.cmp(&b.forward.id));
+        v
+    }
+
+    /// Adds a forward at runtime; refuses an ID or guest path already there.
+    pub fn insert(&self, forward: Forward) -> Result<Arc<ForwardEntry>, String> {
+        let mut t = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = t
+            .values()
+            .find(|e| e.forward.guest_path == forward.guest_path)
+        {
+            return Err(format!(
+                "guest path {:?} is already forward {:?}",
+                forward.guest_path, e.forward.id
+            ));
+        }
+        if t.contains_key(&forward.id) {
+            return Err(format!("forward ID {:?} is already in use", forward.id));
+        }
+        let entry = Arc::new(ForwardEntry {
+            forward: forward.clone(),
+            counters: ForwardCounters::default(),
+            rate: RateLimiter::new(self.rate_per_forward),
+        });
+        t.insert(forward.id, entry.clone());
+        Ok(entry)
+    }
+
+    /// Removes a forward at runtime; its open connections keep their entry.
+    pub fn remove(&self, id: &str) -> Option<Arc<ForwardEntry>> {
+        self.by_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
     }
 
     /// The `Bind` request that creates every listener of the table.
     pub fn bind_request(&self) -> sockfwd_proto::rpc::BindRequest {
         let mut req = sockfwd_proto::rpc::BindRequest::new();
-        let mut entries: Vec<_> = self.by_id.values().collect();
         // A stable order makes the agent's logs and errors reproducible.
-        entries.sort_by(|a, b| a.forward.id.cmp(&b.forward.id));
-        req.sockets = entries
-            .into_iter()
-            .map(|e| {
-                let f = &e.forward;
-                let mut s = sockfwd_proto::rpc::Socket::new();
-                s.forward_id = f.id.clone();
-                s.socket_path = f.guest_path.clone();
-                s.mode = f.mode;
-                s.uid = f.uid;
-                s.gid = f.gid;
-                s
-            })
-            .collect();
+        req.sockets = self.entries().iter().map(|e| socket(&e.forward)).collect();
         req
     }
+}
+
+/// The `Bind` entry of one forward.
+pub fn socket(f: &Forward) -> sockfwd_proto::rpc::Socket {
+    let mut s = sockfwd_proto::rpc::Socket::new();
+    s.forward_id = f.id.clone();
+    s.socket_path = f.guest_path.clone();
+    s.mode = f.mode;
+    s.uid = f.uid;
+    s.gid = f.gid;
+    s
 }
 
 #[cfg(test)]

@@ -8,30 +8,56 @@
 //! [`forwards`] table, checked against the caps in [`limits`], and served by
 //! `connect` (host dial and stream open at once, result, relay), with its
 //! [`framing`] chosen per stream. [`report`] formats error chains.
+//!
+//! The other direction (host to guest, an extension): [`guest`] opens a stream
+//! and has the agent connect it to a target in the guest; [`proxy`] serves host
+//! listeners for `-L` specs ([`local`]) and for the library's API;
+//! [`autofwd`] follows the guest's listening ports; `runtime` keeps the
+//! listeners, and [`admin`] ([`status`]) controls a running relay.
+//!
+//! # Library use
+//!
+//! A host program reaches services in a guest with a [`Guest`] handle:
+//! [`Guest::forward`] one mapping (a [`ProxySession`] with its bound address,
+//! `close()` and `closed().await`), [`Guest::forward_all`] (all or nothing),
+//! [`Guest::open`] one raw connection, and a [`ProxyManager`] for many
+//! sessions. See `examples/forward_and_fetch.rs`.
 
+pub mod admin;
+pub mod autofwd;
 pub mod cli;
 pub mod config;
 mod connect;
 mod control;
 pub mod forwards;
 pub mod framing;
+pub mod guest;
 pub mod limits;
+pub mod local;
+pub mod proxy;
 pub mod report;
+mod runtime;
 mod session;
 pub mod spec;
+pub mod status;
 
 pub use config::{Config, ConfigError, Control};
 pub use connect::{StreamError, BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
 pub use control::{BACKOFF_MAX, BACKOFF_MIN};
 pub use forwards::{CounterSnapshot, ForwardCounters, ForwardTable};
+pub use guest::{Guest, GuestOptions, PortEvents, ProxyError};
+pub use local::{LocalSpec, LocalSpecError};
+pub use proxy::{LocalAddr, ProxyManager, ProxySession};
 pub use session::{CallError, SessionError};
 pub use spec::Forward;
 
 use limits::{Caps, LogThrottle};
+use sockfwd_proto::rpc::SocketForwardClient;
 use sockfwd_proto::transport::{Address, DialError, ListenerError};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -65,6 +91,12 @@ pub enum RelayError {
         /// The boot timeout.
         after: Duration,
     },
+    /// An `-L` listener could not be bound (the others were closed).
+    #[error("cannot start the host listeners")]
+    Local(#[source] ProxyError),
+    /// The admin socket could not be created.
+    #[error("cannot create the admin socket")]
+    Admin(#[source] ListenerError),
     /// The first session never became ready: Bind refused, or the boot timeout passed.
     #[error("no working control session with the agent at {addr}")]
     NoSession {
@@ -89,6 +121,21 @@ pub(crate) struct Shared {
     pub(crate) hard_stop: CancellationToken,
     /// Throttles per-connection log lines (refusals, failures).
     pub(crate) log_throttle: LogThrottle,
+    /// The current session's client (`None` between sessions).
+    pub(crate) client: watch::Sender<Option<SocketForwardClient>>,
+    /// Host-to-guest connections, over whatever session is up.
+    pub(crate) guest: Guest,
+    /// Host listeners (`-L`, admin, auto-forward).
+    pub(crate) locals: runtime::Locals,
+}
+
+/// Prints one line on stdout (listener reports meant for scripts), flushed.
+pub(crate) fn print_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is no reason to fail; the log has the line too.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Runs the relay until `shutdown` is cancelled (then `Ok`, after open relays
@@ -109,7 +156,7 @@ pub async fn run_with_table(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     config.validate()?;
-    if table.is_empty() {
+    if table.is_empty() && config.locals.is_empty() && config.auto_forward.is_none() {
         tracing::warn!("no forwards configured: nothing will be forwarded");
     }
     let grace = config.shutdown_grace;
@@ -124,16 +171,74 @@ pub async fn run_with_table(
         );
         limits.max_concurrent = budget;
     }
+    // A child: ending the run on a fatal error must not cancel the caller's token.
+    let shutdown = shutdown.child_token();
+    let (tracker, hard_stop) = (TaskTracker::new(), CancellationToken::new());
+    let (client, client_rx) = watch::channel(None);
+    let guest = Guest::linked(
+        client_rx,
+        config.streams.clone(),
+        GuestOptions {
+            stream_timeout: config.stream_timeout,
+            call_timeout: config.stream_timeout + config.dial_timeout,
+            framing: config.framing,
+            relay: config.relay.clone(),
+        },
+        guest::Tasks {
+            tracker: tracker.clone(),
+            stop: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        },
+    );
+    // Every host listener is bound before anything else happens, or none.
+    let admin = config
+        .admin
+        .as_deref()
+        .map(admin::bind)
+        .transpose()
+        .map_err(RelayError::Admin)?;
+    let specs = config
+        .locals
+        .iter()
+        .map(|s| {
+            s.parse::<LocalSpec>().map_err(|source| {
+                RelayError::Config(ConfigError::Local {
+                    spec: s.clone(),
+                    source,
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<&str> = config.locals.iter().map(String::as_str).collect();
+    let sessions = guest
+        .forward_specs(&specs, &names)
+        .map_err(RelayError::Local)?;
+    let locals = runtime::Locals::default();
+    for (raw, session) in config.locals.iter().zip(sessions) {
+        let line = format!(
+            "listening {} -> {}",
+            session.local_addr(),
+            session.spec().remote
+        );
+        print_line(&line);
+        let id = locals.add(runtime::Origin::Spec(raw.clone()), session);
+        tracing::info!(forward_id = %id, "{line}");
+    }
     let shared = Arc::new(Shared {
         caps: Caps::new(limits),
         config,
         table,
-        tracker: TaskTracker::new(),
-        // A child: ending the run on a fatal error must not cancel the caller's token.
-        shutdown: shutdown.child_token(),
-        hard_stop: CancellationToken::new(),
+        tracker,
+        shutdown,
+        hard_stop,
         log_throttle: LogThrottle::new(LOG_LINES_PER_SEC, Duration::from_secs(1)),
+        client,
+        guest,
+        locals,
     });
+    if let Some(listener) = admin {
+        tokio::spawn(admin::serve(shared.clone(), listener));
+    }
     let result = control::run(&shared).await;
     // Shutdown or a fatal error: no session takes requests any more.
     shared.shutdown.cancel();

@@ -294,7 +294,7 @@ mod tests {
             max_rate: 0,
             max_rate_per_forward: 0,
         });
-        let (a, b) = (t.get("a").unwrap(), t.get("b").unwrap());
+        let (a, b) = (&t.get("a").unwrap(), &t.get("b").unwrap());
         let a1 = caps.admit(a).unwrap();
         let _a2 = caps.admit(a).unwrap();
         assert_eq!(caps.admit(a).unwrap_err(), Refusal::ForwardConcurrency);
@@ -317,7 +317,7 @@ mod tests {
             max_rate: 5,
             max_rate_per_forward: 3,
         });
-        let (a, b) = (t.get("a").unwrap(), t.get("b").unwrap());
+        let (a, b) = (&t.get("a").unwrap(), &t.get("b").unwrap());
         let mut held = Vec::new();
         for _ in 0..3 {
             held.push(caps.admit(a).unwrap());

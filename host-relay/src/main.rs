@@ -40,6 +40,9 @@ impl MainError {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = sockfwd_relay::admin::main_if_subcommand() {
+        return code;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -125,13 +125,24 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
+/// Withdraws the session's client when the session ends, and closes the
+/// auto-forwards it reported (the next session reports the ports again).
+struct Unpublish<'a>(&'a Shared);
+
+impl Drop for Unpublish<'_> {
+    fn drop(&mut self) {
+        self.0.client.send_replace(None);
+        self.0.locals.close_auto();
+    }
+}
+
 /// A ttrpc context whose deadline the agent sees in `timeout_nano`.
-fn context(limit: Duration) -> ttrpc::context::Context {
+pub(crate) fn context(limit: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(i64::try_from(limit.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Runs `fut` with a local deadline too (ttrpc's own does not cover a stalled send).
-async fn call<T>(
+pub(crate) async fn call<T>(
     limit: Duration,
     fut: impl Future<Output = ttrpc::Result<T>>,
 ) -> Result<T, CallError> {
@@ -179,6 +190,9 @@ pub(crate) async fn run(
     let (sender, receiver) = accept.split();
     let results = Results::new(sender, limit);
     *ready = true;
+    // Host-to-guest connections and the admin socket use this session now.
+    shared.client.send_replace(Some(client.clone()));
+    let _unpublish = Unpublish(shared);
     tracing::info!(
         forwards = shared.table.len(),
         control = %config.control.address(),
@@ -188,9 +202,11 @@ pub(crate) async fn run(
 
     let ping = liveness(&client, config.ping_interval);
     let reading = accept_loop(shared, receiver, &results);
-    tokio::pin!(ping, reading);
+    let auto = crate::autofwd::run(shared);
+    tokio::pin!(ping, reading, auto);
     let end = loop {
         tokio::select! {
+            () = &mut auto => {}
             () = shared.shutdown.cancelled() => break SessionEnd::Shutdown,
             e = &mut ping => break SessionEnd::Lost(SessionError::Ping(e)),
             e = &mut reading => break SessionEnd::Lost(e),

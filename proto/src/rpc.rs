@@ -3,13 +3,13 @@
 
 include!(concat!(env!("OUT_DIR"), "/gen/modules.rs"));
 
+/// `PortEvent.kind`.
+pub use socketforward::port_event::Kind as PortEventKind;
 pub use socketforward::{
     BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
     ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, Socket, UnbindRequest,
     WatchPortsRequest,
 };
-/// `PortEvent.kind`.
-pub use socketforward::port_event::Kind as PortEventKind;
 pub use socketforward_ttrpc::{create_socket_forward, SocketForward, SocketForwardClient};
 
 /// The fully qualified service name on the ttrpc wire.

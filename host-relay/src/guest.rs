@@ -1,0 +1,264 @@
+//! A handle on one guest for host-to-guest connections: open a stream on the
+//! stream port with a fresh stream ID, then ask the agent (`Connect`) to
+//! connect it to a target inside the guest.
+//!
+//! The handle either owns its control connection ([`Guest::dial`], for host
+//! programs using the library) or follows the relay daemon's current session
+//! (whatever control connection is up now; a call made while none is up waits
+//! for one, within the stream deadline).
+
+use crate::connect::{open_stream, StreamError};
+use crate::framing::{choose, FramingPolicy};
+use crate::session::{call, context, CallError};
+use sockfwd_proto::framing::Framing;
+use sockfwd_proto::relay::RelayConfig;
+use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
+use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
+use sockfwd_proto::transport::{dial_with_retry, Address, DialError, Stream};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of a [`Guest`] handle.
+#[derive(Debug, Clone)]
+pub struct GuestOptions {
+    /// Deadline for opening a stream (dial + handshake), and for waiting for a
+    /// control session when none is up.
+    pub stream_timeout: Duration,
+    /// Deadline of a `Connect` call (the agent's own connect is bounded too).
+    pub call_timeout: Duration,
+    /// How forwarded connections' framing is chosen (see `--framing`).
+    pub framing: FramingPolicy,
+    /// Relay tuning.
+    pub relay: RelayConfig,
+}
+
+impl Default for GuestOptions {
+    fn default() -> Self {
+        GuestOptions {
+            stream_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(15),
+            framing: FramingPolicy::Auto,
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+/// Why a host-to-guest operation failed.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// The control port could not be reached.
+    #[error("cannot reach the agent's control port")]
+    Control(#[source] DialError),
+    /// No control session came up within the deadline.
+    #[error("no control session with the agent within {0:?}")]
+    NoSession(Duration),
+    /// The stream could not be opened.
+    #[error("opening a stream to the guest")]
+    Stream(#[source] StreamError),
+    /// The agent refused or failed to connect the target.
+    #[error("the agent could not connect {target}")]
+    Connect {
+        /// The target.
+        target: String,
+        /// The agent's answer.
+        #[source]
+        source: CallError,
+    },
+    /// A spec did not parse.
+    #[error("invalid -L {spec:?}")]
+    Spec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::local::LocalSpecError,
+    },
+    /// A host listener could not be created.
+    #[error("-L {spec}: cannot listen on {listen}")]
+    Listen {
+        /// The spec.
+        spec: String,
+        /// The listen address.
+        listen: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent could not start the port watch.
+    #[error("WatchPorts")]
+    Watch(#[source] CallError),
+}
+
+/// The tasks of forwarded connections and the token that cuts them.
+#[derive(Clone)]
+pub(crate) struct Tasks {
+    /// Connection tasks.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled to end the listeners' accept loops.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled to cut open connections.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+struct Inner {
+    client: watch::Receiver<Option<SocketForwardClient>>,
+    /// Held by a handle that owns its connection, so the channel stays open.
+    _own: Option<watch::Sender<Option<SocketForwardClient>>>,
+    streams: Address,
+    options: GuestOptions,
+    tasks: Tasks,
+}
+
+/// A handle on one guest; cheap to clone. See the module docs.
+#[derive(Clone)]
+pub struct Guest {
+    inner: Arc<Inner>,
+}
+
+impl Guest {
+    /// Dials the agent's control port (retrying while the VM boots, up to
+    /// `boot_timeout`) and returns a handle that owns that connection. Nothing
+    /// is bound in the guest; this connection never reconnects.
+    pub async fn dial(
+        control: &Address,
+        streams: Address,
+        options: GuestOptions,
+        boot_timeout: Duration,
+    ) -> Result<Guest, ProxyError> {
+        let stream = dial_with_retry(control, options.stream_timeout, boot_timeout)
+            .await
+            .map_err(ProxyError::Control)?;
+        let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+        let (tx, rx) = watch::channel(Some(SocketForwardClient::new(client)));
+        let tasks = Tasks {
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        };
+        Ok(Guest {
+            inner: Arc::new(Inner {
+                client: rx,
+                _own: Some(tx),
+                streams,
+                options,
+                tasks,
+            }),
+        })
+    }
+
+    /// A handle following the daemon's sessions.
+    pub(crate) fn linked(
+        client: watch::Receiver<Option<SocketForwardClient>>,
+        streams: Address,
+        options: GuestOptions,
+        tasks: Tasks,
+    ) -> Guest {
+        Guest {
+            inner: Arc::new(Inner {
+                client,
+                _own: None,
+                streams,
+                options,
+                tasks,
+            }),
+        }
+    }
+
+    pub(crate) fn options(&self) -> &GuestOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// The framing forwarded connections use on this guest's stream port.
+    pub(crate) fn framing(&self) -> Framing {
+        choose(
+            self.inner.options.framing,
+            &self.inner.streams,
+            Framing::supported_bits(),
+        )
+    }
+
+    /// The current control client, waiting up to the stream deadline for one.
+    pub(crate) async fn client(&self) -> Result<SocketForwardClient, ProxyError> {
+        let limit = self.inner.options.stream_timeout;
+        let mut rx = self.inner.client.clone();
+        let got = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+        match got {
+            Ok(Ok(c)) => c.clone().ok_or(ProxyError::NoSession(limit)),
+            _ => Err(ProxyError::NoSession(limit)),
+        }
+    }
+
+    /// Opens a stream and has the agent connect it to `target`; the stream
+    /// carries `framing`.
+    pub(crate) async fn open_framed(
+        &self,
+        target: &str,
+        framing: Framing,
+    ) -> Result<Stream, ProxyError> {
+        let o = &self.inner.options;
+        let client = self.client().await?;
+        let id = stream_id::generate(SOCKET_FORWARD_PREFIX);
+        // Registered in the guest before Connect names it.
+        let stream = open_stream(&self.inner.streams, &id, o.stream_timeout)
+            .await
+            .map_err(ProxyError::Stream)?;
+        let mut req = ConnectTargetRequest::new();
+        req.stream_id = id.clone();
+        req.target = target.to_owned();
+        req.framing = framing.wire();
+        let limit = o.call_timeout;
+        call(limit, client.connect(context(limit), &req))
+            .await
+            .map_err(|source| ProxyError::Connect {
+                target: target.to_owned(),
+                source,
+            })?;
+        tracing::debug!(stream_id = %id, %target, "connected to the guest target");
+        Ok(stream)
+    }
+
+    /// Opens one raw connection to `target` inside the guest: `host:port`,
+    /// `[v6]:port`, a name the guest resolves, or `unix:/path`. The stream is
+    /// the contract's plain byte stream (no EOF framing), an
+    /// `AsyncRead + AsyncWrite`.
+    pub async fn open(&self, target: &str) -> Result<Stream, ProxyError> {
+        self.open_framed(target, Framing::Raw).await
+    }
+
+    /// Subscribes to the guest's TCP listeners: the current set first, then
+    /// changes as they happen.
+    pub async fn watch_ports(&self) -> Result<PortEvents, ProxyError> {
+        let client = self.client().await?;
+        let limit = self.inner.options.call_timeout;
+        let rx = call(
+            limit,
+            client.watch_ports(
+                ttrpc::context::Context::default(),
+                &WatchPortsRequest::new(),
+            ),
+        )
+        .await
+        .map_err(ProxyError::Watch)?;
+        Ok(PortEvents { rx })
+    }
+}
+
+/// Guest port events from [`Guest::watch_ports`].
+pub struct PortEvents {
+    rx: ttrpc::r#async::ClientStreamReceiver<PortEvent>,
+}
+
+impl PortEvents {
+    /// The next event; `Ok(None)` when the agent ended the stream.
+    pub async fn next(&mut self) -> Result<Option<PortEvent>, CallError> {
+        self.rx.recv().await.map_err(CallError::from)
+    }
+}

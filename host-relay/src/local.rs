@@ -1,0 +1,473 @@
+//! `-L` specs: a listener on the host whose connections reach a target inside
+//! the guest (the other direction from `--forward`), in the forms users know
+//! from `ssh -L` and Slicer's forward package.
+//!
+//! | spec | listens on | reaches in the guest |
+//! |---|---|---|
+//! | `PORT:HOST:PORT` | 127.0.0.1:PORT | HOST:PORT |
+//! | `BIND:PORT:HOST:PORT` | BIND:PORT | HOST:PORT |
+//! | `0:HOST:PORT` | 127.0.0.1, a free port | HOST:PORT |
+//! | `PORT:/guest/path.sock` | 127.0.0.1:PORT | the Unix socket |
+//! | `BIND:PORT:/guest/path.sock` | BIND:PORT | the Unix socket |
+//! | `/host/path.sock:/guest/path.sock` | the Unix socket | the Unix socket |
+//! | `./relative.sock:HOST:PORT` | the Unix socket | HOST:PORT |
+//! | `HOST:PORT` | 127.0.0.1:PORT | HOST:PORT |
+//! | `PORT:PORT` | 127.0.0.1:PORT | 127.0.0.1:PORT |
+//!
+//! The default bind address is loopback (ssh and Slicer default to every
+//! address; a forward into a VM should not be reachable from the network unless
+//! asked). BIND is an IP (`[::1]` for IPv6), `localhost`, or `*` (0.0.0.0).
+//! HOST is an IPv4 address, `[IPv6]`, or a name resolved inside the guest. A
+//! host socket path starts with `/` or `.`; paths hold no `:`. Parsing is pure.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// Longest path a Unix socket address holds.
+const MAX_SOCKET_PATH: usize = 107;
+/// Longest host name.
+const MAX_NAME_LEN: usize = 253;
+
+/// Where the host listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Listen {
+    /// A TCP address (port 0: a free port).
+    Tcp(SocketAddr),
+    /// A Unix socket path (relative paths are relative to the working directory).
+    Unix(PathBuf),
+}
+
+/// What a connection reaches inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Remote {
+    /// A TCP address: an IP literal or a name resolved in the guest.
+    Tcp {
+        /// The host as given (an IPv6 literal without brackets).
+        host: String,
+        /// The port (1 to 65535).
+        port: u16,
+    },
+    /// A Unix socket path inside the guest.
+    Unix(String),
+}
+
+impl Remote {
+    /// The target as the agent's `Connect` takes it: `host:port`, `[v6]:port`
+    /// or `unix:/path`.
+    pub fn target(&self) -> String {
+        self.to_string_with("unix:")
+    }
+
+    fn to_string_with(&self, unix_prefix: &str) -> String {
+        match self {
+            Remote::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Remote::Tcp { host, port } => format!("{host}:{port}"),
+            Remote::Unix(p) => format!("{unix_prefix}{p}"),
+        }
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_with(""))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One `-L` forward: a host listener and its guest target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LocalSpec {
+    /// Where the host listens.
+    pub listen: Listen,
+    /// What each connection reaches in the guest.
+    pub remote: Remote,
+}
+
+/// What is wrong with an `-L` spec.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LocalSpecError {
+    /// Not one of the accepted forms.
+    #[error(
+        "expected [BIND:]PORT:HOST:PORT, [BIND:]PORT:/GUEST/PATH, HOST:PORT, \
+         /HOST/PATH:/GUEST/PATH or ./HOST/PATH:HOST:PORT"
+    )]
+    Shape,
+    /// A `[` without its `]`, or text around brackets.
+    #[error("unbalanced or misplaced brackets")]
+    Brackets,
+    /// A listen port outside 0..=65535 or a target port outside 1..=65535.
+    #[error("port {0:?} is not a valid port")]
+    Port(String),
+    /// A bind address that is not an IP, `localhost` or `*`.
+    #[error("bind address {0:?} must be an IP address, localhost or *")]
+    Bind(String),
+    /// A guest host that is not an IP or a plausible name.
+    #[error("host {0:?} is not an IP address or a host name")]
+    Host(String),
+    /// A path that is empty, too long, has a NUL, or (guest side) is not absolute.
+    #[error(
+        "path {0:?} must be at most {MAX_SOCKET_PATH} bytes without NUL (guest paths absolute)"
+    )]
+    Path(String),
+}
+
+/// Splits on `:` outside `[...]`.
+fn tokens(s: &str) -> Result<Vec<&str>, LocalSpecError> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0u32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' if depth == 0 => depth = 1,
+            ']' if depth == 1 => depth = 0,
+            '[' | ']' => return Err(LocalSpecError::Brackets),
+            ':' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(LocalSpecError::Brackets);
+    }
+    out.push(&s[start..]);
+    Ok(out)
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn listen_port(s: &str) -> Result<u16, LocalSpecError> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|_| is_port(s))
+        .ok_or_else(|| LocalSpecError::Port(s.to_owned()))
+}
+
+fn remote_port(s: &str) -> Result<u16, LocalSpecError> {
+    listen_port(s)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| LocalSpecError::Port(s.to_owned()))
+}
+
+/// An IPv6 literal in brackets, or the text as is; `None`: brackets misused.
+fn unbracket(s: &str) -> Option<(&str, bool)> {
+    match s.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']').map(|h| (h, true)),
+        None if s.contains(['[', ']']) => None,
+        None => Some((s, false)),
+    }
+}
+
+fn bind_addr(s: &str) -> Result<IpAddr, LocalSpecError> {
+    let bad = || LocalSpecError::Bind(s.to_owned());
+    let (host, bracketed) = unbracket(s).ok_or_else(bad)?;
+    match (host, host.parse::<IpAddr>()) {
+        ("localhost", _) if !bracketed => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ("*", _) if !bracketed => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        (_, Ok(ip)) if ip.is_ipv6() == bracketed => Ok(ip),
+        _ => Err(bad()),
+    }
+}
+
+fn remote_tcp(host: &str, port: &str) -> Result<Remote, LocalSpecError> {
+    let bad = || LocalSpecError::Host(host.to_owned());
+    let (h, bracketed) = unbracket(host).ok_or_else(bad)?;
+    let ok = match h.parse::<IpAddr>() {
+        Ok(ip) => ip.is_ipv6() == bracketed,
+        Err(_) => {
+            !bracketed
+                && !h.is_empty()
+                && h.len() <= MAX_NAME_LEN
+                && !h.starts_with('-')
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    if !ok {
+        return Err(bad());
+    }
+    Ok(Remote::Tcp {
+        host: h.to_owned(),
+        port: remote_port(port)?,
+    })
+}
+
+fn check_path(p: &str, guest: bool) -> Result<(), LocalSpecError> {
+    if p.is_empty()
+        || p.len() > MAX_SOCKET_PATH
+        || p.contains('\0')
+        || (guest && !p.starts_with('/'))
+    {
+        return Err(LocalSpecError::Path(p.to_owned()));
+    }
+    Ok(())
+}
+
+fn remote(parts: &[&str]) -> Result<Remote, LocalSpecError> {
+    match parts {
+        [path] if path.starts_with('/') => {
+            check_path(path, true)?;
+            Ok(Remote::Unix((*path).to_owned()))
+        }
+        [host, port] => remote_tcp(host, port),
+        _ => Err(LocalSpecError::Shape),
+    }
+}
+
+fn loopback(port: u16) -> Listen {
+    Listen::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
+impl FromStr for LocalSpec {
+    type Err = LocalSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = tokens(s)?;
+        let first = t.first().copied().unwrap_or_default();
+        if first.starts_with('/') || first.starts_with('.') {
+            check_path(first, false)?;
+            return Ok(LocalSpec {
+                listen: Listen::Unix(PathBuf::from(first)),
+                remote: remote(&t[1..])?,
+            });
+        }
+        let (listen, rest) = match t.as_slice() {
+            // PORT:/path, PORT:HOST:PORT, PORT:PORT
+            [p, path] if is_port(p) && path.starts_with('/') => {
+                (loopback(listen_port(p)?), &t[1..])
+            }
+            [p, q] if is_port(p) && is_port(q) => {
+                let spec = LocalSpec {
+                    listen: loopback(listen_port(p)?),
+                    remote: remote_tcp("127.0.0.1", q)?,
+                };
+                return Ok(spec);
+            }
+            [p, _, _] if is_port(p) => (loopback(listen_port(p)?), &t[1..]),
+            // HOST:PORT: the same port on loopback.
+            [host, port] => {
+                let r = remote_tcp(host, port)?;
+                let Remote::Tcp { port, .. } = r else {
+                    return Err(LocalSpecError::Shape);
+                };
+                return Ok(LocalSpec {
+                    listen: loopback(port),
+                    remote: r,
+                });
+            }
+            // BIND:PORT:/path, BIND:PORT:HOST:PORT
+            [bind, p, ..] if t.len() <= 4 => {
+                let addr = SocketAddr::new(bind_addr(bind)?, listen_port(p)?);
+                (Listen::Tcp(addr), &t[2..])
+            }
+            _ => return Err(LocalSpecError::Shape),
+        };
+        Ok(LocalSpec {
+            listen,
+            remote: remote(rest)?,
+        })
+    }
+}
+
+impl fmt::Display for LocalSpec {
+    /// The canonical `BIND:PORT:HOST:PORT` / `PATH:...` form, which parses back
+    /// to the same spec.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.listen {
+            Listen::Tcp(a) if a.is_ipv6() => write!(f, "[{}]:{}", a.ip(), a.port())?,
+            Listen::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port())?,
+            Listen::Unix(p) => write!(f, "{}", p.display())?,
+        }
+        write!(f, ":{}", self.remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tcp(bind: &str, port: u16) -> Listen {
+        Listen::Tcp(SocketAddr::new(bind.parse().unwrap(), port))
+    }
+
+    fn rtcp(host: &str, port: u16) -> Remote {
+        Remote::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn every_form_of_the_table() {
+        let cases = [
+            (
+                "8080:127.0.0.1:80",
+                tcp("127.0.0.1", 8080),
+                rtcp("127.0.0.1", 80),
+            ),
+            (
+                "0.0.0.0:8080:127.0.0.1:80",
+                tcp("0.0.0.0", 8080),
+                rtcp("127.0.0.1", 80),
+            ),
+            ("*:8080:web:80", tcp("0.0.0.0", 8080), rtcp("web", 80)),
+            ("localhost:1:h:2", tcp("127.0.0.1", 1), rtcp("h", 2)),
+            (
+                "[::1]:9000:[fd00::1]:80",
+                tcp("::1", 9000),
+                rtcp("fd00::1", 80),
+            ),
+            (
+                "0:127.0.0.1:9000",
+                tcp("127.0.0.1", 0),
+                rtcp("127.0.0.1", 9000),
+            ),
+            (
+                "9000:/var/run/docker.sock",
+                tcp("127.0.0.1", 9000),
+                Remote::Unix("/var/run/docker.sock".into()),
+            ),
+            (
+                "127.0.0.1:9000:/var/run/docker.sock",
+                tcp("127.0.0.1", 9000),
+                Remote::Unix("/var/run/docker.sock".into()),
+            ),
+            (
+                "/tmp/docker.sock:/var/run/docker.sock",
+                Listen::Unix("/tmp/docker.sock".into()),
+                Remote::Unix("/var/run/docker.sock".into()),
+            ),
+            (
+                "./docker.sock:/var/run/docker.sock",
+                Listen::Unix("./docker.sock".into()),
+                Remote::Unix("/var/run/docker.sock".into()),
+            ),
+            (
+                "./web.sock:localhost:8080",
+                Listen::Unix("./web.sock".into()),
+                rtcp("localhost", 8080),
+            ),
+            (
+                "127.0.0.1:9000",
+                tcp("127.0.0.1", 9000),
+                rtcp("127.0.0.1", 9000),
+            ),
+            ("db:5432", tcp("127.0.0.1", 5432), rtcp("db", 5432)),
+            ("[::1]:22", tcp("127.0.0.1", 22), rtcp("::1", 22)),
+            ("3000:3001", tcp("127.0.0.1", 3000), rtcp("127.0.0.1", 3001)),
+        ];
+        for (spec, listen, remote) in cases {
+            let want = LocalSpec { listen, remote };
+            assert_eq!(spec.parse::<LocalSpec>(), Ok(want.clone()), "{spec}");
+            assert_eq!(want.to_string().parse::<LocalSpec>(), Ok(want), "{spec}");
+        }
+    }
+
+    #[test]
+    fn targets_are_in_the_agent_form() {
+        let s: LocalSpec = "1:[::1]:2".parse().unwrap();
+        assert_eq!(s.remote.target(), "[::1]:2");
+        let s: LocalSpec = "1:/run/a.sock".parse().unwrap();
+        assert_eq!(s.remote.target(), "unix:/run/a.sock");
+        assert_eq!(s.to_string(), "127.0.0.1:1:/run/a.sock");
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        let cases = [
+            ("", LocalSpecError::Shape),
+            ("8080", LocalSpecError::Shape),
+            ("8080:h:0", LocalSpecError::Port("0".into())),
+            ("70000:h:1", LocalSpecError::Port("70000".into())),
+            ("8080:h:x", LocalSpecError::Port("x".into())),
+            ("x:1:h:2", LocalSpecError::Bind("x".into())),
+            ("::1:1:h:2", LocalSpecError::Shape),
+            (
+                "[127.0.0.1]:1:h:2",
+                LocalSpecError::Bind("[127.0.0.1]".into()),
+            ),
+            ("1:[h:2", LocalSpecError::Brackets),
+            ("1:a b:2", LocalSpecError::Host("a b".into())),
+            ("1:::1:2", LocalSpecError::Shape),
+            ("1:relative.sock", LocalSpecError::Port("relative.sock".into())),
+            ("/h.sock:g.sock", LocalSpecError::Shape),
+            ("/h.sock", LocalSpecError::Shape),
+            ("1:2:3:4:5", LocalSpecError::Shape),
+            ("/h.sock:/g\0", LocalSpecError::Path("/g\0".into())),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(spec.parse::<LocalSpec>(), Err(want), "{spec:?}");
+        }
+        let long = format!("1:/{}", "a".repeat(MAX_SOCKET_PATH));
+        assert!(matches!(
+            long.parse::<LocalSpec>(),
+            Err(LocalSpecError::Path(_))
+        ));
+    }
+
+    fn arb_host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_string()),
+            any::<[u8; 16]>().prop_map(|b| std::net::Ipv6Addr::from(b).to_string()),
+            "[a-z][a-z0-9.-]{0,20}".prop_map(String::from),
+        ]
+    }
+
+    fn arb_spec() -> impl Strategy<Value = LocalSpec> {
+        let listen = prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(b, p)| Listen::Tcp(SocketAddr::new(IpAddr::V4(b.into()), p))),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(b, p)| Listen::Tcp(SocketAddr::new(IpAddr::V6(b.into()), p))),
+            "(/|\\./)[a-z0-9_./-]{1,40}".prop_map(|p| Listen::Unix(PathBuf::from(p))),
+        ];
+        let remote = prop_oneof![
+            (arb_host(), 1u16..).prop_map(|(host, port)| Remote::Tcp { host, port }),
+            "/[a-z0-9_./-]{1,40}".prop_map(Remote::Unix),
+        ];
+        (listen, remote).prop_map(|(listen, remote)| LocalSpec { listen, remote })
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_form_round_trips(spec in arb_spec()) {
+            let text = spec.to_string();
+            prop_assert_eq!(text.parse::<LocalSpec>(), Ok(spec), "{}", text);
+        }
+
+        #[test]
+        fn any_text_parses_or_errs_without_panicking(s in "\\PC{0,60}") {
+            let _ = s.parse::<LocalSpec>();
+        }
+
+        #[test]
+        fn colon_soup_never_panics(s in "[0-9a-z:\\[\\]/.*]{0,30}") {
+            if let Ok(spec) = s.parse::<LocalSpec>() {
+                // Whatever parsed prints to a form that parses to the same spec.
+                prop_assert_eq!(spec.to_string().parse::<LocalSpec>(), Ok(spec));
+            }
+        }
+
+        #[test]
+        fn ports_in_port_host_port_are_kept(l in 0u16.., r in 1u16..) {
+            let spec: LocalSpec = format!("{l}:10.0.0.1:{r}").parse().unwrap();
+            prop_assert_eq!(spec.listen, loopback(l));
+            prop_assert_eq!(spec.remote, rtcp("10.0.0.1", r));
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `sockfwd-relay status`: every forward's counters as a table or as
+//! Prometheus text (exposition format 0.0.4), from the relay's own tables and,
+//! when a session is up, the agent's `ListForwards`.
+
+use std::fmt::Write as _;
+
+/// One forward's counters as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// `guest_to_host` (`--forward`) or `host_to_guest` (`-L`, auto-forward).
+    pub direction: &'static str,
+    /// Whose counters: `relay` or `agent`.
+    pub side: &'static str,
+    /// The forward ID.
+    pub id: String,
+    /// Where connections come in.
+    pub from: String,
+    /// Where they go.
+    pub to: String,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections seen.
+    pub total: u64,
+    /// Connections refused by a cap.
+    pub refused: u64,
+    /// Connections that failed to set up.
+    pub failed: u64,
+    /// Bytes towards the guest (finished connections).
+    pub bytes_to_guest: u64,
+    /// Bytes towards the host (finished connections).
+    pub bytes_to_host: u64,
+}
+
+/// A fixed-width table, one row per forward.
+pub fn table(rows: &[Row]) -> String {
+    let head = [
+        "DIRECTION",
+        "SIDE",
+        "ID",
+        "FROM",
+        "TO",
+        "ACTIVE",
+        "TOTAL",
+        "REFUSED",
+        "FAILED",
+        "TO_GUEST",
+        "TO_HOST",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.direction.to_owned(),
+                r.side.to_owned(),
+                r.id.clone(),
+                r.from.clone(),
+                r.to.clone(),
+                r.active.to_string(),
+                r.total.to_string(),
+                r.refused.to_string(),
+                r.failed.to_string(),
+                r.bytes_to_guest.to_string(),
+                r.bytes_to_host.to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |out: &mut String, cols: &[&str]| {
+        let text: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &head);
+    for c in &cells {
+        let cols: Vec<&str> = c.iter().map(String::as_str).collect();
+        line(&mut out, &cols);
+    }
+    out
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition.
+pub fn prometheus(rows: &[Row]) -> String {
+    type Metric = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
+    let metrics: [Metric; 6] = [
+        (
+            "sockfwd_connections_active",
+            "gauge",
+            "Connections open now.",
+            |r| r.active,
+        ),
+        (
+            "sockfwd_connections_total",
+            "counter",
+            "Connections seen.",
+            |r| r.total,
+        ),
+        (
+            "sockfwd_connections_refused_total",
+            "counter",
+            "Connections refused by a cap.",
+            |r| r.refused,
+        ),
+        (
+            "sockfwd_connections_failed_total",
+            "counter",
+            "Connections that failed to set up.",
+            |r| r.failed,
+        ),
+        (
+            "sockfwd_bytes_to_guest_total",
+            "counter",
+            "Bytes relayed towards the guest (finished connections).",
+            |r| r.bytes_to_guest,
+        ),
+        (
+            "sockfwd_bytes_to_host_total",
+            "counter",
+            "Bytes relayed towards the host (finished connections).",
+            |r| r.bytes_to_host,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{}\",side=\"{}\",id=\"{}\"}} {}",
+                r.direction,
+                r.side,
+                label(&r.id),
+                value(r)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> Row {
+        Row {
+            direction: "host_to_guest",
+            side: "relay",
+            id: id.into(),
+            from: "127.0.0.1:1".into(),
+            to: "127.0.0.1:2".into(),
+            active: 1,
+            total: 2,
+            refused: 0,
+            failed: 1,
+            bytes_to_guest: 10,
+            bytes_to_host: 20,
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[row("local-1")]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("DIRECTION      SIDE   ID"), "{t}");
+        assert!(lines[1].ends_with("1       10        20"), "{t}");
+    }
+
+    #[test]
+    fn prometheus_text_escapes_labels() {
+        let p = prometheus(&[row("a\"b")]);
+        assert!(
+            p.contains("# TYPE sockfwd_connections_active gauge\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "sockfwd_bytes_to_host_total{direction=\"host_to_guest\",side=\"relay\",id=\"a\\\"b\"} 20\n"
+            ),
+            "{p}"
+        );
+    }
+}
