@@ -314,4 +314,76 @@ mod config_layers {
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains("reading the kernel command line from /nonexistent/cmdline"));
     }
+
+    /// The first fenced block of `lang` in `text`.
+    fn block<'a>(text: &'a str, lang: &str) -> &'a str {
+        let open = format!("```{lang}\n");
+        let start = text.find(&open).unwrap() + open.len();
+        let len = text[start..].find("```").unwrap();
+        &text[start..start + len]
+    }
+
+    #[test]
+    fn the_systemd_readme_examples_are_accepted() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/README.md"))
+                .unwrap();
+        let d = Dir::new();
+        let file = d.write("agent.toml", block(&readme, "toml"));
+        let cmdline = d.write("cmdline", block(&readme, "text"));
+        let dropin = block(&readme, "ini");
+        let exec = dropin
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/sockfwd-agent "))
+            .unwrap();
+        let mut args = vec![
+            "--print-config",
+            "--config",
+            s(&file),
+            "--cmdline-file",
+            s(&cmdline),
+        ];
+        args.extend(exec.split_whitespace());
+        let out = agent(&args);
+        let printed = stdout(&out);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!printed.contains("# warning"), "{printed}");
+        // The file's two forwards, replaced by the command line's, replaced by
+        // the drop-in's one.
+        assert_eq!(printed.matches("[[forward]]").count(), 1, "{printed}");
+        assert_eq!(setting(&printed, "control_dial").1, "flag");
+        assert_eq!(setting(&printed, "log").1, "kernel command line");
+        assert_eq!(
+            setting(&printed, "allow_dir"),
+            (
+                "[\"/run\", \"/var/run\"]".to_owned(),
+                "kernel command line".to_owned()
+            )
+        );
+        // And the file alone gives the documented defaults.
+        let empty = d.write("empty", "");
+        let alone = agent(&[
+            "--print-config",
+            "--config",
+            s(&file),
+            "--cmdline-file",
+            s(&empty),
+        ]);
+        let defaults = agent(&[
+            "--print-config",
+            "--config",
+            s(&empty),
+            "--cmdline-file",
+            s(&empty),
+        ]);
+        let values = |o: &Output| -> Vec<String> {
+            stdout(o)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.contains("[[forward]]"))
+                .take_while(|l| !l.is_empty())
+                .map(|l| l.split(" # ").next().unwrap().trim_end().to_owned())
+                .collect()
+        };
+        assert_eq!(values(&alone), values(&defaults));
+    }
 }
