@@ -124,7 +124,8 @@ pub struct Cli {
 
     /// A target host-initiated connections may reach (repeatable): HOST:PORT
     /// with * for any host or port and A-B for a range (127.0.0.1:*, *:8080,
-    /// [::1]:8000-8999), or unix:GLOB (unix:/run/*) [default: any target]
+    /// db.internal:5432-5433; an IPv6 host in square brackets), or unix:GLOB
+    /// (unix:/run/*) [default: any target]
     #[arg(long, value_name = "SPEC")]
     pub allow_target: Vec<String>,
 

@@ -19,6 +19,9 @@ pub const CONTROL_PORT: u32 = 1025;
 pub const STREAMS_PORT: u32 = 1026;
 /// The longest stream ID length a user may configure (the handshake allocates it).
 pub const MAX_STREAM_ID_LEN_LIMIT: usize = 64 << 10;
+/// The longest any configured duration may be: deadlines are computed as
+/// `now + duration`, which must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How the control channel is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +190,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// A duration beyond [`MAX_DURATION`].
+    #[error("{0} must be at most 24h")]
+    LongDuration(&'static str),
     /// A count that must be positive is zero.
     #[error("{0} must be at least 1")]
     ZeroCount(&'static str),
@@ -232,6 +238,17 @@ impl AgentConfig {
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for (name, d) in [
+            ("pending-timeout", self.pending_timeout),
+            ("result-timeout", self.result_timeout),
+            ("handshake-timeout", self.handshake_timeout),
+            ("claim-timeout", self.claim_timeout),
+            ("shutdown-grace", self.shutdown_grace),
+        ] {
+            if d > MAX_DURATION {
+                return Err(ConfigError::LongDuration(name));
             }
         }
         for (name, n) in [
@@ -341,6 +358,7 @@ mod tests {
         let cases: Vec<Case> = vec![
             (|c| c.pending_timeout = Duration::ZERO, "pending-timeout"),
             (|c| c.claim_timeout = Duration::ZERO, "claim-timeout"),
+            (|c| c.shutdown_grace = Duration::MAX, "shutdown-grace"),
             (|c| c.max_pending = 0, "max-pending"),
             (|c| c.max_stream_id_len = 1 << 20, "max-stream-id-len"),
             (|c| c.socket_mode = 0o10000, "socket-mode"),

@@ -8,7 +8,7 @@
 //! table). A value that does not parse returns the "expected ..." half of the
 //! message; [`crate::load`] adds the key, the layer and the value.
 
-use crate::config::{BootForward, ControlMode, MAX_STREAM_ID_LEN_LIMIT};
+use crate::config::{BootForward, ControlMode, MAX_DURATION, MAX_STREAM_ID_LEN_LIMIT};
 use crate::target::AllowTarget;
 use crate::AgentConfig;
 use sockfwd_proto::transport::{Address, AddressError, VMADDR_CID_ANY};
@@ -206,9 +206,13 @@ fn scalar(input: Input<'_>) -> Result<Cow<'_, str>, String> {
 
 const DURATION: &str = "expected a duration like 500ms or 10s";
 
-/// A duration in humantime's form: `500ms`, `10s`, `1m`.
+/// A duration in humantime's form: `500ms`, `10s`, `1m`; at most a day.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|_| DURATION.to_owned())
+    match humantime::parse_duration(s) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(format!("{DURATION}, at most 24h")),
+        Err(_) => Err(DURATION.to_owned()),
+    }
 }
 
 /// A [`duration`] greater than zero.
@@ -551,6 +555,12 @@ mod tests {
             ),
             (Key::PendingTimeout, "0s", "greater than zero"),
             (Key::ShutdownGrace, "soon", "expected a duration"),
+            (Key::ShutdownGrace, "25h", "at most 24h"),
+            (
+                Key::PendingTimeout,
+                "99999999999999years",
+                "expected a duration",
+            ),
             (Key::MaxPending, "0", "from 1 to"),
             (Key::MaxPending, "-3", "from 1 to"),
             (Key::MaxStreamIdLen, "65537", "from 1 to 65536"),

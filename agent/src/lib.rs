@@ -95,8 +95,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     run_with_ready(config, shutdown, None).await
 }
 
-/// [`run`], telling `ready` when the listeners are bound (for systemd's
-/// READY=1, or a test waiting to connect).
+/// [`run`], telling `ready` once the listeners are bound and the boot-time
+/// forwards exist (for systemd's READY=1, or a test waiting to connect).
 pub async fn run_with_ready(
     config: AgentConfig,
     shutdown: CancellationToken,
