@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is a test failure
 
 pub mod peers;
+pub mod reverse;
 pub mod servers;
 
 use std::io::{Read, Write};

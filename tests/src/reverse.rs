@@ -1,0 +1,166 @@
+//! Helpers for the host-to-guest tests: a relay whose stdout (the lines it
+//! prints for `-L` and auto-forward listeners) is kept in a file, free
+//! loopback ports, a Python HTTP server on TCP in the guest role, curl, and the
+//! relay's admin subcommands.
+
+use crate::{bin, require_tool, wait_until, Daemon, Env, READY_DEADLINE};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to 0, then closed).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Waits until 127.0.0.1:`port` accepts connections.
+pub fn wait_tcp(port: u16) {
+    wait_until(
+        &format!("127.0.0.1:{port} to accept connections"),
+        READY_DEADLINE,
+        || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()),
+    );
+}
+
+/// A relay with its stdout in a file.
+pub struct Relay {
+    /// The process (killed on drop).
+    pub daemon: Daemon,
+    /// Its stdout.
+    pub stdout: PathBuf,
+}
+
+impl Relay {
+    /// Starts `sockfwd-relay` with exactly `args`, working directory `env`'s.
+    pub fn start(env: &Env, args: &[String]) -> Relay {
+        let stdout = (0..)
+            .map(|i| env.path(&format!("relay{i}.out")))
+            .find(|p| !p.exists())
+            .expect("a free name");
+        let log = stdout.with_extension("log");
+        let mut cmd = Command::new(bin("sockfwd-relay"));
+        cmd.args(args)
+            .current_dir(env.dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("SOCKFWD_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = cmd.spawn().expect("spawning sockfwd-relay");
+        Relay {
+            daemon: Daemon {
+                child,
+                log,
+                name: "sockfwd-relay".into(),
+            },
+            stdout,
+        }
+    }
+
+    /// The control and stream flags for `env`'s agent, then `extra`.
+    pub fn args(env: &Env, extra: &[&str]) -> Vec<String> {
+        let mut v = vec![
+            "--control".to_string(),
+            env.control(),
+            "--streams".into(),
+            env.streams(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns it.
+    pub fn wait_line(&self, prefix: &str) -> String {
+        wait_until(
+            &format!("the relay to print {prefix:?}"),
+            READY_DEADLINE,
+            || {
+                self.output()
+                    .lines()
+                    .find(|l| l.starts_with(prefix))
+                    .map(str::to_owned)
+            },
+        )
+    }
+
+    /// The host ports of its `listening 127.0.0.1:PORT -> ...` lines, in order.
+    pub fn listening_ports(&self, count: usize) -> Vec<u16> {
+        wait_until("the relay's listening lines", READY_DEADLINE, || {
+            let ports: Vec<u16> = self
+                .output()
+                .lines()
+                .filter_map(|l| l.strip_prefix("listening 127.0.0.1:"))
+                .filter_map(|l| l.split(' ').next()?.parse().ok())
+                .collect();
+            (ports.len() >= count).then_some(ports)
+        })
+    }
+}
+
+/// `python3 -m http.server PORT --bind 127.0.0.1` serving `dir`; waits until it
+/// accepts connections.
+pub fn http_tcp(dir: &Path, port: u16, log: PathBuf) -> Daemon {
+    let python = require_tool("python3", "python3");
+    let args: Vec<String> = [
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let d = Daemon::spawn("http.server", &python, &args, log);
+    wait_tcp(port);
+    d
+}
+
+/// Runs curl with `args` (plus -sS and a deadline); its stdout, or its error.
+pub fn curl(args: &[&str]) -> Result<String, String> {
+    let curl = require_tool("curl", "curl");
+    let out = Command::new(curl)
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Runs `sockfwd-relay SUBCOMMAND --admin PATH ARGS`: its stdout, or its stderr.
+pub fn admin(path: &Path, subcommand: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin("sockfwd-relay"))
+        .arg(subcommand)
+        .arg("--admin")
+        .arg(path)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The value of a Prometheus sample `metric{...id="ID"...}` in `text`.
+pub fn metric(text: &str, metric: &str, side: &str, id: &str) -> Option<u64> {
+    let labels = format!("side=\"{side}\",id=\"{id}\"}}");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
