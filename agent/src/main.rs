@@ -85,6 +85,8 @@ fn run(cli: Cli) -> Result<(), MainError> {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    // Before the agent sizes its connection budget from the limit.
+    sockfwd_proto::limits::raise_nofile_limit();
     let pid = std::process::id();
     let systemd = match Systemd::from_env(&SystemdEnv::from_env(), pid) {
         Ok(systemd) => systemd,
