@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 /// How many host ports are tried, from the guest's port upwards.
 pub const PORT_TRIES: u16 = 100;
+/// Most auto-forwards at once: a guest reporting thousands of ports cannot
+/// make the host bind thousands of listeners.
+pub const MAX_AUTO: usize = 256;
 
 /// Which guest ports are auto-forwarded: `all`, or ports and ranges
 /// (`3000,8000-8999`).
@@ -107,6 +110,14 @@ fn handle(shared: &Shared, filter: &PortFilter, ev: &PortEvent) {
         return;
     }
     if shared.locals.has_auto(port) {
+        return;
+    }
+    if shared.locals.auto_count() >= MAX_AUTO {
+        tracing::warn!(
+            port,
+            max = MAX_AUTO,
+            "auto-forward: too many guest ports; ignored"
+        );
         return;
     }
     let target = match ip {

@@ -95,6 +95,15 @@ impl Locals {
         self.lock().by_id.contains_key(&format!("auto-{port}"))
     }
 
+    /// How many auto-forwards are open.
+    pub fn auto_count(&self) -> usize {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|e| matches!(e.origin, Origin::Auto { .. }))
+            .count()
+    }
+
     /// Closes the auto-forward of guest `address:port`, if that is the one forwarded.
     pub fn remove_auto(&self, address: &str, port: u16) -> Option<LocalAddr> {
         let mut t = self.lock();
