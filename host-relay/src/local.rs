@@ -404,7 +404,10 @@ mod tests {
             ("1:[h:2", LocalSpecError::Brackets),
             ("1:a b:2", LocalSpecError::Host("a b".into())),
             ("1:::1:2", LocalSpecError::Shape),
-            ("1:relative.sock", LocalSpecError::Port("relative.sock".into())),
+            (
+                "1:relative.sock",
+                LocalSpecError::Port("relative.sock".into()),
+            ),
             ("/h.sock:g.sock", LocalSpecError::Shape),
             ("/h.sock", LocalSpecError::Shape),
             ("1:2:3:4:5", LocalSpecError::Shape),
