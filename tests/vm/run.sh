@@ -42,10 +42,10 @@ STREAMS_PORT=1026
 FORWARD_PATH=/run/sockfwd/test.sock
 
 # Agent configuration. The kernel command line already carries the sockfwd.* keys;
-# TODO(issue 3: sockfwd.* kernel command line keys): once the agent reads
+# Issue 3 (sockfwd.* kernel command line keys): as the agent reads
 # sockfwd.control_port / sockfwd.streams_port / sockfwd.log from /proc/cmdline, set
 # AGENT_FLAGS='' so the configuration comes from the kernel command line alone.
-AGENT_FLAGS="--control vsock://-1:$CONTROL_PORT --streams vsock://-1:$STREAMS_PORT"
+AGENT_FLAGS=""
 KERNEL_ARGS="sockfwd.control_port=$CONTROL_PORT sockfwd.streams_port=$STREAMS_PORT sockfwd.log=debug"
 
 # Every case the run reports; a case without a result at the end is a FAIL ("not run").
