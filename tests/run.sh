@@ -35,4 +35,5 @@ cargo nextest run --workspace --profile ci --no-fail-fast
 
 if [ "${SOCKFWD_SKIP_VM:-0}" != 1 ]; then
   bash tests/vm/run.sh
+  bash tests/vm/systemd.sh
 fi
