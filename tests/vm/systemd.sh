@@ -30,7 +30,11 @@
 # SOCKFWD_SD_BYTES (256 KiB per direction), SOCKFWD_SD_KEEP=1 (keep the run dir),
 # SOCKFWD_SD_REBUILD=1 (bootstrap again), SOCKFWD_VM_ACCEL (auto|kvm|tcg),
 # SOCKFWD_MICROVM, CARGO_TARGET_DIR; for debugging the harness:
-# SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries, no build).
+# SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries, no build),
+# SOCKFWD_SD_APPEND (extra kernel arguments), SOCKFWD_SD_DROPIN (text of a drop-in
+# for sockfwd-agent.service). Both show the checks fail when they should:
+#   SOCKFWD_SD_DROPIN=$'[Service]\nType=simple'      ready check before READY=1
+#   SOCKFWD_SD_APPEND=sockfwd.pending_timeout=abc    the agent never starts
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -52,7 +56,7 @@ WATCHDOG_HOLD_S=15      # the agent must stay up this long: 1.5 x WatchdogSec=10
 STOP_LIMIT_S=15         # the unit's TimeoutStopSec=
 # The agent is configured by the kernel command line (ports, log) and the TOML
 # file (the boot-time forward, pending_timeout): two layers at work.
-KERNEL_ARGS="sockfwd.control_port=$CONTROL_PORT sockfwd.streams_port=$STREAMS_PORT sockfwd.log=debug"
+KERNEL_ARGS="sockfwd.control_port=$CONTROL_PORT sockfwd.streams_port=$STREAMS_PORT sockfwd.log=debug${SOCKFWD_SD_APPEND:+ $SOCKFWD_SD_APPEND}"
 
 # The bootstrap recipe; its hash names the cached tarball.
 SUITE=bookworm
@@ -146,7 +150,7 @@ cleanup() {
         "$MICROVM" stop --run-dir "$VMRUN" --timeout 10 >> "$RUN/microvm.log" 2>&1 || log "microvm.sh stop failed (see $RUN/microvm.log)"
     fi
     if [ -n "$WATCHDOG" ]; then kill -TERM "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; fi
-    rm -rf "$RUN/rootfs" "$RUN/disk.img"
+    rm -rf "$RUN/rootfs" "$RUN/disk.img" "$CACHE/rootfs-$SUITE-${KEY:-none}.tar.tmp.$$"
     rm -rf "$ROOT/.cache/vm-systemd-last-run"; mkdir -p "$ROOT/.cache/vm-systemd-last-run"
     cp "$RUN"/*.log "$VMRUN"/*.log "$ROOT/.cache/vm-systemd-last-run/" 2>/dev/null || true
     if [ "$rc" = 0 ] && [ "${SOCKFWD_SD_KEEP:-0}" != 1 ]; then
@@ -239,14 +243,14 @@ if [ -s "$TARBALL" ] && [ "${SOCKFWD_SD_REBUILD:-0}" != 1 ]; then
     BOOTSTRAP_NOTE=cached
 else
     log "bootstrap: mmdebstrap ${BOOTSTRAP_ARGS[*]} $SUITE (about a minute)"
-    rm -f "$CACHE"/rootfs-*.tar "$CACHE"/rootfs-*.tar.tmp
-    if ! timeout 600 mmdebstrap --quiet --mode=root --format=tar "${BOOTSTRAP_ARGS[@]}" "$SUITE" "$TARBALL.tmp" \
+    rm -f "$CACHE"/rootfs-*.tar
+    if ! timeout 600 mmdebstrap --quiet --mode=root --format=tar "${BOOTSTRAP_ARGS[@]}" "$SUITE" "$TARBALL.tmp.$$" \
             >> "$RUN/microvm.log" 2>&1; then
-        rm -f "$TARBALL.tmp"
+        rm -f "$TARBALL.tmp.$$"
         record FAIL rootfs "mmdebstrap failed: $(tail -n 1 "$RUN/microvm.log")"
         abort "bootstrap failed"
     fi
-    mv "$TARBALL.tmp" "$TARBALL"
+    mv "$TARBALL.tmp.$$" "$TARBALL"
     BOOTSTRAP_NOTE="bootstrapped"
 fi
 T_BOOTSTRAP=$(secs $(( $(now_ms) - t )))
@@ -309,6 +313,10 @@ EOF
         grep -q '^WantedBy=multi-user.target$' "$fs/etc/systemd/system/$unit" || { echo "$unit: not WantedBy=multi-user.target"; return 1; }
         ln -sf "/etc/systemd/system/$unit" "$fs/etc/systemd/system/multi-user.target.wants/$unit"
     done
+    if [ -n "${SOCKFWD_SD_DROPIN:-}" ]; then
+        mkdir -p "$fs/etc/systemd/system/sockfwd-agent.service.d"
+        printf '%s\n' "$SOCKFWD_SD_DROPIN" > "$fs/etc/systemd/system/sockfwd-agent.service.d/50-debug.conf"
+    fi
     for unit in "${MASK[@]}"; do
         rm -f "$fs/etc/systemd/system/$unit" "$fs"/etc/systemd/system/*.wants/"$unit"
         ln -s /dev/null "$fs/etc/systemd/system/$unit"
