@@ -446,6 +446,10 @@ pub fn burst(topo: &Topology, path: PathKind, n: usize) -> Res<Burst> {
 pub struct Memory {
     /// Idle connections established.
     pub conns: usize,
+    /// Why fewer than asked were opened (descriptor limits), if so.
+    pub limited: Option<String>,
+    /// RSS (KiB) of the guest-side and host-side daemons before any connection.
+    pub idle_rss_kib: [u64; 2],
     /// RSS (KiB) of the guest-side and host-side daemons with them open.
     pub rss_kib: [u64; 2],
     /// RSS growth per connection (KiB), guest side and host side.
@@ -465,23 +469,15 @@ pub struct Memory {
     pub first_error: Option<String>,
 }
 
-/// Opens `n` idle connections through `path` (each checked with a 1-byte
-/// echo), measures, then closes them.
-pub fn memory(topo: &Topology, path: PathKind, n: usize) -> Res<Memory> {
-    let server = Server::start(&topo.server_path(), Mode::Hold, 16)?;
-    topo.settle(path, Duration::from_secs(10));
-    thread::sleep(Duration::from_millis(100));
-    let (rss0, pss0) = topo.memory_kib(path)?;
-    let k0 = sys::KernelMem::read()?;
-    let s0 = sys::sockets_used();
-    let f0 = topo.fds(path);
-    let entry = topo.entry(path);
+/// Opened connections, failures, first failure.
+type Opened = (Vec<UnixStream>, u64, Option<String>);
+
+/// Opens `n` connections from 8 threads, each checked with a 1-byte echo.
+fn open_idle(entry: &Path, n: usize, deadline: Instant) -> Opened {
     let threads = 8;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let results: Vec<(Vec<UnixStream>, u64, Option<String>)> = thread::scope(|sc| {
+    let results: Vec<Opened> = thread::scope(|sc| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let entry = &entry;
                 let share = n / threads + usize::from(t < n % threads);
                 sc.spawn(move || {
                     let mut conns = Vec::with_capacity(share);
@@ -510,20 +506,88 @@ pub fn memory(topo: &Topology, path: PathKind, n: usize) -> Res<Memory> {
             })
             .collect()
     });
-    let mut clients = Vec::with_capacity(n);
-    let (mut errors, mut first_error) = (0, None);
+    let mut out: Opened = (Vec::with_capacity(n), 0, None);
     for (c, e, f) in results {
-        clients.extend(c);
-        errors += e;
-        if first_error.is_none() {
-            first_error = f;
+        out.0.extend(c);
+        out.1 += e;
+        if out.2.is_none() {
+            out.2 = f;
         }
     }
-    let conns = clients.len();
-    let wait = Instant::now();
-    while server.held() < conns && wait.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(5));
+    out
+}
+
+/// Opens up to `n` idle connections through `path` (each checked with a
+/// 1-byte echo), measures, then closes them. A probe of 64 connections first
+/// measures descriptors per connection, and `n` is cut to what fits under
+/// the descriptor limits of the bench and of each daemon.
+pub fn memory(topo: &Topology, path: PathKind, n: usize) -> Res<Memory> {
+    let server = Server::start(&topo.server_path(), Mode::Hold, 16)?;
+    topo.settle(path, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(200));
+    let (rss0, pss0) = topo.memory_kib(path)?;
+    let k0 = sys::KernelMem::read()?;
+    let s0 = sys::sockets_used();
+    let f0 = topo.fds(path);
+    let entry = topo.entry(path);
+    let deadline = Instant::now() + Duration::from_secs(600);
+
+    let probe = n.min(64);
+    let (mut clients, mut errors, mut first_error) = open_idle(&entry, probe, deadline);
+    let wait_held = |want: usize| {
+        let wait = Instant::now();
+        while server.held() < want && wait.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_held(clients.len());
+    // Which process runs out of descriptors first: (who, limit, open now, per connection).
+    let bench_pid = i32::try_from(std::process::id()).unwrap_or(0);
+    let mut procs = vec![(
+        "the bench",
+        sys::nofile_limit(bench_pid),
+        sys::fd_count(bench_pid),
+        2,
+    )];
+    if let (Some(pids), Some(before), Some(now)) =
+        (topo.single_process_pids(path), f0, topo.fds(path))
+    {
+        for (i, who) in ["the guest-side daemon", "the host-side daemon"]
+            .into_iter()
+            .enumerate()
+        {
+            let per = now[i]
+                .saturating_sub(before[i])
+                .div_ceil(clients.len().max(1));
+            procs.push((who, sys::nofile_limit(pids[i]), Some(now[i]), per));
+        }
     }
+    let mut target = n;
+    let mut limited = None;
+    for (who, limit, open, per) in procs {
+        let (Some(limit), Some(open)) = (limit.and_then(|l| usize::try_from(l).ok()), open) else {
+            continue;
+        };
+        if per == 0 {
+            continue;
+        }
+        // Keep a margin for listeners, logs and the daemons' own needs.
+        let fits = clients.len() + limit.saturating_sub(open).saturating_sub(256) / per;
+        if fits < target {
+            target = fits;
+            limited = Some(format!(
+                "{who}'s descriptor limit ({limit}, {per} per connection)"
+            ));
+        }
+    }
+    let (more, e, f) = open_idle(&entry, target.saturating_sub(clients.len()), deadline);
+    clients.extend(more);
+    errors += e;
+    if first_error.is_none() {
+        first_error = f;
+    }
+    let conns = clients.len();
+    wait_held(conns);
     thread::sleep(Duration::from_millis(300));
     let (rss1, pss1) = topo.memory_kib(path)?;
     let k1 = sys::KernelMem::read()?;
@@ -542,6 +606,8 @@ pub fn memory(topo: &Topology, path: PathKind, n: usize) -> Res<Memory> {
     let per = |a: u64, b: u64| (b as f64 - a as f64) / conns as f64;
     Ok(Memory {
         conns,
+        limited: limited.filter(|_| conns < n),
+        idle_rss_kib: rss0,
         rss_kib: rss1,
         per_conn_kib: [per(rss0[0], rss1[0]), per(rss0[1], rss1[1])],
         pss_per_conn_kib: [per(pss0[0], pss1[0]), per(pss0[1], pss1[1])],

@@ -26,6 +26,8 @@ use crate::topology::{PathKind, Topology};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const MIB: usize = 1024 * 1024;
+/// Descriptors the bench asks for (each daemon inherits the limit).
+const WANT_NOFILE: u64 = 262_144;
 
 /// Figures that `--only` can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -276,8 +278,19 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
         (
             Figure::Memory,
             row(
+                "mem_conns",
+                format!("idle forwarded connections held (asked: {idle})"),
+                "",
+                0,
+                false,
+                None,
+            ),
+        ),
+        (
+            Figure::Memory,
+            row(
                 "mem_guest",
-                format!("guest-side RSS (agent / socat #1) with {idle} idle conns (MiB)"),
+                "guest-side RSS (agent / socat #1) with them open (MiB)".into(),
                 "MiB",
                 1,
                 false,
@@ -288,7 +301,7 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
             Figure::Memory,
             row(
                 "mem_host",
-                format!("host-side RSS (relay / socat #2) with {idle} idle conns (MiB)"),
+                "host-side RSS (relay / socat #2) with them open (MiB)".into(),
                 "MiB",
                 1,
                 false,
@@ -488,15 +501,11 @@ fn run() -> Res<()> {
             Some(cpu)
         }
     };
-    let nofile = sys::raise_nofile(262_144)?;
-    let fd_budget = usize::try_from(nofile)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(2000)
-        / 2;
-    let idle = cfg.idle.min(fd_budget);
-    if idle < cfg.idle {
+    let nofile = sys::raise_nofile(WANT_NOFILE)?;
+    let idle = cfg.idle;
+    if nofile < WANT_NOFILE {
         notes.add(format!(
-            "RLIMIT_NOFILE is {nofile}: memory measured with {idle} idle connections"
+            "RLIMIT_NOFILE could only be raised to {nofile} here (no CAP_SYS_RESOURCE for a higher hard limit)"
         ));
     }
 
@@ -574,21 +583,15 @@ fn run() -> Res<()> {
         Figure::Latency,
         Figure::Rate,
         Figure::Burst,
-        Figure::Memory,
     ]
     .into_iter()
     .any(selected);
-    if needs_topology {
-        let mut topo = Topology::start(&paths, bins.as_ref(), socat.as_deref(), cli.keep)?;
-        eprintln!("daemons up in {}", topo.dir().display());
-        if selected(Figure::Memory) && sockfwd {
-            std::thread::sleep(Duration::from_millis(200));
-            let (rss, _) = topo.memory_kib(PathKind::Sockfwd)?;
-            res.record("idle_agent", fwd_only(rss[0] as f64 / 1024.0));
-            res.record("idle_relay", fwd_only(rss[1] as f64 / 1024.0));
-            notes.add(
-                "idle RSS: agent and relay connected, forward bound, before any traffic".into(),
-            );
+    if needs_topology || selected(Figure::Memory) {
+        let mut main_topo = None;
+        if needs_topology {
+            let t = Topology::start(&paths, bins.as_ref(), socat.as_deref(), cli.keep)?;
+            eprintln!("daemons up in {}", t.dir().display());
+            main_topo = Some(t);
         }
         let pats = [Pattern::new(0x5eed_0001), Pattern::new(0x5eed_0002)];
         let mut socat_stalled: Vec<Dir> = Vec::new();
@@ -599,125 +602,130 @@ fn run() -> Res<()> {
                 cfg.runs,
                 began.elapsed().as_secs_f64()
             );
-            if selected(Figure::Throughput) || selected(Figure::Cpu) {
-                let mut cpu = [[0.0f64; 2]; 3];
-                let mut ends = [0.0f64; 3];
-                let mut bytes = [0u64; 3];
-                for dir in [Dir::Up, Dir::Down, Dir::Both] {
-                    let mut up = [None; 3];
-                    let mut down = [None; 3];
-                    for &p in &paths {
-                        if p == PathKind::Socat && socat_stalled.contains(&dir) {
-                            continue;
-                        }
-                        let t = match figures::transfer(&topo, p, dir, cfg.size, &pats, cfg.stall) {
-                            Ok(t) => t,
-                            // socat is the reference, not the subject: note its failure and go on.
-                            Err(e) if p == PathKind::Socat => {
-                                notes.add(format!(
+            if let Some(topo) = main_topo.as_mut() {
+                if selected(Figure::Throughput) || selected(Figure::Cpu) {
+                    let mut cpu = [[0.0f64; 2]; 3];
+                    let mut ends = [0.0f64; 3];
+                    let mut bytes = [0u64; 3];
+                    for dir in [Dir::Up, Dir::Down, Dir::Both] {
+                        let mut up = [None; 3];
+                        let mut down = [None; 3];
+                        for &p in &paths {
+                            if p == PathKind::Socat && socat_stalled.contains(&dir) {
+                                continue;
+                            }
+                            let t = match figures::transfer(
+                                topo, p, dir, cfg.size, &pats, cfg.stall,
+                            ) {
+                                Ok(t) => t,
+                                // socat is the reference, not the subject: note its failure and go on.
+                                Err(e) if p == PathKind::Socat => {
+                                    notes.add(format!(
                                     "socat ×2, {}: failed ({e}); not retried in later runs. Each socat is one \
                                      thread doing blocking writes: with bulk data both ways, #1 blocks writing to #2 \
                                      while #2 blocks writing to #1",
                                     dir.label()
                                 ));
-                                socat_stalled.push(dir);
-                                topo.kill_forks(p);
-                                topo.check_alive()?;
-                                continue;
+                                    socat_stalled.push(dir);
+                                    topo.kill_forks(p);
+                                    topo.check_alive()?;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    return Err(format!("{} {}: {e}", p.title(), dir.label()))
+                                }
+                            };
+                            topo.check_alive()?;
+                            up[p.index()] = t.up;
+                            down[p.index()] = t.down;
+                            cpu[p.index()][0] += t.cpu[0];
+                            cpu[p.index()][1] += t.cpu[1];
+                            ends[p.index()] += t.ends_cpu;
+                            bytes[p.index()] += t.bytes;
+                        }
+                        match dir {
+                            Dir::Up => res.record("tp_up", up),
+                            Dir::Down => res.record("tp_down", down),
+                            Dir::Both => {
+                                res.record("tp_both_up", up);
+                                res.record("tp_both_down", down);
                             }
-                            Err(e) => return Err(format!("{} {}: {e}", p.title(), dir.label())),
-                        };
-                        topo.check_alive()?;
-                        up[p.index()] = t.up;
-                        down[p.index()] = t.down;
-                        cpu[p.index()][0] += t.cpu[0];
-                        cpu[p.index()][1] += t.cpu[1];
-                        ends[p.index()] += t.ends_cpu;
-                        bytes[p.index()] += t.bytes;
-                    }
-                    match dir {
-                        Dir::Up => res.record("tp_up", up),
-                        Dir::Down => res.record("tp_down", down),
-                        Dir::Both => {
-                            res.record("tp_both_up", up);
-                            res.record("tp_both_down", down);
+                        }
+                        for (name, v) in [("up", up), ("down", down)] {
+                            if v.iter().any(Option::is_some) {
+                                progress(&format!("{} {name} GiB/s", dir.label()), &v);
+                            }
                         }
                     }
-                    for (name, v) in [("up", up), ("down", down)] {
-                        if v.iter().any(Option::is_some) {
-                            progress(&format!("{} {name} GiB/s", dir.label()), &v);
+                    let per_gib =
+                        |i: usize, c: f64| (bytes[i] > 0).then(|| c / (bytes[i] as f64 / GIB));
+                    let forwarder = |side: usize| {
+                        let mut v = [None; 3];
+                        for &p in &paths {
+                            if p != PathKind::Direct {
+                                v[p.index()] = per_gib(p.index(), cpu[p.index()][side]);
+                            }
                         }
-                    }
-                }
-                let per_gib =
-                    |i: usize, c: f64| (bytes[i] > 0).then(|| c / (bytes[i] as f64 / GIB));
-                let forwarder = |side: usize| {
-                    let mut v = [None; 3];
+                        v
+                    };
+                    res.record("cpu_guest", forwarder(0));
+                    res.record("cpu_host", forwarder(1));
+                    let mut e = [None; 3];
                     for &p in &paths {
-                        if p != PathKind::Direct {
-                            v[p.index()] = per_gib(p.index(), cpu[p.index()][side]);
+                        e[p.index()] = per_gib(p.index(), ends[p.index()]);
+                    }
+                    res.record("cpu_ends", e);
+                }
+                if selected(Figure::Latency) {
+                    let mut med = [None; 3];
+                    let mut p99 = [None; 3];
+                    for &p in &paths {
+                        let l = figures::latency(topo, p, cfg.latency_conns)?;
+                        topo.check_alive()?;
+                        med[p.index()] = Some(l.median_us);
+                        p99[p.index()] = Some(l.p99_us);
+                        if l.errors > 0 {
+                            notes.add(format!(
+                                "latency, {}: {} of {} connections failed in a run (first: {})",
+                                p.title(),
+                                l.errors,
+                                cfg.latency_conns,
+                                l.first_error.unwrap_or_default()
+                            ));
                         }
                     }
-                    v
-                };
-                res.record("cpu_guest", forwarder(0));
-                res.record("cpu_host", forwarder(1));
-                let mut e = [None; 3];
-                for &p in &paths {
-                    e[p.index()] = per_gib(p.index(), ends[p.index()]);
+                    progress("latency median µs", &med);
+                    res.record("lat_med", med);
+                    res.record("lat_p99", p99);
                 }
-                res.record("cpu_ends", e);
-            }
-            if selected(Figure::Latency) {
-                let mut med = [None; 3];
-                let mut p99 = [None; 3];
-                for &p in &paths {
-                    let l = figures::latency(&topo, p, cfg.latency_conns)?;
-                    topo.check_alive()?;
-                    med[p.index()] = Some(l.median_us);
-                    p99[p.index()] = Some(l.p99_us);
-                    if l.errors > 0 {
-                        notes.add(format!(
-                            "latency, {}: {} of {} connections failed in a run (first: {})",
-                            p.title(),
-                            l.errors,
-                            cfg.latency_conns,
-                            l.first_error.unwrap_or_default()
-                        ));
-                    }
-                }
-                progress("latency median µs", &med);
-                res.record("lat_med", med);
-                res.record("lat_p99", p99);
-            }
-            if selected(Figure::Rate) {
-                let mut errs = [None; 3];
-                let rate = per_path(&paths, |p| {
-                    let r = figures::rate(&topo, p, cfg.rate_clients, cfg.rate_time)?;
-                    topo.check_alive()?;
-                    errs[p.index()] = Some(r.errors as f64);
-                    if let Some(e) = r.first_error {
-                        notes.add(format!("rate, {}: first error: {e}", p.title()));
-                    }
-                    if r.server_errors > 0 {
-                        notes.add(format!(
+                if selected(Figure::Rate) {
+                    let mut errs = [None; 3];
+                    let rate = per_path(&paths, |p| {
+                        let r = figures::rate(topo, p, cfg.rate_clients, cfg.rate_time)?;
+                        topo.check_alive()?;
+                        errs[p.index()] = Some(r.errors as f64);
+                        if let Some(e) = r.first_error {
+                            notes.add(format!("rate, {}: first error: {e}", p.title()));
+                        }
+                        if r.server_errors > 0 {
+                            notes.add(format!(
                             "rate, {}: the server saw {} connections fail in a run (closed before the byte, or reset)",
                             p.title(),
                             r.server_errors
                         ));
-                    }
-                    Ok(Some(r.per_sec))
-                })?;
-                progress("connections/s", &rate);
-                res.record("rate", rate);
-                res.record("rate_err", errs);
-            }
-            if selected(Figure::Burst) {
-                let served = per_path(&paths, |p| {
-                    let b = figures::burst(&topo, p, cfg.burst)?;
-                    topo.check_alive()?;
-                    if b.served < cfg.burst as u64 {
-                        notes.add(format!(
+                        }
+                        Ok(Some(r.per_sec))
+                    })?;
+                    progress("connections/s", &rate);
+                    res.record("rate", rate);
+                    res.record("rate_err", errs);
+                }
+                if selected(Figure::Burst) {
+                    let served = per_path(&paths, |p| {
+                        let b = figures::burst(topo, p, cfg.burst)?;
+                        topo.check_alive()?;
+                        if b.served < cfg.burst as u64 {
+                            notes.add(format!(
                             "burst, {} (run {}): {} refused at connect (listen backlog full), {} closed without \
                              the echo, {} timed out; first error: {}",
                             p.title(),
@@ -727,23 +735,40 @@ fn run() -> Res<()> {
                             b.timed_out,
                             b.first_error.unwrap_or_default()
                         ));
-                    }
-                    Ok(Some(b.served as f64))
-                })?;
-                progress("burst served", &served);
-                res.record("burst", served);
+                        }
+                        Ok(Some(b.served as f64))
+                    })?;
+                    progress("burst served", &served);
+                    res.record("burst", served);
+                }
+                topo.check_alive()?;
             }
             if selected(Figure::Memory) {
-                let mut m = [[None; 3]; 7];
+                let mut m = [[None; 3]; 8];
                 for &p in &paths {
                     let n = if p == PathKind::Socat {
                         cfg.socat_idle.min(idle)
                     } else {
                         idle
                     };
-                    let r = figures::memory(&topo, p, n)?;
-                    topo.check_alive()?;
+                    // Fresh daemons: the baseline is the untouched idle daemon.
+                    let mut fresh =
+                        Topology::start(&[p], bins.as_ref(), socat.as_deref(), cli.keep)?;
+                    let r = figures::memory(&fresh, p, n)?;
+                    fresh.check_alive()?;
+                    drop(fresh);
                     let i = p.index();
+                    if p == PathKind::Sockfwd {
+                        res.record("idle_agent", fwd_only(r.idle_rss_kib[0] as f64 / 1024.0));
+                        res.record("idle_relay", fwd_only(r.idle_rss_kib[1] as f64 / 1024.0));
+                    }
+                    if let Some(l) = &r.limited {
+                        notes.add(format!(
+                            "memory, {}: {} idle connections instead of {n}, limited by {l}",
+                            p.title(),
+                            r.conns
+                        ));
+                    }
                     if p != PathKind::Direct {
                         m[0][i] = Some(r.rss_kib[0] as f64 / 1024.0);
                         m[1][i] = Some(r.rss_kib[1] as f64 / 1024.0);
@@ -753,7 +778,8 @@ fn run() -> Res<()> {
                         m[6][i] = Some(r.pss_per_conn_kib[1]);
                     }
                     m[4][i] = Some(r.kernel_per_conn_kib);
-                    if r.conns != idle {
+                    m[7][i] = Some(r.conns as f64);
+                    if r.conns != idle && r.limited.is_none() {
                         notes.add(format!(
                             "memory, {}: measured with {} idle connections{}",
                             p.title(),
@@ -796,6 +822,7 @@ fn run() -> Res<()> {
                     "mem_kernel_per",
                     "pss_guest_per",
                     "pss_host_per",
+                    "mem_conns",
                 ]
                 .into_iter()
                 .zip(m)
@@ -803,9 +830,13 @@ fn run() -> Res<()> {
                     res.record(key, v);
                 }
             }
-            topo.check_alive()?;
         }
         if selected(Figure::Memory) {
+            notes.add(
+                "memory: each run starts fresh daemons; per connection = (RSS with the idle connections open \
+                 - RSS of the idle daemon just started, forward bound) / connections; idle RSS is that second figure"
+                    .into(),
+            );
             notes.add(
                 "kernel memory: change in Slab + KernelStack + PageTables (/proc/meminfo) per connection, machine-wide, \
                  so other activity on the machine adds noise; the direct column is the cost of the two end sockets alone"

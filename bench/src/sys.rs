@@ -118,6 +118,17 @@ pub fn fd_count(pid: i32) -> Option<usize> {
         .map(|d| d.count())
 }
 
+/// Soft RLIMIT_NOFILE of a process, from /proc/PID/limits.
+pub fn nofile_limit(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Direct children of a process (all of its threads).
 pub fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();

@@ -171,6 +171,14 @@ impl Topology {
         }
     }
 
+    /// Pids of the guest-side and host-side daemons when each is a single
+    /// process (sockfwd), None for direct and for socat (a process per connection).
+    pub fn single_process_pids(&self, path: PathKind) -> Option<[i32; 2]> {
+        self.pair(path)
+            .filter(|p| !p.forks)
+            .map(|p| [p.guest.pid(), p.host.pid()])
+    }
+
     /// Fails if any daemon has died.
     pub fn check_alive(&mut self) -> Res<()> {
         for pair in [self.socat.as_mut(), self.sockfwd.as_mut()]
