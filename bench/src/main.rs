@@ -514,6 +514,17 @@ fn run() -> Res<()> {
     } else {
         None
     };
+    if let Some(b) = &bins {
+        let stale = b.stale();
+        if !stale.is_empty() {
+            let msg = format!(
+                "{} older than the sources in the tree; cargo build --release -p sockfwd-agent -p sockfwd-relay",
+                stale.join(" and ")
+            );
+            eprintln!("warning: {msg}");
+            notes.add(msg);
+        }
+    }
     if let Some(b) = bins.as_mut().filter(|_| !cli.default_limits) {
         let set = b.raise_relay_limits()?;
         if !set.is_empty() {

@@ -287,6 +287,37 @@ impl Bins {
         })
     }
 
+    /// Names the binaries older than a source file of their crates (or of
+    /// proto/), i.e. probably not the code in the tree.
+    pub fn stale(&self) -> Vec<String> {
+        fn newest(dir: &Path, depth: usize) -> Option<std::time::SystemTime> {
+            let mut best = None;
+            for entry in fs::read_dir(dir).ok()?.flatten() {
+                let path = entry.path();
+                let t = if path.is_dir() && depth > 0 {
+                    newest(&path, depth - 1)
+                } else {
+                    entry.metadata().and_then(|m| m.modified()).ok()
+                };
+                best = best.max(t);
+            }
+            best
+        }
+        let ws = workspace_dir();
+        let proto = newest(&ws.join("proto"), 4);
+        let mut out = Vec::new();
+        for (bin, krate) in [(&self.agent, "agent"), (&self.relay, "host-relay")] {
+            let built = fs::metadata(bin).and_then(|m| m.modified()).ok();
+            let src = newest(&ws.join(krate).join("src"), 4).max(proto);
+            if let (Some(built), Some(src)) = (built, src) {
+                if src > built {
+                    out.push(bin.display().to_string());
+                }
+            }
+        }
+        out
+    }
+
     /// Raises the relay's admission limits, for the flags its `--help` lists;
     /// returns the flags set, as text for the report.
     pub fn raise_relay_limits(&mut self) -> Res<Vec<String>> {
