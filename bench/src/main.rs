@@ -552,12 +552,10 @@ fn run() -> Res<()> {
             let s = figures::agent_size(Some(b))?;
             res.record("size", fwd_only(s.bytes as f64 / MIB as f64));
             notes.add(if s.is_static {
-                let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-                let stale = match (modified(&s.path), modified(&b.agent)) {
-                    (Some(st), Some(dynamic)) if st < dynamic => {
-                        " (older than the release build: it may not be the current code; rebuild it)"
-                    }
-                    _ => "",
+                let stale = if procs::older_than_sources(&s.path, "agent") {
+                    " (older than the agent's sources: rebuild it)"
+                } else {
+                    ""
                 };
                 format!("agent binary: static build {}{stale}", s.path.display())
             } else {

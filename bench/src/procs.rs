@@ -290,32 +290,11 @@ impl Bins {
     /// Names the binaries older than a source file of their crates (or of
     /// proto/), i.e. probably not the code in the tree.
     pub fn stale(&self) -> Vec<String> {
-        fn newest(dir: &Path, depth: usize) -> Option<std::time::SystemTime> {
-            let mut best = None;
-            for entry in fs::read_dir(dir).ok()?.flatten() {
-                let path = entry.path();
-                let t = if path.is_dir() && depth > 0 {
-                    newest(&path, depth - 1)
-                } else {
-                    entry.metadata().and_then(|m| m.modified()).ok()
-                };
-                best = best.max(t);
-            }
-            best
-        }
-        let ws = workspace_dir();
-        let proto = newest(&ws.join("proto"), 4);
-        let mut out = Vec::new();
-        for (bin, krate) in [(&self.agent, "agent"), (&self.relay, "host-relay")] {
-            let built = fs::metadata(bin).and_then(|m| m.modified()).ok();
-            let src = newest(&ws.join(krate).join("src"), 4).max(proto);
-            if let (Some(built), Some(src)) = (built, src) {
-                if src > built {
-                    out.push(bin.display().to_string());
-                }
-            }
-        }
-        out
+        [(&self.agent, "agent"), (&self.relay, "host-relay")]
+            .into_iter()
+            .filter(|(bin, krate)| older_than_sources(bin, krate))
+            .map(|(bin, _)| bin.display().to_string())
+            .collect()
     }
 
     /// Raises the relay's admission limits, for the flags its `--help` lists;
@@ -336,6 +315,30 @@ impl Bins {
             }
         }
         Ok(set)
+    }
+}
+
+fn newest(dir: &Path, depth: usize) -> Option<std::time::SystemTime> {
+    let mut best = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() && depth > 0 {
+            newest(&path, depth - 1)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        best = best.max(t);
+    }
+    best
+}
+
+/// Whether `bin` is older than a file under `<workspace>/<krate>/src` or `proto/`.
+pub fn older_than_sources(bin: &Path, krate: &str) -> bool {
+    let ws = workspace_dir();
+    let src = newest(&ws.join(krate).join("src"), 4).max(newest(&ws.join("proto"), 4));
+    match (fs::metadata(bin).and_then(|m| m.modified()).ok(), src) {
+        (Some(built), Some(src)) => src > built,
+        _ => false,
     }
 }
 
