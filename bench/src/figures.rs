@@ -307,12 +307,15 @@ pub struct Rate {
     pub first_error: Option<String>,
     /// Connections the server saw fail (e.g. closed before the first byte).
     pub server_errors: u64,
+    /// CPU microseconds per completed connection, guest-side and host-side daemon.
+    pub cpu_us_per_conn: [f64; 2],
 }
 
 /// `clients` threads, each looping connect / 1-byte echo / close for `duration`.
 pub fn rate(topo: &Topology, path: PathKind, clients: usize, duration: Duration) -> Res<Rate> {
     let server = Server::start(&topo.server_path(), Mode::Echo, clients * 2)?;
     topo.settle(path, Duration::from_secs(5));
+    let cpu0 = topo.cpu_secs(path)?;
     let entry = topo.entry(path);
     let ok = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -351,8 +354,16 @@ pub fn rate(topo: &Topology, path: PathKind, clients: usize, duration: Duration)
     let elapsed = start.elapsed().as_secs_f64();
     let server_errors = server.errors();
     drop(server);
+    // Connections still closing belong to this figure too (socat's forks are reaped then).
+    topo.settle(path, Duration::from_secs(10));
+    let cpu1 = topo.cpu_secs(path)?;
+    let done = ok.load(Ordering::Relaxed).max(1) as f64;
     Ok(Rate {
         server_errors,
+        cpu_us_per_conn: [
+            (cpu1[0] - cpu0[0]) * 1e6 / done,
+            (cpu1[1] - cpu0[1]) * 1e6 / done,
+        ],
         per_sec: ok.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9),
         errors: errors.load(Ordering::Relaxed),
         first_error: first_error.into_inner().unwrap_or_else(|p| p.into_inner()),

@@ -243,6 +243,28 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
             ),
         ),
         (
+            Figure::Rate,
+            row(
+                "conn_cpu_guest",
+                "guest-side CPU per connection (agent / socat #1) (µs)".into(),
+                "",
+                1,
+                false,
+                None,
+            ),
+        ),
+        (
+            Figure::Rate,
+            row(
+                "conn_cpu_host",
+                "host-side CPU per connection (relay / socat #2) (µs)".into(),
+                "",
+                1,
+                false,
+                None,
+            ),
+        ),
+        (
             Figure::Burst,
             row(
                 "burst",
@@ -443,6 +465,15 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
     ]
 }
 
+/// A path's burst failures, one value per run.
+#[derive(Default)]
+struct BurstMisses {
+    refused: Vec<f64>,
+    dropped: Vec<f64>,
+    timed_out: Vec<f64>,
+    first_error: Option<String>,
+}
+
 /// Collects the notes printed under the table, once each.
 #[derive(Default)]
 struct Notes(Vec<String>);
@@ -604,6 +635,8 @@ fn run() -> Res<()> {
         }
         let pats = [Pattern::new(0x5eed_0001), Pattern::new(0x5eed_0002)];
         let mut socat_stalled: Vec<Dir> = Vec::new();
+        // Per path: refused, dropped, timed out (one value per run), first error.
+        let mut burst_misses: [BurstMisses; 3] = Default::default();
         for run in 0..cfg.runs {
             eprintln!(
                 "run {}/{} ({:.0} s so far)",
@@ -709,10 +742,15 @@ fn run() -> Res<()> {
                 }
                 if selected(Figure::Rate) {
                     let mut errs = [None; 3];
+                    let mut conn_cpu = [[None; 3]; 2];
                     let rate = per_path(&paths, |p| {
                         let r = figures::rate(topo, p, cfg.rate_clients, cfg.rate_time)?;
                         topo.check_alive()?;
                         errs[p.index()] = Some(r.errors as f64);
+                        if p != PathKind::Direct {
+                            conn_cpu[0][p.index()] = Some(r.cpu_us_per_conn[0]);
+                            conn_cpu[1][p.index()] = Some(r.cpu_us_per_conn[1]);
+                        }
                         if let Some(e) = r.first_error {
                             notes.add(format!("rate, {}: first error: {e}", p.title()));
                         }
@@ -728,22 +766,19 @@ fn run() -> Res<()> {
                     progress("connections/s", &rate);
                     res.record("rate", rate);
                     res.record("rate_err", errs);
+                    res.record("conn_cpu_guest", conn_cpu[0]);
+                    res.record("conn_cpu_host", conn_cpu[1]);
                 }
                 if selected(Figure::Burst) {
                     let served = per_path(&paths, |p| {
                         let b = figures::burst(topo, p, cfg.burst)?;
                         topo.check_alive()?;
-                        if b.served < cfg.burst as u64 {
-                            notes.add(format!(
-                            "burst, {} (run {}): {} refused at connect (listen backlog full), {} closed without \
-                             the echo, {} timed out; first error: {}",
-                            p.title(),
-                            run + 1,
-                            b.refused,
-                            b.dropped,
-                            b.timed_out,
-                            b.first_error.unwrap_or_default()
-                        ));
+                        let tally = &mut burst_misses[p.index()];
+                        tally.refused.push(b.refused as f64);
+                        tally.dropped.push(b.dropped as f64);
+                        tally.timed_out.push(b.timed_out as f64);
+                        if tally.first_error.is_none() {
+                            tally.first_error = b.first_error;
                         }
                         Ok(Some(b.served as f64))
                     })?;
@@ -851,6 +886,39 @@ fn run() -> Res<()> {
                  so other activity on the machine adds noise; the direct column is the cost of the two end sockets alone"
                     .into(),
             );
+        }
+        for p in PathKind::ALL {
+            let BurstMisses {
+                refused,
+                dropped,
+                timed_out,
+                first_error: first,
+            } = &burst_misses[p.index()];
+            if refused
+                .iter()
+                .chain(dropped)
+                .chain(timed_out)
+                .any(|&x| x > 0.0)
+            {
+                let range = |v: &[f64]| {
+                    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().copied().fold(0.0, f64::max);
+                    if lo == hi {
+                        format!("{lo}")
+                    } else {
+                        format!("{lo}–{hi}")
+                    }
+                };
+                notes.add(format!(
+                    "burst, {}: per run {} refused at connect (listen backlog full), {} closed without the echo, \
+                     {} timed out; first error: {}",
+                    p.title(),
+                    range(refused),
+                    range(dropped),
+                    range(timed_out),
+                    first.as_deref().unwrap_or("")
+                ));
+            }
         }
         if selected(Figure::Burst) {
             notes.add(
