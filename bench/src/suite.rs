@@ -575,7 +575,9 @@ impl Bench {
         if self.selected(Figure::Memory) {
             self.notes.add(
                 "memory: each run starts fresh daemons; per connection = (RSS with the idle connections open \
-                 - RSS of the idle daemon just started, forward bound) / connections; idle RSS is that second figure"
+                 - RSS of the idle daemon just started, forward bound) / connections; idle RSS is that second figure. \
+                 Each idle connection first carried a 1-byte echo (so it is known to be forwarded end to end, and \
+                 any buffers or pipes created on first data are counted)"
                     .into(),
             );
             self.notes.add(
