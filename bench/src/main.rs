@@ -140,8 +140,8 @@ fn run() -> Res<()> {
         if !set.is_empty() {
             bench.notes.add(format!(
                 "relay started with its admission limits raised ({}): its defaults are policy (new connections \
-                 per second and connections at once per forward) and would refuse the rate and idle-connection \
-                 workloads; --default-limits measures the shipped defaults",
+                 per second and connections at once, per forward and in all) and can cap the rate and \
+                 idle-connection figures; --default-limits measures the shipped defaults",
                 set.join(", ")
             ));
         }

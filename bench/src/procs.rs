@@ -219,8 +219,8 @@ pub struct Bins {
 }
 
 /// The relay's admission limits and the values the bench raises them to:
-/// the defaults are policy (e.g. 1,000 new connections/s per forward), below
-/// what the rate and idle-connection figures need.
+/// the defaults are policy (e.g. 1,024 connections at once per forward), below
+/// what the rate and idle-connection figures may need.
 const RELAY_LIMITS: [(&str, &str); 4] = [
     ("--max-concurrent", "1000000"),
     ("--max-concurrent-per-forward", "1000000"),
