@@ -70,7 +70,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), MainError> {
     let config = Config::try_from(cli).map_err(MainError::Config)?;
     sockfwd_proto::limits::raise_nofile_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the data path is splice(2), kernel work done on the calling
+    // thread, and a thread per core only adds cross-thread wakeups. Measured
+    // (bench, 2 cores): connect-to-first-byte 325 -> 245 us unpinned and
+    // 115 -> 93 us pinned to one CPU, with the same throughput both ways at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(MainError::Runtime)?;

@@ -127,8 +127,11 @@ pub async fn relay_stream(
 pub async fn one_way(src: &Stream, dst: &Stream, config: &RelayConfig) -> io::Result<u64> {
     let mut moved = 0u64;
     if config.mode == CopyMode::Splice {
-        match splice_until_eof(src, dst, config.pipe_size, &mut moved).await {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved == 0 => {
+        let mut spliced = false;
+        match splice_until_eof(src, dst, config.pipe_size, &mut moved, &mut spliced).await {
+            // Checked on the first splice, before it moved a byte: nothing is lost
+            // by carrying on with the copy path.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !spliced => {
                 tracing::debug!("splice refused for this socket pair; copying instead");
             }
             other => return other.map(|()| moved),
@@ -151,35 +154,95 @@ fn nix_io(r: nix::Result<usize>) -> io::Result<usize> {
     r.map_err(|e: Errno| io::Error::from(e))
 }
 
+/// Reads of at most this size go through a stack buffer instead of a pipe: a
+/// request/response exchange costs two syscalls per message and no pipe; a read
+/// that fills it means bulk data, and the direction switches to splice.
+const SMALL_READ: usize = 16 << 10;
+
+/// A pipe idle this long is closed, so an idle connection holds two sockets and
+/// nothing else (descriptors and the kernel's pipe ring).
+const PIPE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one small read did.
+enum Small {
+    /// EOF from the source.
+    Eof,
+    /// Read `n` bytes; `rest` is what the destination did not take at once.
+    Read { n: usize, rest: Vec<u8> },
+}
+
+/// One nonblocking read into a stack buffer and one nonblocking write of it.
+/// Synchronous on purpose: the buffer lives on the poller's stack, not in the
+/// connection's future, so it costs an idle connection nothing. Only the
+/// source's WouldBlock may come back as WouldBlock (the caller clears the
+/// source's readiness on it); a full destination is reported as `rest`.
+fn small_step(src: &Stream, dst: &Stream) -> io::Result<Small> {
+    let mut buf = [0u8; SMALL_READ];
+    let n = src.try_read(&mut buf)?;
+    if n == 0 {
+        return Ok(Small::Eof);
+    }
+    let written = match dst.try_write(&buf[..n]) {
+        Ok(w) => w,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(Small::Read {
+        n,
+        rest: buf[written..n].to_vec(),
+    })
+}
+
 async fn splice_until_eof(
     src: &Stream,
     dst: &Stream,
     pipe_size: usize,
     moved: &mut u64,
+    spliced: &mut bool,
 ) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-    // Created on the first readiness: an idle connection holds no pipe.
+    // Created when a read fills SMALL_READ, closed after PIPE_IDLE without data.
     let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
     loop {
-        let n = {
-            let mut guard = src.readable().await?;
-            let (_, w) = match &pipe {
-                Some(p) => p,
-                None => pipe.insert(new_pipe(pipe_size)?),
-            };
-            // The pipe is always empty here, so EAGAIN can only mean the socket has
-            // nothing: clearing its readiness is correct.
-            match guard.try_io(|_| nix_io(splice(src, None, w, None, pipe_size, flags))) {
-                Ok(r) => r?,
-                Err(_would_block) => continue,
+        let mut guard = if pipe.is_some() {
+            match tokio::time::timeout(PIPE_IDLE, src.readable()).await {
+                Ok(guard) => guard?,
+                Err(_idle) => {
+                    pipe = None;
+                    continue;
+                }
             }
+        } else {
+            src.readable().await?
         };
+        let Some((r, w)) = &pipe else {
+            let (n, rest) = match guard.try_io(|_| small_step(src, dst)) {
+                Ok(Ok(Small::Eof)) => return dst.shutdown_write(),
+                Ok(Ok(Small::Read { n, rest })) => (n, rest),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            };
+            drop(guard);
+            if !rest.is_empty() {
+                dst.write_all(&rest).await?;
+            }
+            *moved += n as u64;
+            if n == SMALL_READ {
+                pipe = Some(new_pipe(pipe_size)?);
+            }
+            continue;
+        };
+        // The pipe is always empty here, so EAGAIN can only mean the socket has
+        // nothing: clearing its readiness is correct.
+        let n = match guard.try_io(|_| nix_io(splice(src, None, w, None, pipe_size, flags))) {
+            Ok(r) => r?,
+            Err(_would_block) => continue,
+        };
+        drop(guard);
+        *spliced = true;
         if n == 0 {
             return dst.shutdown_write();
         }
-        let Some((r, _)) = &pipe else {
-            return Err(io::Error::other("relay pipe missing"));
-        };
         let mut left = n;
         while left > 0 {
             let mut guard = dst.writable().await?;

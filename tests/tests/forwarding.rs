@@ -157,3 +157,41 @@ fn sha(b: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(b).to_vec()
 }
+
+#[test]
+fn an_idle_connection_gives_back_its_pipes() {
+    let env = Env::new();
+    let host = env.path("host.sock");
+    let _server = Server::start(&host, Behaviour::Echo);
+    let agent = env.agent(&[]);
+    let guest = env.path("guest.sock");
+    let relay = env.relay(&[(&guest, &host)], &[]);
+
+    // Each daemon holds two sockets for the connection (guest or host side, and
+    // the stream) and nothing more once it idles.
+    let (agent_fds, relay_fds) = (agent.fd_count() + 2, relay.fd_count() + 2);
+    let mut s = connect(&guest);
+    // Bulk data both ways makes each direction splice through a pipe...
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || write_pattern(&mut w, 5, 64 * MIB).unwrap())
+    };
+    let mut left = 64 * MIB;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        left -= n as u64;
+    }
+    writer.join().unwrap();
+    // ...and once the connection idles, the pipes go: two sockets per daemon remain.
+    sockfwd_tests::wait_until(
+        "the daemons to close idle pipes",
+        sockfwd_tests::READY_DEADLINE,
+        || (agent.fd_count() <= agent_fds && relay.fd_count() <= relay_fds).then_some(()),
+    );
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+}
