@@ -1,8 +1,11 @@
 //! Guest-side listeners for the control and stream ports.
 
 use super::{Address, Stream};
+use nix::sys::socket::SockFlag;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt as _;
+use tokio::io::unix::AsyncFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -44,7 +47,11 @@ pub enum ListenerError {
 }
 
 enum Inner {
-    Unix(tokio::net::UnixListener),
+    /// A listening Unix socket registered with the runtime directly: accept4
+    /// hands a nonblocking socket straight to [`Stream`] with one registration
+    /// (tokio's UnixListener would register each accepted stream, and moving it
+    /// into a Stream would deregister and register it again).
+    Unix(AsyncFd<OwnedFd>),
     Vsock(tokio_vsock::VsockListener),
 }
 
@@ -82,9 +89,14 @@ impl Listener {
                     }
                     Err(kind) => return Err(bind_err(kind.into())),
                 }
-                let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+                let l = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+                l.set_nonblocking(true).map_err(bind_err)?;
+                // SAFETY: the listener's descriptor is moved into the AsyncFd, which
+                // owns it from here on; nothing else closes or replaces it.
+                let fd = unsafe { AsyncFd::register(OwnedFd::from(l)) }
+                    .map_err(|e| bind_err(io::Error::from(e)))?;
                 Ok(Listener {
-                    inner: Inner::Unix(l),
+                    inner: Inner::Unix(fd),
                     path: Some(path.clone()),
                     addr: addr.clone(),
                 })
@@ -110,10 +122,23 @@ impl Listener {
     /// Accepts one connection. Errors (EMFILE included) are the caller's to back off from.
     pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         match &self.inner {
-            Inner::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Stream::from_unix(s)?, Peer::Unix))
-            }
+            Inner::Unix(l) => loop {
+                let mut guard = l.readable().await?;
+                let accepted = guard.try_io(|fd| {
+                    Ok(nix::sys::socket::accept4(
+                        fd.as_raw_fd(),
+                        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    )?)
+                });
+                match accepted {
+                    Ok(raw) => {
+                        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                        let fd = unsafe { OwnedFd::from_raw_fd(raw?) };
+                        return Ok((Stream::from_nonblocking_fd(fd)?, Peer::Unix));
+                    }
+                    Err(_would_block) => continue,
+                }
+            },
             Inner::Vsock(l) => {
                 let (s, peer) = l.accept().await?;
                 Ok((
