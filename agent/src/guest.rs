@@ -82,6 +82,8 @@ async fn wait_for_host(
         stream_id: stream_id.to_owned(),
         forward_id: forward_id.to_owned(),
         framings: Framing::supported_bits(),
+        // The registry's claim waits for a stream whose result came first.
+        features: sockfwd_proto::features::SUPPORTED,
         ..Default::default()
     };
     if let Err(err) = state.dispatcher.lock().submit(request, tx) {

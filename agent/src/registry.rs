@@ -4,7 +4,10 @@
 //! duplicate is refused), answers the handshake, then fills the reservation with
 //! the connection. The guest-connection task that raised the request claims it
 //! once the host's success result arrives ([`Registry::claim`]); a claim that
-//! comes while the answer is still being written waits for the fill.
+//! comes while the answer is still being written waits for the fill, and so
+//! does a claim that comes before the stream connection itself (a host using
+//! the early-result extension sends its result without waiting for our
+//! acknowledgement: see `sockfwd_proto::features`).
 //!
 //! A [`Registration`] is a drop guard: when its task drops it (claim timeout,
 //! failed handshake, shutdown) an unclaimed entry is removed and its connection
@@ -44,6 +47,9 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
+    /// Claims that arrived before their stream: the reservation takes the
+    /// claimer over. Bounded by the guest connections waiting (--max-pending).
+    early: HashMap<String, oneshot::Sender<Stream>>,
     next_generation: u64,
 }
 
@@ -77,11 +83,12 @@ impl Registry {
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let (tx, gone) = oneshot::channel();
+        let claimer = inner.early.remove(id);
         inner.entries.insert(
             id.to_owned(),
             Entry {
                 generation,
-                state: State::Reserved { claimer: None },
+                state: State::Reserved { claimer },
                 _gone: tx,
             },
         );
@@ -97,9 +104,25 @@ impl Registry {
     /// still being handed over. `None`: no such stream (never registered, already
     /// claimed, timed out, or its handshake failed).
     pub async fn claim(&self, id: &str, fill_wait: Duration) -> Option<Stream> {
+        let early = {
+            let mut inner = self.lock();
+            if inner.entries.contains_key(id) {
+                None
+            } else if inner.early.contains_key(id) {
+                return None;
+            } else {
+                let (tx, rx) = oneshot::channel();
+                inner.early.insert(id.to_owned(), tx);
+                Some(rx)
+            }
+        };
+        if let Some(rx) = early {
+            return self.await_early(id, rx, fill_wait).await;
+        }
         let rx = {
             let mut inner = self.lock();
-            let ready = match &inner.entries.get(id)?.state {
+            let entry = inner.entries.get(id)?;
+            let ready = match &entry.state {
                 State::Ready(_) => true,
                 // Someone else already waits for this ID: one claim only.
                 State::Reserved { claimer: Some(_) } => return None,
@@ -140,6 +163,30 @@ impl Registry {
                 None
             }
         }
+    }
+
+    /// Waits for a stream whose claim came first (see the module docs).
+    async fn await_early(
+        &self,
+        id: &str,
+        rx: oneshot::Receiver<Stream>,
+        fill_wait: Duration,
+    ) -> Option<Stream> {
+        if let Ok(Ok(stream)) = tokio::time::timeout(fill_wait, rx).await {
+            return Some(stream);
+        }
+        // Gave up (or the stream's handshake failed): forget the claim, and let a
+        // reservation that took it over keep its own timer.
+        let mut inner = self.lock();
+        inner.early.remove(id);
+        if let Some(Entry {
+            state: State::Reserved { claimer },
+            ..
+        }) = inner.entries.get_mut(id)
+        {
+            *claimer = None;
+        }
+        None
     }
 
     /// How many IDs are reserved or registered.
@@ -226,6 +273,40 @@ mod tests {
         assert!(r.claim("a", Duration::from_secs(1)).await.is_some());
         assert!(r.claim("a", Duration::from_secs(1)).await.is_none());
         assert!(reg.claimed_within(Duration::from_secs(1)).await);
+        drop(reg);
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_claim_before_the_stream_gets_it_when_it_arrives() {
+        let r = Registry::default();
+        let claimer = {
+            let r = r.clone();
+            tokio::spawn(async move { r.claim("early", Duration::from_secs(5)).await })
+        };
+        // Let the claim register first.
+        while r.lock().early.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // A second claim for the same ID is refused: one claim only.
+        assert!(r.claim("early", Duration::from_secs(1)).await.is_none());
+        let mut reg = r.reserve("early").unwrap();
+        let (s, _peer) = pair();
+        reg.fill(s);
+        assert!(claimer.await.unwrap().is_some());
+        assert!(reg.claimed_within(Duration::from_secs(1)).await);
+        drop(reg);
+        assert!(r.is_empty());
+        assert!(r.lock().early.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_claim_gives_up_at_its_deadline_and_leaves_nothing() {
+        let r = Registry::default();
+        assert!(r.claim("never", Duration::from_secs(2)).await.is_none());
+        assert!(r.lock().early.is_empty());
+        // A stream arriving later is an ordinary registration (its own timer closes it).
+        let reg = r.reserve("never").unwrap();
         drop(reg);
         assert!(r.is_empty());
     }

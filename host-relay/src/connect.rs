@@ -162,19 +162,25 @@ async fn dial_patiently(addr: &Address, limit: Duration) -> Result<Stream, DialE
     }
 }
 
-/// Dials the guest's stream port and completes the handshake for `id`.
+/// Dials the guest's stream port and completes the handshake for `id`; with
+/// `early`, only sends the ID (the caller reads the acknowledgement after
+/// sending its result: the early-result extension, `sockfwd_proto::features`).
 pub(crate) async fn open_stream(
     addr: &Address,
     id: &str,
     limit: Duration,
+    early: bool,
 ) -> Result<Stream, StreamError> {
     let open = async {
         let mut s = dial_patiently(addr, limit)
             .await
             .map_err(StreamError::Dial)?;
-        handshake::open(&mut s, id, limit)
-            .await
-            .map_err(StreamError::Handshake)?;
+        if early {
+            handshake::send_id(&mut s, id, limit).await
+        } else {
+            handshake::open(&mut s, id, limit).await
+        }
+        .map_err(StreamError::Handshake)?;
         Ok(s)
     };
     timeout(limit, open)
@@ -209,9 +215,17 @@ async fn connect_and_relay(
     let counters = &entry.counters;
     let framing = choose(config.framing, &config.streams, req.framings);
     let host_addr = Address::Unix(entry.forward.host_path.clone());
+    // The agent says its claim waits for a stream that comes after the result:
+    // then the result goes out without waiting for the acknowledgement.
+    let early = req.features & sockfwd_proto::features::EARLY_RESULT != 0;
     let (host, stream) = tokio::join!(
         dial_patiently(&host_addr, config.dial_timeout),
-        open_stream(&config.streams, &req.stream_id, config.stream_timeout),
+        open_stream(
+            &config.streams,
+            &req.stream_id,
+            config.stream_timeout,
+            early
+        ),
     );
     let outcome = match (host, stream) {
         (Err(e), _) => Err((
@@ -224,7 +238,7 @@ async fn connect_and_relay(
         }
         (Ok(h), Ok(s)) => Ok((h, s)),
     };
-    let (host, stream) = match outcome {
+    let (host, mut stream) = match outcome {
         Ok(pair) => pair,
         Err((error, cause)) => {
             if error == SHUTTING_DOWN {
@@ -251,6 +265,18 @@ async fn connect_and_relay(
         return;
     }
     drop(results);
+    if early {
+        if let Err(e) =
+            handshake::await_ack(&mut stream, &req.stream_id, config.stream_timeout).await
+        {
+            // The agent refused the stream after our result: its claim gives up at
+            // its deadline and closes the guest connection.
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
+                cause = %chain(&e), "connection failed: the agent refused the stream");
+            return;
+        }
+    }
     tracing::debug!(?framing, "relaying");
     match relay_stream(&host, &stream, framing, &config.relay).await {
         Ok(stats) => {

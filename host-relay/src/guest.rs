@@ -207,7 +207,7 @@ impl Guest {
         let client = self.client().await?;
         let id = stream_id::generate(SOCKET_FORWARD_PREFIX);
         // Registered in the guest before Connect names it.
-        let stream = open_stream(&self.inner.streams, &id, o.stream_timeout)
+        let stream = open_stream(&self.inner.streams, &id, o.stream_timeout, false)
             .await
             .map_err(ProxyError::Stream)?;
         let mut req = ConnectTargetRequest::new();

@@ -102,16 +102,44 @@ pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         write_frame(s, id.as_bytes())
             .await
             .map_err(HandshakeError::Io)?;
-        let reply = read_frame(s, MAX_REPLY_LEN.max(id.len())).await?;
-        if reply == id.as_bytes() {
-            Ok(())
-        } else {
-            Err(HandshakeError::Refused(
-                String::from_utf8_lossy(&reply).into_owned(),
-            ))
-        }
+        read_ack(s, id).await
     })
     .await
+}
+
+/// Host side, first half of [`open`]: sends `id` without waiting for the answer
+/// (for a guest that accepts the early-result extension, `crate::features`).
+pub async fn send_id<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, async {
+        write_frame(s, id.as_bytes())
+            .await
+            .map_err(HandshakeError::Io)
+    })
+    .await
+}
+
+/// Host side, second half of [`open`]: reads the guest's answer to `id`.
+pub async fn await_ack<S: AsyncRead + Unpin>(
+    s: &mut S,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, read_ack(s, id)).await
+}
+
+async fn read_ack<S: AsyncRead + Unpin>(s: &mut S, id: &str) -> Result<(), HandshakeError> {
+    let reply = read_frame(s, MAX_REPLY_LEN.max(id.len())).await?;
+    if reply == id.as_bytes() {
+        Ok(())
+    } else {
+        Err(HandshakeError::Refused(
+            String::from_utf8_lossy(&reply).into_owned(),
+        ))
+    }
 }
 
 /// Guest side: reads the stream ID the host sent, bounded by `max_len` and `timeout`.

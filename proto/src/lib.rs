@@ -5,6 +5,7 @@
 //! reaches the other (AF_VSOCK, hybrid vsock, per-port Unix sockets);
 //! [`relay`] moves bytes between two connected sockets once a stream is set up.
 
+pub mod features;
 pub mod framing;
 pub mod handshake;
 pub mod limits;

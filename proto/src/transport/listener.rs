@@ -5,9 +5,9 @@ use nix::sys::socket::SockFlag;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt as _;
-use tokio::io::unix::AsyncFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use tokio::io::unix::AsyncFd;
 
 /// Who connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
