@@ -1,15 +1,21 @@
 //! Descriptor budgets. Both daemons raise their soft `RLIMIT_NOFILE` to the hard
 //! limit at start (as Go's runtime does), then admit only as many forwarded
-//! connections as the limit can carry. Out of descriptors, a new connection is
+//! connections as the limit can carry: two sockets each, with a quarter of the
+//! limit kept for the pipes of connections that are moving bulk data. Out of descriptors, a new connection is
 //! refused at once; without the budget, accepted connections would hold every
 //! descriptor while waiting for the stream connections that need one more, and
 //! all of them would wait out their deadlines.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// Descriptors one forwarded connection may hold in a daemon: its two sockets
-/// and, while data flows, a splice pipe (two ends) per direction.
-pub const FDS_PER_CONNECTION: u64 = 6;
+/// Descriptors a forwarded connection always holds in a daemon: its two sockets.
+/// While bulk data flows it also holds a splice pipe (two ends) per direction;
+/// those come out of [`PIPE_SHARE`], and a direction that cannot get one copies
+/// through a buffer instead (`relay`), so pipes never cost a connection.
+pub const FDS_PER_CONNECTION: u64 = 2;
+
+/// Fraction of the limit (in quarters) kept for the pipes of busy connections.
+pub const PIPE_SHARE: u64 = 1;
 
 /// Descriptors kept for everything else: listeners, control connections, the
 /// runtime's epoll and wakers, logging, handshakes in progress.
@@ -35,7 +41,8 @@ pub fn connection_budget() -> usize {
     let soft = getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
-    let slots = soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
+    let usable = soft.saturating_sub(RESERVED_FDS);
+    let slots = (usable - usable * PIPE_SHARE / 4) / FDS_PER_CONNECTION;
     usize::try_from(slots.max(1)).unwrap_or(usize::MAX)
 }
 
@@ -46,7 +53,8 @@ mod tests {
     #[test]
     fn budget_follows_the_limit() {
         let soft = getrlimit(Resource::RLIMIT_NOFILE).unwrap().0;
-        let expected = (soft.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION).max(1);
+        let usable = soft.saturating_sub(RESERVED_FDS);
+        let expected = ((usable - usable / 4) / FDS_PER_CONNECTION).max(1);
         assert_eq!(connection_budget() as u64, expected);
     }
 }

@@ -228,7 +228,15 @@ async fn splice_until_eof(
             }
             *moved += n as u64;
             if n == SMALL_READ {
-                pipe = Some(new_pipe(pipe_size)?);
+                // Out of descriptors (EMFILE/ENFILE) this direction keeps copying
+                // through the stack buffer: slower, but the connection lives.
+                pipe = match new_pipe(pipe_size) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::debug!(cause = %e, "no pipe for splice; copying");
+                        None
+                    }
+                };
             }
             continue;
         };
