@@ -377,3 +377,63 @@ fn soak_descriptors_return_to_baseline() {
         relay.rss_kib()
     );
 }
+
+#[test]
+fn an_accept_result_for_an_unknown_stream_is_ignored_and_the_agent_keeps_serving() {
+    let env = Env::new();
+    let _agent = env.agent(&[]);
+    let guest = env.path("guest.sock");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = rpc::SocketForwardClient::new(
+            ttrpc::r#async::Client::connect(&env.control())
+                .await
+                .unwrap(),
+        );
+        let ctx = || ttrpc::context::with_timeout(5_000_000_000);
+        let mut accept = client
+            .accept(ttrpc::context::Context::default())
+            .await
+            .unwrap();
+        // Results nobody asked for, success and error alike.
+        for error in ["", "made up"] {
+            let bogus = rpc::ConnectResult {
+                stream_id: "socketfwd-0-nobody".into(),
+                error: error.into(),
+                ..Default::default()
+            };
+            accept.send(&bogus).await.unwrap();
+        }
+        let req = rpc::BindRequest {
+            sockets: vec![rpc::Socket {
+                forward_id: "f".into(),
+                socket_path: guest.display().to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        client.bind(ctx(), &req).await.unwrap();
+        // The agent still raises requests on this Accept stream and takes its answers.
+        let g = guest.clone();
+        let waiter = tokio::task::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&g).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            time_to_close(&mut s)
+        });
+        let request = tokio::time::timeout(Duration::from_secs(10), accept.recv())
+            .await
+            .expect("a request")
+            .unwrap();
+        assert_eq!(request.forward_id, "f");
+        let refusal = rpc::ConnectResult {
+            stream_id: request.stream_id,
+            error: "no thanks".into(),
+            ..Default::default()
+        };
+        accept.send(&refusal).await.unwrap();
+        assert!(
+            waiter.await.unwrap() < Duration::from_secs(5),
+            "the refused connection closed at once"
+        );
+    });
+}
