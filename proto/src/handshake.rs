@@ -92,6 +92,18 @@ async fn bounded<T>(
         .unwrap_or(Err(HandshakeError::Timeout(timeout)))
 }
 
+/// Writes one frame within `timeout`: every one-way step of the handshake.
+async fn write_bounded<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    bounded(timeout, async {
+        write_frame(s, bytes).await.map_err(HandshakeError::Io)
+    })
+    .await
+}
+
 /// Host side: sends `id` and waits for the guest's acknowledgement.
 pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
@@ -114,12 +126,7 @@ pub async fn send_id<S: AsyncWrite + Unpin>(
     id: &str,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
-    bounded(timeout, async {
-        write_frame(s, id.as_bytes())
-            .await
-            .map_err(HandshakeError::Io)
-    })
-    .await
+    write_bounded(s, id.as_bytes(), timeout).await
 }
 
 /// Host side, second half of [`open`]: reads the guest's answer to `id`.
@@ -164,12 +171,7 @@ pub async fn accept<S: AsyncWrite + Unpin>(
     id: &str,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
-    bounded(timeout, async {
-        write_frame(s, id.as_bytes())
-            .await
-            .map_err(HandshakeError::Io)
-    })
-    .await
+    write_bounded(s, id.as_bytes(), timeout).await
 }
 
 /// Guest side: refuses the stream with `message` (the caller closes the connection).
@@ -178,12 +180,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     message: &str,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
-    bounded(timeout, async {
-        write_frame(s, message.as_bytes())
-            .await
-            .map_err(HandshakeError::Io)
-    })
-    .await
+    write_bounded(s, message.as_bytes(), timeout).await
 }
 
 /// Parses one frame from a byte slice: what [`read_id`] would do, without I/O.
