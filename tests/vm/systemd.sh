@@ -85,31 +85,10 @@ CASES=(
 )
 
 log() { printf '[vm-systemd %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-now_ms() { date +%s%3N; }
-secs() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
+# shellcheck source=tests/vm/harness.sh
+. "$VMDIR/harness.sh"
 
-declare -A RESULT=()
-ORDER=()
-record() { # status name text
-    local status=$1 name=$2 text=${3:-}
-    [ -n "${RESULT[$name]:-}" ] || ORDER+=("$name")
-    case $status in
-        PASS) RESULT[$name]="PASS $name${text:+ ($text)}";;
-        *) RESULT[$name]="FAIL $name: ${text:-no reason given}";;
-    esac
-}
 # "VMCHECK: PASS name (detail)" / "VMCHECK: FAIL name: reason" from vm-check
-record_vmcheck() {
-    local line=${1#VMCHECK: } status name rest
-    status=${line%% *}; rest=${line#* }
-    name=${rest%%[ :]*}; rest=${rest#"$name"}
-    case $status in
-        PASS) rest=${rest# (}; rest=${rest%)};;
-        FAIL) rest=${rest#: };;
-        *) return 0;;
-    esac
-    record "$status" "$name" "$rest"
-}
 # "MVM-CHECK: name ok (detail)" / "MVM-CHECK: name fail reason" from the guest
 record_guest() { # name
     local line rest
@@ -132,14 +111,6 @@ T0=$(now_ms) T_INSTALL="" T_BOOTSTRAP="" T_BUILD="" T_IMAGE="" T_READY="" T_TEST
 READY_GUEST=""
 
 # shellcheck disable=SC2317  # invoked by cleanup (the EXIT trap)
-stop_pid() { # pid: TERM, up to 5 s, then KILL; only our own children
-    local pid=$1 _
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
@@ -161,17 +132,9 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-# shellcheck disable=SC2317  # invoked by the INT/TERM trap
-on_signal() { trap - INT TERM; record FAIL whole-run "interrupted (signal or the $BUDGET s budget)"; abort "interrupted"; }
 trap on_signal INT TERM
 
-# Hard stop: every wait below has its own timeout; this is the backstop.
-(
-    sleep "$BUDGET" & s=$!
-    trap 'kill "$s" 2>/dev/null; exit 0' TERM
-    wait "$s" && { log "overall budget of $BUDGET s exceeded: stopping"; kill -TERM $$; }
-) &
-WATCHDOG=$!
+start_watchdog
 
 # ------------------------------------------------------------------ reporting
 # console lines without CR and colour; journald prefixes its forwarded lines
@@ -179,11 +142,6 @@ clean_console() { sed 's/\r$//; s/\x1b\[[0-9;]*m//g' "$CONSOLE" 2>/dev/null; }
 guest_lines() { clean_console | grep -F -- "$1" | sed "s/^.*$1/$1/" || true; }
 agent_log() { clean_console | sed -n 's/^.*sockfwd-agent\[[0-9]*\]: //p'; }
 
-show_tail() { # title file [lines]
-    [ -s "$2" ] || return 0
-    printf -- '--- %s (%s, last %s lines)\n' "$1" "$2" "${3:-40}"
-    tail -n "${3:-40}" "$2" | sed 's/\r$//'
-}
 
 finish() {
     local name passed=0 failed=0 r
@@ -219,7 +177,6 @@ finish() {
     if [ "$failed" = 0 ]; then exit 0; else exit 1; fi
 }
 
-abort() { ABORT_REASON=$*; log "ABORT: $*"; finish; }
 
 # ------------------------------------------------------------------ install
 [ -x "$MICROVM" ] || { record FAIL rootfs "microvm recipe not found at $MICROVM (set SOCKFWD_MICROVM)"; abort "no microvm recipe"; }
@@ -338,11 +295,6 @@ T_IMAGE=$(secs $(( $(now_ms) - t )))
 record PASS rootfs "$SUITE minbase + $INCLUDE, $BOOTSTRAP_NOTE in $T_BOOTSTRAP s, $(du -m "$TARBALL" | cut -f1) MB; ext4 image in $T_IMAGE s"
 
 # ------------------------------------------------------------------ boot
-qemu_alive() {
-    local st
-    st=$(sed 's/^.*) //' "/proc/${MVM_QEMU_PID:-0}/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
 # wait_console MARKER TIMEOUT_S [PID that must stay alive]; 0 found, 1 timeout, 2 qemu died, 3 pid died
 wait_console() {
     local marker=$1 deadline=$(( $(now_ms) + $2 * 1000 )) watch=${3:-}
