@@ -140,9 +140,11 @@ impl Listener {
                 }
             },
             Inner::Vsock(l) => {
-                let (s, peer) = l.accept().await?;
+                // The std stream, not tokio-vsock's registered one: moving that
+                // into a Stream would deregister and register it again.
+                let (s, peer) = std::future::poll_fn(|cx| l.poll_accept_std(cx)).await?;
                 Ok((
-                    Stream::from_vsock(s)?,
+                    Stream::from_fd(OwnedFd::from(s))?,
                     Peer::Vsock {
                         cid: peer.cid(),
                         port: peer.port(),
