@@ -75,6 +75,34 @@ pub async fn accept_next(
     }
 }
 
+/// The accept loop of a host-facing port (control or streams): accepts until
+/// `stop`, closes and logs a vsock peer other than the host (unless
+/// `allow_any_cid`), and runs `serve` on each other connection in its own task.
+pub async fn accept_from_host<Fut>(
+    port: &'static str,
+    listener: &Listener,
+    allow_any_cid: bool,
+    stop: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+    mut serve: impl FnMut(Stream) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Backoff::accept();
+    while let Some((stream, peer)) = accept_next(listener, &mut backoff, stop).await {
+        if !peer_allowed(peer, allow_any_cid) {
+            tracing::warn!(
+                port,
+                ?peer,
+                "connection from a CID other than the host; closed"
+            );
+            continue;
+        }
+        tasks.spawn(serve(stream));
+    }
+    tracing::debug!(port, listener = %listener.address(), "listener closed");
+}
+
 /// Whether a connection from `peer` may be served: Unix peers always; vsock
 /// peers only from the host unless `allow_any_cid`.
 pub fn peer_allowed(peer: Peer, allow_any_cid: bool) -> bool {

@@ -19,7 +19,7 @@
 //! With `--control-dial` the agent dials the host instead and serves ttrpc on
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
-use crate::backoff::{accept_next, peer_allowed, Backoff};
+use crate::backoff::{accept_from_host, Backoff};
 use crate::error_chain;
 use crate::service::Service;
 use crate::state::AgentState;
@@ -42,19 +42,12 @@ const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Accepts control connections until shutdown.
 pub async fn listen(state: Arc<AgentState>, listener: Listener) {
-    let mut backoff = Backoff::accept();
     let stop = state.shutdown.stop.clone();
-    while let Some((stream, peer)) = accept_next(&listener, &mut backoff, &stop).await {
-        if !peer_allowed(peer, state.config.allow_any_cid) {
-            tracing::warn!(
-                ?peer,
-                "control connection from a CID other than the host; closed"
-            );
-            continue;
-        }
-        state.tasks.spawn(serve_connection(state.clone(), stream));
-    }
-    tracing::debug!(listener = %listener.address(), "control listener closed");
+    let (any_cid, tasks) = (state.config.allow_any_cid, state.tasks.clone());
+    accept_from_host("control", &listener, any_cid, &stop, &tasks, |stream| {
+        serve_connection(state.clone(), stream)
+    })
+    .await;
 }
 
 /// Dials the host and serves each connection, redialing until shutdown.

@@ -7,7 +7,7 @@
 //! contract's text), acknowledged, and then kept until the guest connection
 //! that asked for it claims it, or `--claim-timeout` passes and it is closed.
 
-use crate::backoff::{accept_next, peer_allowed, Backoff};
+use crate::backoff::accept_from_host;
 use crate::error_chain;
 use crate::state::AgentState;
 use sockfwd_proto::handshake;
@@ -16,19 +16,12 @@ use std::sync::Arc;
 
 /// Accepts stream-port connections until shutdown.
 pub async fn serve(state: Arc<AgentState>, listener: Listener) {
-    let mut backoff = Backoff::accept();
     let stop = state.shutdown.stop.clone();
-    while let Some((stream, peer)) = accept_next(&listener, &mut backoff, &stop).await {
-        if !peer_allowed(peer, state.config.allow_any_cid) {
-            tracing::warn!(
-                ?peer,
-                "stream connection from a CID other than the host; closed"
-            );
-            continue;
-        }
-        state.tasks.spawn(handle(state.clone(), stream));
-    }
-    tracing::debug!(listener = %listener.address(), "stream port closed");
+    let (any_cid, tasks) = (state.config.allow_any_cid, state.tasks.clone());
+    accept_from_host("streams", &listener, any_cid, &stop, &tasks, |stream| {
+        handle(state.clone(), stream)
+    })
+    .await;
 }
 
 /// One stream-port connection: handshake, register, wait to be claimed.
