@@ -325,6 +325,28 @@ pub fn request(path: &Path, msg: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// Like [`request`], but `None` instead of a panic when anything fails (a read
+/// times out after 5 s): for probing whether forwarding works (again).
+pub fn try_request(path: &Path, msg: &[u8]) -> Option<Vec<u8>> {
+    let mut s = UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(msg).ok()?;
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).ok()?;
+    Some(reply)
+}
+
+/// Waits until a request through `guest` gets an answer starting with `prefix`.
+pub fn wait_forwarding(guest: &Path, prefix: &str) {
+    let what = format!("forwarding through {} to answer {prefix}", guest.display());
+    wait_until(&what, READY_DEADLINE, || {
+        try_request(guest, b"x")?
+            .starts_with(prefix.as_bytes())
+            .then_some(())
+    });
+}
+
 /// A tokio runtime for tests that speak ttrpc directly to a daemon.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -11,22 +11,14 @@
 )]
 
 use sockfwd_tests::servers::{Behaviour, Server};
-use sockfwd_tests::{wait_connectable, wait_until, Daemon, Env, READY_DEADLINE};
+use sockfwd_tests::{try_request, wait_connectable, wait_until, Daemon, Env, READY_DEADLINE};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 fn forwarding_works(guest: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(guest) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"ok?").is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
-        return false;
-    }
-    let mut r = Vec::new();
-    s.read_to_end(&mut r).is_ok() && r == b"ok?"
+    try_request(guest, b"ok?").as_deref() == Some(b"ok?".as_slice())
 }
 
 /// Holds `n` guest connections open (each has sent a byte) and returns them.

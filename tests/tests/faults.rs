@@ -13,7 +13,8 @@
 use sockfwd_proto::rpc;
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{
-    connect, request, runtime, wait_connectable, wait_until, Daemon, Env, READY_DEADLINE,
+    connect, request, runtime, wait_connectable, wait_forwarding, wait_until, Daemon, Env,
+    READY_DEADLINE,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,23 +23,6 @@ use std::time::{Duration, Instant};
 
 fn tagged(path: &Path) -> String {
     String::from_utf8(request(path, b"x")).unwrap()
-}
-
-/// Waits until forwarding through `guest` answers with `tag` again.
-fn wait_forwarding(guest: &Path, tag: &str) {
-    wait_until(
-        &format!("forwarding through {} to answer {tag}", guest.display()),
-        READY_DEADLINE,
-        || {
-            let mut s = UnixStream::connect(guest).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"x").ok()?;
-            s.shutdown(std::net::Shutdown::Write).ok()?;
-            let mut r = String::new();
-            s.read_to_string(&mut r).ok()?;
-            r.starts_with(tag).then_some(())
-        },
-    );
 }
 
 /// Reads until EOF or error; returns how long that took.
