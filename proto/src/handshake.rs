@@ -11,13 +11,15 @@
 //!
 //! Unlike the reference, every read here is bounded in length and in time, so a
 //! hostile or stalled peer costs one task and a few bytes, never the accept loop.
+//! Both sides hold the ID to the stream-ID rule ([`crate::stream_id::check`]).
 
+use crate::stream_id::{self, StreamIdError};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Default bound on a stream ID's length.
-pub const DEFAULT_MAX_ID_LEN: usize = 256;
+/// Default bound on a stream ID's length: the rule's ([`stream_id::MAX_LEN`]).
+pub const DEFAULT_MAX_ID_LEN: usize = stream_id::MAX_LEN;
 /// Bound on the guest's error text the host is willing to read.
 pub const MAX_REPLY_LEN: usize = 4096;
 /// Default deadline for each side of the handshake.
@@ -40,12 +42,9 @@ pub enum HandshakeError {
         /// The configured bound.
         max: usize,
     },
-    /// A zero-length stream ID.
-    #[error("empty stream ID")]
-    Empty,
-    /// The stream ID is not UTF-8 text.
-    #[error("stream ID is not valid UTF-8")]
-    NotUtf8,
+    /// The stream ID breaks the stream-ID rule (empty, not printable ASCII).
+    #[error("invalid stream ID")]
+    BadId(#[source] StreamIdError),
     /// The guest answered with something other than the ID: its error text.
     #[error("guest refused the stream: {0}")]
     Refused(String),
@@ -110,6 +109,7 @@ pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     id: &str,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
+    stream_id::check(id).map_err(HandshakeError::BadId)?;
     bounded(timeout, async {
         write_frame(s, id.as_bytes())
             .await
@@ -126,6 +126,7 @@ pub async fn send_id<S: AsyncWrite + Unpin>(
     id: &str,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
+    stream_id::check(id).map_err(HandshakeError::BadId)?;
     write_bounded(s, id.as_bytes(), timeout).await
 }
 
@@ -149,20 +150,21 @@ async fn read_ack<S: AsyncRead + Unpin>(s: &mut S, id: &str) -> Result<(), Hands
     }
 }
 
-/// Guest side: reads the stream ID the host sent, bounded by `max_len` and `timeout`.
+/// An ID frame's bytes as a stream ID, if they obey the rule.
+fn to_id(bytes: Vec<u8>) -> Result<String, HandshakeError> {
+    stream_id::check_bytes(&bytes).map_err(HandshakeError::BadId)?;
+    // Printable ASCII is UTF-8; the lossy conversion never replaces anything here.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Guest side: reads the stream ID the host sent, bounded by `max_len` and
+/// `timeout`, and holds it to the stream-ID rule.
 pub async fn read_id<S: AsyncRead + Unpin>(
     s: &mut S,
     max_len: usize,
     timeout: Duration,
 ) -> Result<String, HandshakeError> {
-    bounded(timeout, async {
-        let bytes = read_frame(s, max_len).await?;
-        if bytes.is_empty() {
-            return Err(HandshakeError::Empty);
-        }
-        String::from_utf8(bytes).map_err(|_| HandshakeError::NotUtf8)
-    })
-    .await
+    bounded(timeout, async { to_id(read_frame(s, max_len).await?) }).await
 }
 
 /// Guest side: acknowledges `id` (the stream is registered).
@@ -196,12 +198,7 @@ pub fn decode_id(bytes: &[u8], max_len: usize) -> Result<Option<String>, Handsha
     let Some(id) = bytes.get(4..4 + len as usize) else {
         return Ok(None);
     };
-    if id.is_empty() {
-        return Err(HandshakeError::Empty);
-    }
-    String::from_utf8(id.to_vec())
-        .map(Some)
-        .map_err(|_| HandshakeError::NotUtf8)
+    to_id(id.to_vec()).map(Some)
 }
 
 #[cfg(test)]
@@ -311,7 +308,7 @@ mod tests {
         );
         assert!(matches!(
             decode_id(&[0, 0, 0, 0], 256),
-            Err(HandshakeError::Empty)
+            Err(HandshakeError::BadId(StreamIdError::Empty))
         ));
         assert!(matches!(
             decode_id(&[0, 0, 1, 1], 256),
@@ -319,7 +316,25 @@ mod tests {
         ));
         assert!(matches!(
             decode_id(&[0, 0, 0, 1, 0xff], 256),
-            Err(HandshakeError::NotUtf8)
+            Err(HandshakeError::BadId(StreamIdError::NotPrintable { .. }))
         ));
+        assert!(matches!(
+            decode_id(&[0, 0, 0, 3, b'a', b' ', b'b'], 256),
+            Err(HandshakeError::BadId(StreamIdError::NotPrintable {
+                at: 1,
+                ..
+            }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_host_side_refuses_to_send_an_id_that_breaks_the_rule() {
+        let (mut host, _guest) = duplex(1024);
+        for bad in ["", "a b", "a\nb"] {
+            let err = open(&mut host, bad, DEFAULT_TIMEOUT).await.unwrap_err();
+            assert!(matches!(err, HandshakeError::BadId(_)), "{err}");
+            let err = send_id(&mut host, bad, DEFAULT_TIMEOUT).await.unwrap_err();
+            assert!(matches!(err, HandshakeError::BadId(_)), "{err}");
+        }
     }
 }

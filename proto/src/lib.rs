@@ -1,15 +1,34 @@
-//! The wire contract shared by the guest agent and the host relay.
+//! The wire contract shared by the guest agent and the host relay, and the
+//! rules and helpers both daemons apply the same way.
 //!
 //! Layout: [`rpc`] is the generated ttrpc service; [`stream_id`] and
 //! [`handshake`] are the streams channel; [`transport`] hides how each side
 //! reaches the other (AF_VSOCK, hybrid vsock, per-port Unix sockets);
-//! [`relay`] moves bytes between two connected sockets once a stream is set up.
+//! [`relay`] moves bytes between two connected sockets once a stream is set up,
+//! with [`framing`] and [`features`] the extensions both sides negotiate.
+//!
+//! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
+//! grammar of host-to-guest connections, [`transport::SUN_PATH_MAX`].
+//!
+//! Shared daemon parts: [`duration`] (the one cap on configured durations),
+//! [`backoff`] and [`accept`] (the one accept loop), [`limits`] (descriptor
+//! budgets), [`counters`] (per-forward counters), [`report`] (error chains as
+//! text), [`log_throttle`] and [`log_text`] (what a peer sends, logged safely).
 
+pub mod accept;
+pub mod backoff;
+pub mod counters;
+pub mod duration;
 pub mod features;
+pub mod forward_id;
 pub mod framing;
 pub mod handshake;
 pub mod limits;
+pub mod log_text;
+pub mod log_throttle;
 pub mod relay;
+pub mod report;
 pub mod rpc;
 pub mod stream_id;
+pub mod target;
 pub mod transport;

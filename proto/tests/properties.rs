@@ -1,6 +1,7 @@
 //! Property tests (run in CI) for the decoders that read peer or user input: the
-//! handshake frame decoder and the address parser. Arbitrary input must give a
-//! value or an error, never a panic, and valid input must round-trip.
+//! handshake frame decoder, the address and target parsers, and the ID rules.
+//! Arbitrary input must give a value or an error, never a panic, and valid
+//! input must round-trip.
 
 // An integration-test crate: every #[test] here is one, and a failed unwrap is a
 // failed test.
@@ -12,7 +13,9 @@
 
 use proptest::prelude::*;
 use sockfwd_proto::handshake::{decode_id, HandshakeError};
+use sockfwd_proto::target::Target;
 use sockfwd_proto::transport::Address;
+use sockfwd_proto::{forward_id, stream_id};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -52,5 +55,32 @@ proptest! {
         ] {
             prop_assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
         }
+    }
+
+    #[test]
+    fn target_parser_never_panics_and_its_output_round_trips(s in "\\PC{0,80}") {
+        if let Ok(t) = s.parse::<Target>() {
+            prop_assert_eq!(t.to_string().parse::<Target>(), Ok(t));
+        }
+    }
+
+    #[test]
+    fn target_soup_round_trips(s in "(unix:)?[0-9a-z:\\[\\]/._-]{0,30}") {
+        if let Ok(t) = s.parse::<Target>() {
+            prop_assert_eq!(t.to_string().parse::<Target>(), Ok(t));
+        }
+    }
+
+    #[test]
+    fn stream_id_rule_is_printable_ascii_up_to_256(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let want = !bytes.is_empty() && bytes.len() <= 256 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        prop_assert_eq!(stream_id::check_bytes(&bytes).is_ok(), want);
+    }
+
+    #[test]
+    fn forward_id_rule_is_its_alphabet_up_to_128(s in "\\PC{0,140}") {
+        let want = !s.is_empty() && s.len() <= 128
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        prop_assert_eq!(forward_id::check(&s).is_ok(), want);
     }
 }

@@ -14,3 +14,6 @@ pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
 pub use dial::{dial, dial_with_retry, DialError, HYBRID_REPLY_MAX};
 pub use listener::{Listener, ListenerError, Peer};
 pub use stream::Stream;
+
+/// Longest Unix socket path in bytes: `sockaddr_un.sun_path` holds 108 with the NUL.
+pub const SUN_PATH_MAX: usize = 107;
