@@ -1,10 +1,12 @@
-//! Command-line flags (clap derive), turned into a [`Config`] once.
+//! Command-line flags (clap derive): the daemon's flags, turned into a
+//! [`Config`] once, or one of the admin subcommands.
 
-use crate::autofwd::PortFilter;
+use crate::admin::client::AdminCommand;
 use crate::config::{Config, ConfigError, Control};
 use crate::framing::FramingPolicy;
 use crate::limits::Limits;
-use crate::spec::{check_guest_dir, Forward, DEFAULT_GUEST_DIR};
+use crate::port_filter::PortFilter;
+use crate::remote_spec::{check_guest_dir, Forward, DEFAULT_GUEST_DIR};
 use clap::{ArgGroup, Parser};
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::transport::Address;
@@ -29,8 +31,18 @@ Runtime control (with --admin PATH on the running relay):
   sockfwd-relay add --admin PATH (--forward [ID=]GUEST_PATH:HOST_PATH | -L SPEC)
   sockfwd-relay remove --admin PATH ID|SPEC"
 )]
+#[command(
+    // The subcommands talk to a running relay: the daemon's flags and their
+    // requirements do not apply to them.
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 #[command(group(ArgGroup::new("control_mode").required(true).args(["control", "control_listen"])))]
 pub struct Cli {
+    /// Control a running relay through its admin socket instead of running one.
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
+
     /// Dial the agent's ttrpc port (unix://, vsock://, hvsock://).
     #[arg(long, value_name = "ADDR")]
     pub control: Option<Address>,
@@ -40,8 +52,8 @@ pub struct Cli {
     pub control_listen: Option<Address>,
 
     /// The guest's stream port (unix://, vsock://, hvsock://).
-    #[arg(long, value_name = "ADDR")]
-    pub streams: Address,
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub streams: Option<Address>,
 
     /// A forward (repeatable). ID defaults to the first 16 hex digits of
     /// sha256(GUEST_PATH); GUEST_PATH is absolute and holds no ':'.
@@ -137,6 +149,7 @@ impl TryFrom<Cli> for Config {
             // clap's group makes one of them required; default to the docs' form.
             (None, None) => Control::Dial(Address::Vsock { cid: 3, port: 1025 }),
         };
+        let streams = cli.streams.ok_or(ConfigError::Missing("--streams"))?;
         check_guest_dir(&cli.guest_dir).map_err(|source| ConfigError::GuestDir {
             dir: cli.guest_dir.clone(),
             source,
@@ -154,9 +167,17 @@ impl TryFrom<Cli> for Config {
                 Err(source) => return Err(ConfigError::UdsMount { spec, source }),
             }
         }
+        let locals = cli
+            .locals
+            .into_iter()
+            .map(|spec| match spec.parse() {
+                Ok(arg) => Ok(arg),
+                Err(source) => Err(ConfigError::Local { spec, source }),
+            })
+            .collect::<Result<_, _>>()?;
         let config = Config {
             control,
-            streams: cli.streams,
+            streams,
             forwards,
             boot_timeout: cli.boot_timeout,
             dial_timeout: cli.dial_timeout,
@@ -173,7 +194,7 @@ impl TryFrom<Cli> for Config {
             },
             shutdown_agent: cli.shutdown_agent,
             relay: RelayConfig::default(),
-            locals: cli.locals,
+            locals,
             auto_forward: cli.auto_forward,
             auto_forward_bind: cli.auto_forward_bind,
             admin: cli.admin,
@@ -304,5 +325,64 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("is given twice"), "{err}");
+        let err = parse(&[
+            "--control",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+            "-L",
+            "1:h:0",
+        ])
+        .unwrap_err();
+        assert_eq!(err, r#"invalid -L "1:h:0""#);
+    }
+
+    #[test]
+    fn admin_subcommands_need_no_daemon_flags() {
+        let cli = Cli::try_parse_from(["sockfwd-relay", "status", "--admin", "/a.sock"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(AdminCommand::Status {
+                prometheus: false,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from([
+            "sockfwd-relay",
+            "add",
+            "--admin",
+            "/a.sock",
+            "-L",
+            "9000:127.0.0.1:9000",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.unwrap().request().to_string(),
+            "add local 9000:127.0.0.1:9000"
+        );
+        let cli = Cli::try_parse_from(["sockfwd-relay", "remove", "--admin", "/a.sock", "local-1"])
+            .unwrap();
+        assert_eq!(
+            cli.command.unwrap().socket(),
+            std::path::Path::new("/a.sock")
+        );
+        // The daemon's flags do not mix with a subcommand.
+        let err = Cli::try_parse_from([
+            "sockfwd-relay",
+            "--streams",
+            "unix:///b",
+            "status",
+            "--admin",
+            "/a.sock",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
+        // Without one, the daemon's flags are required as before.
+        let err = Cli::try_parse_from(["sockfwd-relay", "--control", "unix:///a"]).unwrap_err();
+        assert!(err.to_string().contains("--streams"), "{err}");
     }
 }

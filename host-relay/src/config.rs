@@ -3,16 +3,16 @@
 
 use crate::framing::FramingPolicy;
 use crate::limits::Limits;
-use crate::spec::{check_guest_path, Forward, SpecError};
+use crate::local_spec::{LocalArg, LocalSpecError};
+use crate::port_filter::PortFilter;
+use crate::remote_spec::{check_guest_path, Forward, SpecError};
+pub use sockfwd_proto::duration::MAX_DURATION;
+use sockfwd_proto::duration::{self, DurationError};
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::transport::Address;
 use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
-
-/// Upper bound on every duration setting: far beyond any sensible value, and it
-/// keeps deadline arithmetic and ttrpc's nanosecond timeouts from overflowing.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How the control connection comes about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +61,11 @@ pub struct Config {
     pub shutdown_agent: bool,
     /// Relay tuning (splice pipes, buffers).
     pub relay: RelayConfig,
-    /// `-L` specs: host listeners reaching targets in the guest (see [`crate::local`]).
-    pub locals: Vec<String>,
-    /// `--auto-forward`: which guest ports get a host listener; `None`: off.
-    pub auto_forward: Option<crate::autofwd::PortFilter>,
+    /// `-L` specs: local forwards, host listeners reaching targets in the guest
+    /// (see [`crate::local_spec`]).
+    pub locals: Vec<LocalArg>,
+    /// `--auto-forward`: which guest ports get a local forward; `None`: off.
+    pub auto_forward: Option<PortFilter>,
     /// Address auto-forward listeners bind (loopback by default).
     pub auto_forward_bind: std::net::IpAddr,
     /// `--admin`: the admin socket (mode 0600).
@@ -140,19 +141,14 @@ pub enum ConfigError {
         spec: String,
         /// What is wrong with it.
         #[source]
-        source: crate::local::LocalSpecError,
+        source: LocalSpecError,
     },
-    /// A duration that must be positive is zero.
-    #[error("{0} must be greater than zero")]
-    ZeroDuration(&'static str),
-    /// A duration beyond [`MAX_DURATION`].
-    #[error("{name} of {value:?} exceeds the maximum of one year")]
-    HugeDuration {
-        /// The setting.
-        name: &'static str,
-        /// Its value.
-        value: Duration,
-    },
+    /// A required flag is missing (clap checks it first; this is the library's check).
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A duration is zero where it must be positive, or beyond [`MAX_DURATION`].
+    #[error(transparent)]
+    Duration(#[from] DurationError),
 }
 
 impl Config {
@@ -193,20 +189,7 @@ impl Config {
             ("--shutdown-grace", self.shutdown_grace, false),
         ];
         for (name, value, positive) in durations {
-            if positive && value.is_zero() {
-                return Err(ConfigError::ZeroDuration(name));
-            }
-            if value > MAX_DURATION {
-                return Err(ConfigError::HugeDuration { name, value });
-            }
-        }
-        for spec in &self.locals {
-            if let Err(source) = spec.parse::<crate::local::LocalSpec>() {
-                return Err(ConfigError::Local {
-                    spec: spec.clone(),
-                    source,
-                });
-            }
+            duration::check(name, value, positive)?;
         }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();
         let mut paths: HashMap<&str, &Forward> = HashMap::new();
@@ -284,7 +267,7 @@ mod tests {
         c.boot_timeout = MAX_DURATION * 2;
         assert!(matches!(
             c.validate(),
-            Err(ConfigError::HugeDuration { .. })
+            Err(ConfigError::Duration(DurationError::TooLong { .. }))
         ));
         let mut c = base(vec![]);
         c.control = Control::Listen("hvsock:///v:1025".parse().unwrap());

@@ -1,19 +1,28 @@
 //! sockfwd host relay: binds forwards in the guest and splices each guest
-//! connection to a host socket.
+//! connection to a host socket, and the other way round.
 //!
-//! Layout, in the order a connection meets them: [`cli`] turns flags into a
-//! validated [`Config`] ([`config`], with forward specs parsed in [`spec`]);
-//! [`run`] keeps a control session going (`control`: dial or listen, reconnect;
-//! `session`: Bind, Accept, liveness); each `ConnectRequest` is resolved in the
-//! [`forwards`] table, checked against the caps in [`limits`], and served by
-//! `connect` (host dial and stream open at once, result, relay), with its
-//! [`framing`] chosen per stream. [`report`] formats error chains.
+//! Two directions, named as ssh users know them (from the host): a **remote
+//! forward** listens in the guest and dials a host socket (`--forward`,
+//! `--uds-mount`: nerdbox's direction); a **local forward** listens on the host
+//! and dials a target in the guest (`-L`, `--auto-forward`, [`Guest::forward`]).
 //!
-//! The other direction (host to guest, an extension): [`guest`] opens a stream
-//! and has the agent connect it to a target in the guest; [`proxy`] serves host
-//! listeners for `-L` specs ([`local`]) and for the library's API;
-//! [`autofwd`] follows the guest's listening ports; `runtime` keeps the
-//! listeners, and [`admin`] ([`status`]) controls a running relay.
+//! Layout, in layers; a module uses only modules of the layers below it:
+//!
+//! 1. what users and peers say, parsed and checked: [`remote_spec`] (`--forward`,
+//!    `--uds-mount`), [`local_spec`] (`-L`), [`port_filter`], [`framing`],
+//!    [`limits`]; then [`config`] ([`Config`]) and [`remote_table`]
+//!    ([`ForwardTable`]) over them;
+//! 2. talking to the agent: [`rpc`] (deadlines, [`CallError`], the Accept
+//!    stream's sending half) and `streams` (a stream-port connection with its
+//!    handshake); [`local`] opens local forwards with them ([`Guest`]) and
+//!    serves their host listeners;
+//! 3. the control session: `control` (dial or listen, one session's Bind,
+//!    Accept and liveness, reconnects and the boot deadline), and `shared`, the
+//!    state of a run;
+//! 4. the remote forwards' connections ([`remote_connect`], fed by the
+//!    session) and the admin socket ([`admin`]);
+//! 5. [`run`], which starts them all, and [`cli`];
+//! 6. the binary.
 //!
 //! # Library use
 //!
@@ -24,35 +33,54 @@
 //! sessions. See `examples/forward_and_fetch.rs`.
 
 pub mod admin;
-pub mod autofwd;
 pub mod cli;
 pub mod config;
-mod connect;
 mod control;
-pub mod forwards;
 pub mod framing;
-pub mod guest;
 pub mod limits;
 pub mod local;
-pub mod proxy;
-pub mod report;
-mod runtime;
-mod session;
-pub mod spec;
-pub mod status;
+pub mod local_spec;
+pub mod port_filter;
+pub mod remote_connect;
+pub mod remote_spec;
+pub mod remote_table;
+pub mod rpc;
+mod shared;
+mod streams;
+
+/// Error chains as text (the shared printer, [`sockfwd_proto::report`]).
+pub use sockfwd_proto::report;
+
+/// Per-forward counters (the shared type, [`sockfwd_proto::counters`]).
+pub use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
 
 pub use config::{Config, ConfigError, Control};
-pub use connect::{StreamError, BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
-pub use control::{BACKOFF_MAX, BACKOFF_MIN};
-pub use forwards::{CounterSnapshot, ForwardCounters, ForwardTable};
-pub use guest::{Guest, GuestOptions, PortEvents, ProxyError};
-pub use local::{LocalSpec, LocalSpecError};
-pub use proxy::{LocalAddr, ProxyManager, ProxySession};
-pub use session::{CallError, SessionError};
-pub use spec::Forward;
+pub use control::channel::{BACKOFF_MAX, BACKOFF_MIN};
+pub use control::session::SessionError;
+pub use local::guest_handle::{Guest, GuestOptions, PortEvents, ProxyError};
+pub use local::proxy_session::{LocalAddr, ProxyManager, ProxySession};
+pub use local_spec::{LocalSpec, LocalSpecError};
+pub use remote_connect::{BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
+/// `--forward` and `--uds-mount` specs (the module's name before the layers).
+pub use remote_spec as spec;
+pub use remote_spec::Forward;
+/// The remote forward table (the module's name before the layers).
+pub use remote_table as forwards;
+pub use remote_table::ForwardTable;
+pub use rpc::CallError;
+pub use streams::StreamError;
 
-use limits::{Caps, LogThrottle};
-use sockfwd_proto::rpc::SocketForwardClient;
+use admin::server::{self, Admin};
+use control::channel::{self, ChannelError};
+use control::connector::{Connector, ReachError};
+use control::session::SessionParts;
+use limits::Caps;
+use local::auto_forward::{self, AutoForward};
+use local::guest_handle::Tasks;
+use local::listener_table::{announce, ListenerTable, Origin};
+use remote_connect::RemoteForwards;
+use shared::Shared;
+use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::transport::{Address, DialError, ListenerError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,22 +89,22 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Log lines per second for per-connection refusals and failures; the rest are
-/// counted and reported with the next line that gets through.
+/// Log lines per second for each kind of per-connection refusal and failure;
+/// the rest are counted and reported with the next line that gets through.
 const LOG_LINES_PER_SEC: u32 = 20;
 
 /// Why the relay stopped (shutdown is not an error).
 #[derive(Debug, Error)]
 pub enum RelayError {
     /// The configuration is unusable.
-    #[error("invalid configuration")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// `--control`: the agent could not be dialed within the boot timeout.
-    #[error("cannot reach the agent's control port at {addr}")]
+    #[error("cannot reach the agent's control port")]
     AgentUnreachable {
         /// The control address.
         addr: Address,
-        /// The last dial error.
+        /// The last dial error (it names the address).
         #[source]
         source: DialError,
     },
@@ -108,34 +136,21 @@ pub enum RelayError {
     },
 }
 
-/// State every session and connection task shares; lives as long as [`run`].
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) table: Arc<ForwardTable>,
-    pub(crate) caps: Caps,
-    /// Where connection tasks run; waited on (up to the grace) at shutdown.
-    pub(crate) tracker: TaskTracker,
-    /// Cancelled on SIGTERM/SIGINT: no new requests are taken.
-    pub(crate) shutdown: CancellationToken,
-    /// Cancelled when the shutdown grace is over: open relays are cut.
-    pub(crate) hard_stop: CancellationToken,
-    /// Throttles per-connection log lines (refusals, failures).
-    pub(crate) log_throttle: LogThrottle,
-    /// The current session's client (`None` between sessions).
-    pub(crate) client: watch::Sender<Option<SocketForwardClient>>,
-    /// Host-to-guest connections, over whatever session is up.
-    pub(crate) guest: Guest,
-    /// Host listeners (`-L`, admin, auto-forward).
-    pub(crate) locals: runtime::Locals,
-}
-
-/// Prints one line on stdout (listener reports meant for scripts), flushed.
-pub(crate) fn print_line(line: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    // A closed stdout is no reason to fail; the log has the line too.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+impl RelayError {
+    /// The control channel's errors as the relay's: one variant each.
+    fn from_channel(e: ChannelError, addr: &Address) -> RelayError {
+        match e {
+            ChannelError::Reach(ReachError::Unreachable(source)) => RelayError::AgentUnreachable {
+                addr: addr.clone(),
+                source,
+            },
+            ChannelError::Reach(ReachError::Listen(e)) => RelayError::Listen(e),
+            ChannelError::Reach(ReachError::NoAgentDialedIn { addr, after }) => {
+                RelayError::NoAgentDialedIn { addr, after }
+            }
+            ChannelError::NoSession { addr, source } => RelayError::NoSession { addr, source },
+        }
+    }
 }
 
 /// Runs the relay until `shutdown` is cancelled (then `Ok`, after open relays
@@ -176,7 +191,7 @@ pub async fn run_with_table(
     let (tracker, hard_stop) = (TaskTracker::new(), CancellationToken::new());
     let (client, client_rx) = watch::channel(None);
     let guest = Guest::linked(
-        client_rx,
+        client_rx.clone(),
         config.streams.clone(),
         GuestOptions {
             stream_timeout: config.stream_timeout,
@@ -184,46 +199,23 @@ pub async fn run_with_table(
             framing: config.framing,
             relay: config.relay.clone(),
         },
-        guest::Tasks {
+        Tasks {
             tracker: tracker.clone(),
             stop: shutdown.clone(),
             hard_stop: hard_stop.clone(),
         },
     );
     // Every host listener is bound before anything else happens, or none.
-    let admin = config
+    let admin_listener = config
         .admin
         .as_deref()
-        .map(admin::bind)
+        .map(server::bind)
         .transpose()
         .map_err(RelayError::Admin)?;
-    let specs = config
-        .locals
-        .iter()
-        .map(|s| {
-            s.parse::<LocalSpec>().map_err(|source| {
-                RelayError::Config(ConfigError::Local {
-                    spec: s.clone(),
-                    source,
-                })
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let names: Vec<&str> = config.locals.iter().map(String::as_str).collect();
-    let sessions = guest
-        .forward_specs(&specs, &names)
-        .map_err(RelayError::Local)?;
-    let locals = runtime::Locals::default();
-    for (raw, session) in config.locals.iter().zip(sessions) {
-        let line = format!(
-            "listening {} -> {}",
-            session.local_addr(),
-            session.spec().remote
-        );
-        print_line(&line);
-        let id = locals.add(runtime::Origin::Spec(raw.clone()), session);
-        tracing::info!(forward_id = %id, "{line}");
-    }
+    let listeners = Arc::new(ListenerTable::default());
+    bind_locals(&config, &guest, &listeners)?;
+    let connector = Connector::new(&config.control, shutdown.clone())
+        .map_err(|e| RelayError::from_channel(e.into(), config.control.address()))?;
     let shared = Arc::new(Shared {
         caps: Caps::new(limits),
         config,
@@ -233,15 +225,40 @@ pub async fn run_with_table(
         hard_stop,
         log_throttle: LogThrottle::new(LOG_LINES_PER_SEC, Duration::from_secs(1)),
         client,
-        guest,
-        locals,
     });
-    if let Some(listener) = admin {
-        tokio::spawn(admin::serve(shared.clone(), listener));
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(Admin {
+            shared: Arc::clone(&shared),
+            guest: guest.clone(),
+            listeners: Arc::clone(&listeners),
+        });
+        shared.tracker.spawn(server::serve(admin, listener));
     }
-    let result = control::run(&shared).await;
-    // Shutdown or a fatal error: no session takes requests any more.
+    if let Some(filter) = shared.config.auto_forward.clone() {
+        let auto = AutoForward {
+            guest: guest.clone(),
+            listeners: Arc::clone(&listeners),
+            filter,
+            bind: shared.config.auto_forward_bind,
+        };
+        let following = auto_forward::follow(auto, client_rx, shared.shutdown.clone());
+        shared.tracker.spawn(following);
+    }
+    let parts = SessionParts {
+        config: &shared.config,
+        table: &shared.table,
+        shutdown: &shared.shutdown,
+        client: &shared.client,
+        throttle: &shared.log_throttle,
+    };
+    let requests = RemoteForwards(Arc::clone(&shared));
+    let result = channel::run(&parts, &connector, &requests)
+        .await
+        .map_err(|e| RelayError::from_channel(e, shared.config.control.address()));
+    // Shutdown or a fatal error: no session takes requests any more, and no
+    // listener accepts.
     shared.shutdown.cancel();
+    drop(connector);
     shared.tracker.close();
     if !shared.tracker.is_empty() {
         tracing::info!(
@@ -265,4 +282,28 @@ pub async fn run_with_table(
         tracing::info!("relay stopped");
     }
     result
+}
+
+/// Binds the `-L` listeners, all or none, and announces each.
+fn bind_locals(
+    config: &Config,
+    guest: &Guest,
+    listeners: &ListenerTable,
+) -> Result<(), RelayError> {
+    let specs: Vec<LocalSpec> = config.locals.iter().map(|l| l.spec.clone()).collect();
+    let names: Vec<&str> = config.locals.iter().map(|l| l.text.as_str()).collect();
+    let sessions = guest
+        .forward_specs(&specs, &names)
+        .map_err(RelayError::Local)?;
+    for (arg, session) in config.locals.iter().zip(sessions) {
+        let line = format!(
+            "listening {} -> {}",
+            session.local_addr(),
+            session.spec().remote_text()
+        );
+        announce(&line);
+        let id = listeners.add(Origin::Spec(arg.text.clone()), session);
+        tracing::info!(forward_id = %id, "{line}");
+    }
+    Ok(())
 }

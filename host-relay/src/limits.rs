@@ -1,15 +1,14 @@
 //! Caps on what the guest can make the host do: concurrent connections and new
-//! connections per second, per forward and in total, plus a throttle for the log
-//! lines a flood would otherwise produce.
+//! connections per second, per forward and in total.
 //!
 //! Admission is synchronous and allocation-free, so the Accept loop can refuse an
-//! excess request before spawning anything for it.
+//! excess request before spawning anything for it. Concurrency caps are
+//! semaphores; a permit is held for as long as the connection's task runs.
 
-use crate::forwards::ForwardEntry;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use sockfwd_proto::counters::{ActiveGuard, ForwardCounters};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The caps; 0 means "no cap" for each.
@@ -39,35 +38,31 @@ impl Default for Limits {
     }
 }
 
-/// A shared count of held slots; clones count the same slots.
-#[derive(Debug, Default, Clone)]
-pub struct SlotCounter(Arc<AtomicUsize>);
-
-/// One held slot, given back on drop.
+/// A concurrency cap: `max` permits, or no semaphore at all for "no cap".
 #[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
+struct Slots(Option<Arc<Semaphore>>);
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots((max > 0).then(|| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))))
+    }
+
+    /// A slot, or `None` when every one is taken.
+    fn try_take(&self) -> Option<Slot> {
+        match &self.0 {
+            None => Some(Slot { _permit: None }),
+            Some(s) => Arc::clone(s)
+                .try_acquire_owned()
+                .ok()
+                .map(|p| Slot { _permit: Some(p) }),
+        }
     }
 }
 
-impl SlotCounter {
-    /// Takes a slot if fewer than `max` are held (`max` 0: always).
-    pub fn try_acquire(&self, max: usize) -> Option<Slot> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(&self.0)))
-    }
-
-    /// Slots held now.
-    pub fn current(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
+/// A held slot, given back on drop (holds nothing when there is no cap).
+#[derive(Debug)]
+struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A token bucket: `per_sec` tokens a second, bursts of up to one second's worth.
@@ -142,18 +137,39 @@ impl Refusal {
     }
 }
 
-/// An admitted connection's slots, held until its relay ends.
+/// One forward's own caps: its concurrency slots and its rate.
+#[derive(Debug)]
+pub struct ForwardLimiter {
+    /// Sized by the [`Caps`] that first admit a connection to the forward: a
+    /// forward table can be built (by a library caller) before the caps exist.
+    slots: OnceLock<Slots>,
+    rate: RateLimiter,
+}
+
+impl ForwardLimiter {
+    /// A forward's limiter allowing `rate_per_sec` new connections a second (0: no cap).
+    pub fn new(rate_per_sec: u32) -> ForwardLimiter {
+        ForwardLimiter {
+            slots: OnceLock::new(),
+            rate: RateLimiter::new(rate_per_sec),
+        }
+    }
+}
+
+/// An admitted connection's slots, held until its task ends; it also counts
+/// the connection in its forward's `active` counter.
 #[derive(Debug)]
 pub struct Permit {
     _forward: Slot,
     _total: Slot,
+    _active: ActiveGuard,
 }
 
 /// The relay-wide caps and their state.
 #[derive(Debug)]
 pub struct Caps {
     limits: Limits,
-    active: SlotCounter,
+    slots: Slots,
     rate: RateLimiter,
 }
 
@@ -162,29 +178,25 @@ impl Caps {
     pub fn new(limits: Limits) -> Caps {
         Caps {
             limits,
-            active: SlotCounter::default(),
+            slots: Slots::new(limits.max_concurrent),
             rate: RateLimiter::new(limits.max_rate),
         }
     }
 
-    /// Connections held across all forwards.
-    pub fn active(&self) -> usize {
-        self.active.current()
-    }
-
-    /// Admits one new connection to `entry` or says which cap refused it.
-    /// Concurrency is checked first: a refused request takes no rate token then.
-    pub fn admit(&self, entry: &ForwardEntry) -> Result<Permit, Refusal> {
-        let forward = entry
-            .counters
-            .active
-            .try_acquire(self.limits.max_concurrent_per_forward)
-            .ok_or(Refusal::ForwardConcurrency)?;
-        let total = self
-            .active
-            .try_acquire(self.limits.max_concurrent)
-            .ok_or(Refusal::TotalConcurrency)?;
-        if !entry.rate.try_take() {
+    /// Admits one new connection to the forward with `limiter` and `counters`,
+    /// or says which cap refused it. Concurrency is checked first: a refused
+    /// request takes no rate token then.
+    pub fn admit(
+        &self,
+        limiter: &ForwardLimiter,
+        counters: &Arc<ForwardCounters>,
+    ) -> Result<Permit, Refusal> {
+        let per_forward = limiter
+            .slots
+            .get_or_init(|| Slots::new(self.limits.max_concurrent_per_forward));
+        let forward = per_forward.try_take().ok_or(Refusal::ForwardConcurrency)?;
+        let total = self.slots.try_take().ok_or(Refusal::TotalConcurrency)?;
+        if !limiter.rate.try_take() {
             return Err(Refusal::ForwardRate);
         }
         if !self.rate.try_take() {
@@ -193,84 +205,26 @@ impl Caps {
         Ok(Permit {
             _forward: forward,
             _total: total,
+            _active: counters.active_guard(),
         })
-    }
-}
-
-/// Lets through at most `per_window` log lines per `window` and counts the rest.
-#[derive(Debug)]
-pub struct LogThrottle {
-    per_window: u32,
-    window: Duration,
-    state: Mutex<ThrottleState>,
-}
-
-#[derive(Debug)]
-struct ThrottleState {
-    start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl LogThrottle {
-    /// A throttle of `per_window` lines per `window`.
-    pub fn new(per_window: u32, window: Duration) -> LogThrottle {
-        LogThrottle {
-            per_window,
-            window,
-            state: Mutex::new(ThrottleState {
-                start: Instant::now(),
-                logged: 0,
-                suppressed: 0,
-            }),
-        }
-    }
-
-    /// `None`: drop this line. `Some(dropped)`: log it, with `dropped` the number
-    /// of lines dropped before it when there were any (a field only when it says
-    /// something).
-    pub fn allow(&self) -> Option<Option<u64>> {
-        let now = Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.saturating_duration_since(s.start) >= self.window {
-            s.start = now;
-            s.logged = 0;
-        }
-        if s.logged < self.per_window {
-            s.logged += 1;
-            let dropped = std::mem::take(&mut s.suppressed);
-            Some((dropped > 0).then_some(dropped))
-        } else {
-            s.suppressed += 1;
-            None
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forwards::ForwardTable;
-    use crate::spec::Forward;
+    use std::time::Duration;
 
-    fn table(rate_per_forward: u32) -> ForwardTable {
-        let f = Forward::from_spec("a=/g/a.sock:/h/a.sock").unwrap();
-        let g = Forward::from_spec("b=/g/b.sock:/h/b.sock").unwrap();
-        ForwardTable::new(&[f, g], rate_per_forward)
+    /// A forward as the table holds it: its limiter and its counters.
+    fn forward(rate_per_forward: u32) -> (ForwardLimiter, Arc<ForwardCounters>) {
+        (
+            ForwardLimiter::new(rate_per_forward),
+            Arc::new(ForwardCounters::default()),
+        )
     }
 
-    #[test]
-    fn slots_are_capped_and_given_back() {
-        let c = SlotCounter::default();
-        let a = c.try_acquire(2).unwrap();
-        let _b = c.try_acquire(2).unwrap();
-        assert!(c.try_acquire(2).is_none());
-        drop(a);
-        assert_eq!(c.current(), 1);
-        assert!(c.try_acquire(2).is_some());
-        let many: Vec<_> = (0..100).map(|_| c.try_acquire(0).unwrap()).collect();
-        assert_eq!(c.current(), 101);
-        drop(many);
+    fn active(c: &ForwardCounters) -> u64 {
+        c.snapshot().active
     }
 
     #[tokio::test(start_paused = true)]
@@ -287,65 +241,78 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_caps_per_forward_and_total() {
-        let t = table(0);
+        let (a, b) = (forward(0), forward(0));
         let caps = Caps::new(Limits {
             max_concurrent: 3,
             max_concurrent_per_forward: 2,
             max_rate: 0,
             max_rate_per_forward: 0,
         });
-        let (a, b) = (&t.get("a").unwrap(), &t.get("b").unwrap());
-        let a1 = caps.admit(a).unwrap();
-        let _a2 = caps.admit(a).unwrap();
-        assert_eq!(caps.admit(a).unwrap_err(), Refusal::ForwardConcurrency);
-        let _b1 = caps.admit(b).unwrap();
-        assert_eq!(caps.admit(b).unwrap_err(), Refusal::TotalConcurrency);
-        assert_eq!(a.counters.active.current(), 2);
+        let a1 = caps.admit(&a.0, &a.1).unwrap();
+        let _a2 = caps.admit(&a.0, &a.1).unwrap();
+        assert_eq!(
+            caps.admit(&a.0, &a.1).unwrap_err(),
+            Refusal::ForwardConcurrency
+        );
+        let _b1 = caps.admit(&b.0, &b.1).unwrap();
+        assert_eq!(
+            caps.admit(&b.0, &b.1).unwrap_err(),
+            Refusal::TotalConcurrency
+        );
+        assert_eq!(active(&a.1), 2);
         // The refused total did not leak b's per-forward slot.
-        assert_eq!(b.counters.active.current(), 1);
+        assert_eq!(active(&b.1), 1);
         drop(a1);
-        let _b2 = caps.admit(b).unwrap();
-        assert_eq!(caps.active(), 3);
+        assert_eq!(active(&a.1), 1);
+        let _b2 = caps.admit(&b.0, &b.1).unwrap();
+        assert_eq!(active(&b.1), 2);
+        assert_eq!(
+            caps.admit(&a.0, &a.1).unwrap_err(),
+            Refusal::TotalConcurrency,
+            "three held: the total cap again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_cap_admits_without_bound() {
+        let f = forward(0);
+        let caps = Caps::new(Limits {
+            max_concurrent: 0,
+            max_concurrent_per_forward: 0,
+            max_rate: 0,
+            max_rate_per_forward: 0,
+        });
+        let many: Vec<_> = (0..100).map(|_| caps.admit(&f.0, &f.1).unwrap()).collect();
+        assert_eq!(active(&f.1), 100);
+        drop(many);
+        assert_eq!(active(&f.1), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn rate_caps_per_forward_then_total() {
-        let t = table(3);
+        let (a, b) = (forward(3), forward(3));
         let caps = Caps::new(Limits {
             max_concurrent: 0,
             max_concurrent_per_forward: 0,
             max_rate: 5,
             max_rate_per_forward: 3,
         });
-        let (a, b) = (&t.get("a").unwrap(), &t.get("b").unwrap());
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(caps.admit(a).unwrap());
+            held.push(caps.admit(&a.0, &a.1).unwrap());
         }
-        let refused = caps.admit(a).unwrap_err();
+        let refused = caps.admit(&a.0, &a.1).unwrap_err();
         assert_eq!(refused, Refusal::ForwardRate);
         assert_eq!(refused.wire_text(), "rate limit reached");
         // a's refusal took no total token: b still gets the 2 left of 5.
-        held.push(caps.admit(b).unwrap());
-        held.push(caps.admit(b).unwrap());
-        assert_eq!(caps.admit(b).unwrap_err(), Refusal::TotalRate);
+        held.push(caps.admit(&b.0, &b.1).unwrap());
+        held.push(caps.admit(&b.0, &b.1).unwrap());
+        assert_eq!(caps.admit(&b.0, &b.1).unwrap_err(), Refusal::TotalRate);
         tokio::time::advance(Duration::from_secs(1)).await;
-        caps.admit(a).unwrap();
+        caps.admit(&a.0, &a.1).unwrap();
         assert_eq!(
             Refusal::TotalConcurrency.wire_text(),
             "connection limit reached"
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn log_throttle_counts_what_it_drops() {
-        let t = LogThrottle::new(2, Duration::from_secs(1));
-        assert_eq!(t.allow(), Some(None));
-        assert_eq!(t.allow(), Some(None));
-        assert_eq!(t.allow(), None);
-        assert_eq!(t.allow(), None);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.allow(), Some(Some(2)));
-        assert_eq!(t.allow(), Some(None));
     }
 }

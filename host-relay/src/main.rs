@@ -1,8 +1,10 @@
-//! sockfwd-relay: flags, logging and signals; the work is `sockfwd_relay::run`.
+//! sockfwd-relay: flags, logging and signals; the work is `sockfwd_relay::run`
+//! (or, with a subcommand, one request to a running relay's admin socket).
 
 use clap::Parser as _;
+use sockfwd_proto::report::for_main;
+use sockfwd_relay::admin::client::{AdminCommand, ClientError};
 use sockfwd_relay::cli::Cli;
-use sockfwd_relay::report::causes;
 use sockfwd_relay::{Config, ConfigError, RelayError};
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -11,39 +13,79 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// The program name every message starts with.
+const PROGRAM: &str = "sockfwd-relay";
+
 /// What stopped the binary; each variant has its exit code.
 #[derive(Debug, Error)]
 enum MainError {
-    #[error("invalid configuration")]
-    Config(#[source] ConfigError),
+    #[error(transparent)]
+    Config(ConfigError),
     #[error("cannot start the tokio runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Relay(RelayError),
+    #[error(transparent)]
+    Admin(ClientError),
 }
 
 impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            MainError::Config(_) => ExitCode::from(2),
+            MainError::Config(_) | MainError::Relay(RelayError::Config(_)) => ExitCode::from(2),
             MainError::Relay(
                 RelayError::AgentUnreachable { .. }
                 | RelayError::NoAgentDialedIn { .. }
                 | RelayError::NoSession { .. },
             ) => ExitCode::from(3),
-            MainError::Relay(RelayError::Config(_)) => ExitCode::from(2),
+            MainError::Admin(e) if e.is_usage() => ExitCode::from(2),
             _ => ExitCode::FAILURE,
         }
     }
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = sockfwd_relay::admin::main_if_subcommand() {
-        return code;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
+    let result = match cli.command.clone() {
+        Some(command) => admin(&command),
+        None => daemon(cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprint!("{}", for_main(PROGRAM, &err));
+            err.exit_code()
+        }
     }
-    let cli = Cli::parse();
+}
+
+/// Help and version as clap prints them; a usage error in the one style of
+/// the relay's messages (`sockfwd-relay: error: ...`), exit status 2.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        // --help, --version: stdout, success. Nowhere to report a failed print.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    eprint!("{PROGRAM}: error: {text}");
+    ExitCode::from(2)
+}
+
+fn admin(command: &AdminCommand) -> Result<(), MainError> {
+    let body = command.run().map_err(MainError::Admin)?;
+    print!("{body}");
+    Ok(())
+}
+
+fn daemon(cli: Cli) -> Result<(), MainError> {
+    let config = Config::try_from(cli).map_err(MainError::Config)?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Journald and log files get plain text; colours only on a terminal.
@@ -52,23 +94,6 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let mut lines = causes(&err).into_iter();
-            if let Some(first) = lines.next() {
-                eprintln!("sockfwd-relay: error: {first}");
-            }
-            for cause in lines {
-                eprintln!("  caused by: {cause}");
-            }
-            err.exit_code()
-        }
-    }
-}
-
-fn run(cli: Cli) -> Result<(), MainError> {
-    let config = Config::try_from(cli).map_err(MainError::Config)?;
     sockfwd_proto::limits::raise_nofile_limit();
     // One thread: the data path is splice(2), kernel work done on the calling
     // thread, and a thread per core only adds cross-thread wakeups. Measured

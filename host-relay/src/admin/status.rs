@@ -2,6 +2,7 @@
 //! Prometheus text (exposition format 0.0.4), from the relay's own tables and,
 //! when a session is up, the agent's `ListForwards`.
 
+use sockfwd_proto::counters::CounterSnapshot;
 use std::fmt::Write as _;
 
 /// One forward's counters as reported.
@@ -29,6 +30,32 @@ pub struct Row {
     pub bytes_to_guest: u64,
     /// Bytes towards the host (finished connections).
     pub bytes_to_host: u64,
+}
+
+impl Row {
+    /// A row of the relay's own counters.
+    pub fn new(
+        direction: &'static str,
+        side: &'static str,
+        id: String,
+        from: String,
+        to: String,
+        c: CounterSnapshot,
+    ) -> Row {
+        Row {
+            direction,
+            side,
+            id,
+            from,
+            to,
+            active: c.active,
+            total: c.total,
+            refused: c.refused,
+            failed: c.failed,
+            bytes_to_guest: c.bytes_to_guest,
+            bytes_to_host: c.bytes_to_host,
+        }
+    }
 }
 
 /// A fixed-width table, one row per forward.

@@ -1,4 +1,4 @@
-//! A handle on one guest for host-to-guest connections: open a stream on the
+//! The host's handle on one guest, for local forwards: open a stream on the
 //! stream port with a fresh stream ID, then ask the agent (`Connect`) to
 //! connect it to a target inside the guest.
 //!
@@ -7,13 +7,15 @@
 //! (whatever control connection is up now; a call made while none is up waits
 //! for one, within the stream deadline).
 
-use crate::connect::{open_stream, StreamError};
 use crate::framing::{choose, FramingPolicy};
-use crate::session::{call, context, CallError};
+use crate::local_spec::LocalSpecError;
+use crate::rpc::{call, context, CallError};
+use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
 use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
+use sockfwd_proto::target::{Target, TargetParseError};
 use sockfwd_proto::transport::{dial_with_retry, Address, DialError, Stream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +77,7 @@ pub enum ProxyError {
         spec: String,
         /// What is wrong with it.
         #[source]
-        source: crate::local::LocalSpecError,
+        source: LocalSpecError,
     },
     /// A host listener could not be created.
     #[error("-L {spec}: cannot listen on {listen}")]
@@ -88,8 +90,17 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A target does not parse.
+    #[error("invalid target {target:?}")]
+    Target {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        #[source]
+        source: TargetParseError,
+    },
     /// The agent could not start the port watch.
-    #[error("WatchPorts")]
+    #[error("the agent did not start WatchPorts")]
     Watch(#[source] CallError),
 }
 
@@ -98,7 +109,8 @@ pub enum ProxyError {
 pub(crate) struct Tasks {
     /// Connection tasks.
     pub(crate) tracker: TaskTracker,
-    /// Cancelled to end the listeners' accept loops.
+    /// Cancelled to end the listeners' accept loops (their tasks are on
+    /// `tracker` too).
     pub(crate) stop: CancellationToken,
     /// Cancelled to cut open connections.
     pub(crate) hard_stop: CancellationToken,
@@ -200,7 +212,7 @@ impl Guest {
     /// carries `framing`.
     pub(crate) async fn open_framed(
         &self,
-        target: &str,
+        target: &Target,
         framing: Framing,
     ) -> Result<Stream, ProxyError> {
         let o = &self.inner.options;
@@ -212,13 +224,13 @@ impl Guest {
             .map_err(ProxyError::Stream)?;
         let mut req = ConnectTargetRequest::new();
         req.stream_id = id.clone();
-        req.target = target.to_owned();
+        req.target = target.to_string();
         req.framing = framing.wire();
         let limit = o.call_timeout;
         call(limit, client.connect(context(limit), &req))
             .await
             .map_err(|source| ProxyError::Connect {
-                target: target.to_owned(),
+                target: req.target.clone(),
                 source,
             })?;
         tracing::debug!(stream_id = %id, %target, "connected to the guest target");
@@ -226,11 +238,18 @@ impl Guest {
     }
 
     /// Opens one raw connection to `target` inside the guest: `host:port`,
-    /// `[v6]:port`, a name the guest resolves, or `unix:/path`. The stream is
-    /// the contract's plain byte stream (no EOF framing), an
+    /// `[v6]:port`, a name the guest resolves, or `unix:/path` (the shared
+    /// target grammar, [`sockfwd_proto::target`]). The stream is the
+    /// contract's plain byte stream (no EOF framing), an
     /// `AsyncRead + AsyncWrite`.
     pub async fn open(&self, target: &str) -> Result<Stream, ProxyError> {
-        self.open_framed(target, Framing::Raw).await
+        let target = target
+            .parse::<Target>()
+            .map_err(|source| ProxyError::Target {
+                target: target.to_owned(),
+                source,
+            })?;
+        self.open_framed(&target, Framing::Raw).await
     }
 
     /// Subscribes to the guest's TCP listeners: the current set first, then

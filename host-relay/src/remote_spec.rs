@@ -1,5 +1,6 @@
-//! Forward specs from the command line: `--forward [ID=]GUEST_PATH:HOST_PATH` and
-//! nerdbox's `--uds-mount CONTAINER_ID:HOST_PATH:DESTINATION`.
+//! Remote forward specs from the command line: `--forward [ID=]GUEST_PATH:HOST_PATH`
+//! and nerdbox's `--uds-mount CONTAINER_ID:HOST_PATH:DESTINATION`. Each is a
+//! listener in the guest and the host socket (its target) its clients reach.
 //!
 //! Parsing is pure (no file system access): the host path is dialed per connection,
 //! and the guest path only means something inside the guest.
@@ -8,17 +9,17 @@
 //! - `--uds-mount`: the lowercase hex SHA-256 of `CONTAINER_ID:DESTINATION`, exactly
 //!   as nerdbox's host derives it, with the guest listener at `GUEST_DIR/<id>.sock`;
 //! - `--forward` without `ID=`: the first 16 hex digits (64 bits) of the SHA-256 of
-//!   the guest path, so the same flag always yields the same ID across restarts.
+//!   the guest path, so the same flag always yields the same ID across restarts;
+//! - `--forward ID=...`: the ID as given, held to the shared forward-ID rule
+//!   ([`sockfwd_proto::forward_id`]).
 
 use sha2::{Digest, Sha256};
+use sockfwd_proto::forward_id::{self, ForwardIdError};
+use sockfwd_proto::transport::SUN_PATH_MAX;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use thiserror::Error;
 
-/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
-/// Longest forward ID accepted in `ID=`.
-pub const MAX_FORWARD_ID: usize = 128;
 /// Hex digits of SHA-256 kept in an ID derived from a guest path.
 pub const DERIVED_ID_HEX: usize = 16;
 /// The guest directory nerdbox places its listeners in.
@@ -50,9 +51,9 @@ pub enum SpecError {
     /// Not three `:`-separated parts.
     #[error("expected CONTAINER_ID:HOST_PATH:DESTINATION")]
     UdsMountShape,
-    /// The `ID=` part is empty, too long or has characters outside `[A-Za-z0-9._-]`.
-    #[error("forward ID {0:?} must be 1 to 128 characters from A-Z a-z 0-9 . _ -")]
-    BadId(String),
+    /// The `ID=` part breaks the forward-ID rule.
+    #[error(transparent)]
+    BadId(#[from] ForwardIdError),
     /// A required part is empty.
     #[error("{0} is empty")]
     Empty(&'static str),
@@ -60,9 +61,7 @@ pub enum SpecError {
     #[error("guest path {0:?} must be absolute")]
     RelativeGuestPath(String),
     /// The guest path does not fit a Unix socket address.
-    #[error(
-        "guest path {path:?} is {len} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}"
-    )]
+    #[error("guest path {path:?} is {len} bytes; a Unix socket path holds at most {SUN_PATH_MAX}")]
     GuestPathTooLong {
         /// The offending path.
         path: String,
@@ -102,19 +101,6 @@ pub fn derived_forward_id(guest_path: &str) -> String {
     id
 }
 
-fn check_id(id: &str) -> Result<(), SpecError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_FORWARD_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::BadId(id.to_owned()))
-    }
-}
-
 /// Checks a guest socket path: absolute, no NUL, fits `sun_path`.
 pub fn check_guest_path(path: &str) -> Result<(), SpecError> {
     if path.is_empty() {
@@ -126,7 +112,7 @@ pub fn check_guest_path(path: &str) -> Result<(), SpecError> {
     if !path.starts_with('/') {
         return Err(SpecError::RelativeGuestPath(path.to_owned()));
     }
-    if path.len() > MAX_SOCKET_PATH {
+    if path.len() > SUN_PATH_MAX {
         return Err(SpecError::GuestPathTooLong {
             path: path.to_owned(),
             len: path.len(),
@@ -154,7 +140,7 @@ impl Forward {
     pub fn from_spec(spec: &str) -> Result<Forward, SpecError> {
         let (id, paths) = match spec.split_once('=') {
             Some((id, rest)) if !spec.starts_with('/') && !id.contains(':') => {
-                check_id(id)?;
+                forward_id::check(id)?;
                 (Some(id), rest)
             }
             _ => (None, spec),
@@ -264,7 +250,7 @@ mod tests {
         for (spec, want) in ok {
             assert_eq!(Forward::from_spec(spec), Ok(want), "{spec}");
         }
-        let long = format!("/{}:/h", "a".repeat(MAX_SOCKET_PATH));
+        let long = format!("/{}:/h", "a".repeat(SUN_PATH_MAX));
         let bad = [
             ("", SpecError::ForwardShape),
             ("/guest/x.sock", SpecError::ForwardShape),
@@ -275,8 +261,11 @@ mod tests {
             ),
             (":/h", SpecError::Empty("guest path")),
             ("/g:", SpecError::Empty("host path")),
-            ("=/g:/h", SpecError::BadId(String::new())),
-            ("a b=/g:/h", SpecError::BadId("a b".into())),
+            ("=/g:/h", SpecError::BadId(ForwardIdError::Empty)),
+            (
+                "a b=/g:/h",
+                SpecError::BadId(ForwardIdError::BadChar { at: 1, ch: ' ' }),
+            ),
             ("id=g:/h", SpecError::RelativeGuestPath("g".into())),
             ("/g\0:/h", SpecError::Nul("guest path")),
             ("/g:/h\0", SpecError::Nul("host path")),
@@ -288,7 +277,7 @@ mod tests {
             Forward::from_spec(&long),
             Err(SpecError::GuestPathTooLong { len: 108, .. })
         ));
-        let too_long_id = format!("{}=/g:/h", "i".repeat(MAX_FORWARD_ID + 1));
+        let too_long_id = format!("{}=/g:/h", "i".repeat(forward_id::MAX_LEN + 1));
         assert!(matches!(
             Forward::from_spec(&too_long_id),
             Err(SpecError::BadId(_))

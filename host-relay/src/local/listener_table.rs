@@ -1,11 +1,22 @@
-//! The relay's host-to-guest listeners while it runs: `-L` forwards from the
-//! command line and the admin socket, and auto-forwards from guest port
-//! events. Each has an ID (`local-N`, `auto-PORT`) for `status` and `remove`.
+//! The relay's local forwards while it runs: `-L` listeners from the command
+//! line and the admin socket, and auto-forwards from guest port events. Each
+//! has an ID (`local-N`, `auto-PORT`) for `status` and `remove`; each one
+//! opened is announced on stdout ([`announce`]) for scripts.
 
-use crate::forwards::CounterSnapshot;
-use crate::proxy::{LocalAddr, ProxySession};
+use crate::local::proxy_session::{LocalAddr, ProxySession};
+use crate::local_spec::LocalSpec;
+use sockfwd_proto::counters::CounterSnapshot;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Prints one line on stdout (listener reports meant for scripts), flushed.
+pub(crate) fn announce(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is no reason to fail; the log has the line too.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
 
 /// Where a host listener came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +37,7 @@ struct Entry {
     session: ProxySession,
 }
 
-/// One row of `status` for a host listener.
+/// One row of `status` for a local forward.
 #[derive(Debug, Clone)]
 pub struct LocalRow {
     /// `local-N` or `auto-PORT`.
@@ -45,13 +56,13 @@ struct Inner {
     by_id: BTreeMap<String, Entry>,
 }
 
-/// The table of host listeners.
+/// The table of local forwards.
 #[derive(Default)]
-pub struct Locals {
+pub struct ListenerTable {
     inner: Mutex<Inner>,
 }
 
-impl Locals {
+impl ListenerTable {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -76,7 +87,7 @@ impl Locals {
         let id = if t.by_id.contains_key(id_or_spec) {
             id_or_spec.to_owned()
         } else {
-            let canonical = id_or_spec.parse::<crate::local::LocalSpec>().ok();
+            let canonical = id_or_spec.parse::<LocalSpec>().ok();
             t.by_id
                 .iter()
                 .find(|(_, e)| {
@@ -138,7 +149,7 @@ impl Locals {
             .map(|(id, e)| LocalRow {
                 id: id.clone(),
                 local: e.session.local_addr().clone(),
-                remote: e.session.spec().remote.to_string(),
+                remote: e.session.spec().remote_text(),
                 counters: e.session.counters(),
             })
             .collect()

@@ -1,64 +1,49 @@
 //! One control session over one connection: Bind every forward, open one Accept
-//! stream, hand each `ConnectRequest` to `connect`, and check liveness with an
-//! empty Bind every ping interval (a nerdbox guest answers it too). The session
-//! ends when the channel dies or on shutdown; `control` decides what comes next.
+//! stream, hand each `ConnectRequest` to the remote-forward side (through
+//! [`ConnectRequests`]), and check liveness with an empty Bind every ping
+//! interval (a nerdbox guest answers it too). The session ends when the
+//! channel dies or on shutdown; `channel` decides what comes next.
+//!
+//! While the session is ready, its client is published (`client`): local
+//! forwards, the admin socket and auto-forward use it, and see it withdrawn
+//! when the session ends.
 
-use crate::connect::{self, Results};
-use crate::control::Connector;
-use crate::report::chain;
-use crate::Shared;
+use crate::config::Config;
+use crate::control::connector::Connector;
+use crate::remote_table::ForwardTable;
+use crate::rpc::{call, context, CallError, Results};
+use sockfwd_proto::log_throttle::LogThrottle;
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketForwardClient};
 use sockfwd_proto::transport::Stream;
 use std::future::Future;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio::sync::watch;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use ttrpc::r#async::CSReceiver;
 
-/// A failed call to the agent.
-#[derive(Debug, Error)]
-pub enum CallError {
-    /// The agent answered with an error status.
-    #[error("the agent answered {code:?}: {message}")]
-    Status {
-        /// The ttrpc status code.
-        code: ttrpc::Code,
-        /// The agent's message.
-        message: String,
-    },
-    /// No answer in time.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection or the ttrpc layer failed.
-    #[error("ttrpc call failed")]
-    Ttrpc(#[source] ttrpc::Error),
+/// What a session does with each `ConnectRequest` (the remote-forward side).
+pub(crate) trait ConnectRequests: Sync {
+    /// Handles one request; answers go out on `results`. Returns once the
+    /// request is refused or handed to its own task.
+    fn handle(&self, req: ConnectRequest, results: &Results) -> impl Future<Output = ()> + Send;
 }
 
-impl From<ttrpc::Error> for CallError {
-    fn from(e: ttrpc::Error) -> Self {
-        match e {
-            ttrpc::Error::RpcStatus(s) => CallError::Status {
-                code: s.code(),
-                message: s.message,
-            },
-            other => CallError::Ttrpc(other),
-        }
-    }
-}
-
-impl CallError {
-    /// Whether the agent does not know the method (nerdbox answers unknown methods so).
-    pub fn is_unsupported(&self) -> bool {
-        matches!(
-            self,
-            CallError::Status {
-                code: ttrpc::Code::NOT_FOUND | ttrpc::Code::UNIMPLEMENTED,
-                ..
-            }
-        )
-    }
+/// What a session uses of the relay's state.
+pub(crate) struct SessionParts<'a> {
+    /// The settings.
+    pub(crate) config: &'a Config,
+    /// The forwards to bind.
+    pub(crate) table: &'a ForwardTable,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub(crate) shutdown: &'a CancellationToken,
+    /// Where the ready session's client is published.
+    pub(crate) client: &'a watch::Sender<Option<SocketForwardClient>>,
+    /// Throttles per-request log lines.
+    pub(crate) throttle: &'a LogThrottle,
 }
 
 /// Why a session ended without our shutdown.
@@ -125,49 +110,32 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
-/// Withdraws the session's client when the session ends, and closes the
-/// auto-forwards it reported (the next session reports the ports again).
-struct Unpublish<'a>(&'a Shared);
+/// Withdraws the session's client when the session ends.
+struct Unpublish<'a>(&'a watch::Sender<Option<SocketForwardClient>>);
 
 impl Drop for Unpublish<'_> {
     fn drop(&mut self) {
-        self.0.client.send_replace(None);
-        self.0.locals.close_auto();
-    }
-}
-
-/// A ttrpc context whose deadline the agent sees in `timeout_nano`.
-pub(crate) fn context(limit: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(i64::try_from(limit.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// Runs `fut` with a local deadline too (ttrpc's own does not cover a stalled send).
-pub(crate) async fn call<T>(
-    limit: Duration,
-    fut: impl Future<Output = ttrpc::Result<T>>,
-) -> Result<T, CallError> {
-    match timeout(limit, fut).await {
-        Ok(r) => r.map_err(CallError::from),
-        Err(_) => Err(CallError::Timeout(limit)),
+        self.0.send_replace(None);
     }
 }
 
 /// Runs one session on `stream`. `ready` is set once Bind succeeded and Accept is
 /// open; `waiting` receives a connection the agent opened meanwhile (listen mode).
 pub(crate) async fn run(
-    shared: &Arc<Shared>,
+    parts: &SessionParts<'_>,
     stream: Stream,
     connector: &Connector,
+    requests: &impl ConnectRequests,
     ready: &mut bool,
     waiting: &mut Option<Stream>,
 ) -> SessionEnd {
-    let config = &shared.config;
+    let config = parts.config;
     let _close = ShutdownOnDrop::new(&stream);
     let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
     let client = SocketForwardClient::new(client);
     let limit = config.bind_timeout;
 
-    let bind_req = shared.table.bind_request();
+    let bind_req = parts.table.bind_request();
     let bind = call(limit, client.bind(context(limit), &bind_req));
     let opened = async {
         bind.await.map_err(SessionError::Bind)?;
@@ -179,7 +147,7 @@ pub(crate) async fn run(
     tokio::pin!(opened);
     let accept = loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = parts.shutdown.cancelled() => return SessionEnd::Shutdown,
             s = connector.incoming() => hold(waiting, s),
             r = &mut opened => match r {
                 Ok(a) => break a,
@@ -190,24 +158,22 @@ pub(crate) async fn run(
     let (sender, receiver) = accept.split();
     let results = Results::new(sender, limit);
     *ready = true;
-    // Host-to-guest connections and the admin socket use this session now.
-    shared.client.send_replace(Some(client.clone()));
-    let _unpublish = Unpublish(shared);
+    // Local forwards, auto-forward and the admin socket use this session now.
+    parts.client.send_replace(Some(client.clone()));
+    let _unpublish = Unpublish(parts.client);
     tracing::info!(
-        forwards = shared.table.len(),
+        forwards = parts.table.len(),
         control = %config.control.address(),
         streams = %config.streams,
         "relay ready"
     );
 
     let ping = liveness(&client, config.ping_interval);
-    let reading = accept_loop(shared, receiver, &results);
-    let auto = crate::autofwd::run(shared);
-    tokio::pin!(ping, reading, auto);
+    let reading = accept_loop(parts, requests, receiver, &results);
+    tokio::pin!(ping, reading);
     let end = loop {
         tokio::select! {
-            () = &mut auto => {}
-            () = shared.shutdown.cancelled() => break SessionEnd::Shutdown,
+            () = parts.shutdown.cancelled() => break SessionEnd::Shutdown,
             e = &mut ping => break SessionEnd::Lost(SessionError::Ping(e)),
             e = &mut reading => break SessionEnd::Lost(e),
             s = connector.incoming() => hold(waiting, s),
@@ -242,17 +208,19 @@ fn is_decode_error(e: &ttrpc::Error) -> bool {
 
 /// Reads requests until the Accept stream ends.
 async fn accept_loop(
-    shared: &Arc<Shared>,
+    parts: &SessionParts<'_>,
+    requests: &impl ConnectRequests,
     mut receiver: CSReceiver<ConnectRequest>,
     results: &Results,
 ) -> SessionError {
     loop {
         match receiver.recv().await {
-            Ok(req) => connect::handle_request(shared, results, req).await,
+            Ok(req) => requests.handle(req, results).await,
             // One garbled message is the agent's bug, not a dead channel.
             Err(e) if is_decode_error(&e) => {
-                if let Some(suppressed) = shared.log_throttle.allow() {
-                    tracing::warn!(cause = %e, suppressed, "ignoring an undecodable ConnectRequest");
+                if let Some(pass) = parts.throttle.allow("undecodable request") {
+                    tracing::warn!(cause = %e, suppressed = pass.suppressed,
+                        "ignoring an undecodable ConnectRequest");
                 }
             }
             Err(e) => return SessionError::AcceptEnded(CallError::from(e)),
@@ -269,7 +237,7 @@ async fn shutdown_agent(client: &SocketForwardClient, grace: Duration, limit: Du
         Err(e) if e.is_unsupported() => {
             tracing::info!(cause = %e, "the agent does not support Shutdown; leaving it running");
         }
-        Err(e) => tracing::warn!(cause = %chain(&e), "Shutdown call to the agent failed"),
+        Err(e) => tracing::warn!(cause = %Chain(&e), "Shutdown call to the agent failed"),
     }
 }
 
@@ -286,20 +254,5 @@ mod tests {
         let mut buf = [0u8; 1];
         assert_eq!(peer.read(&mut buf).await.unwrap(), 0, "the peer sees EOF");
         assert!(held.write_all(b"x").await.is_err(), "writes fail too");
-    }
-
-    #[test]
-    fn unknown_methods_count_as_unsupported() {
-        let e = CallError::from(ttrpc::Error::RpcStatus(ttrpc::get_status(
-            ttrpc::Code::NOT_FOUND,
-            "/nerdbox.services.socketforward.v1.SocketForward/Shutdown is not supported",
-        )));
-        assert!(e.is_unsupported());
-        let e = CallError::from(ttrpc::Error::RpcStatus(ttrpc::get_status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "method Shutdown",
-        )));
-        assert!(e.is_unsupported());
-        assert!(!CallError::Timeout(Duration::from_secs(1)).is_unsupported());
     }
 }

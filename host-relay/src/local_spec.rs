@@ -1,6 +1,6 @@
-//! `-L` specs: a listener on the host whose connections reach a target inside
-//! the guest (the other direction from `--forward`), in the forms users know
-//! from `ssh -L` and Slicer's forward package.
+//! `-L` specs: a local forward, listening on the host, whose clients reach a
+//! target inside the guest (the other direction from `--forward`), in the forms
+//! users know from `ssh -L` and Slicer's forward package.
 //!
 //! | spec | listens on | reaches in the guest |
 //! |---|---|---|
@@ -17,19 +17,18 @@
 //! The default bind address is loopback (ssh and Slicer default to every
 //! address; a forward into a VM should not be reachable from the network unless
 //! asked). BIND is an IP (`[::1]` for IPv6), `localhost`, or `*` (0.0.0.0).
-//! HOST is an IPv4 address, `[IPv6]`, or a name resolved inside the guest. A
-//! host socket path starts with `/` or `.`; paths hold no `:`. Parsing is pure.
+//! The target is the shared grammar ([`sockfwd_proto::target`]): HOST is an
+//! IPv4 address, `[IPv6]`, or a name resolved inside the guest; a guest path
+//! is absolute. A host socket path starts with `/` or `.`; paths hold no `:`.
+//! Parsing is pure.
 
+use sockfwd_proto::target::{Target, TargetParseError};
+use sockfwd_proto::transport::SUN_PATH_MAX;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use thiserror::Error;
-
-/// Longest path a Unix socket address holds.
-const MAX_SOCKET_PATH: usize = 107;
-/// Longest host name.
-const MAX_NAME_LEN: usize = 253;
 
 /// Where the host listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,42 +37,6 @@ pub enum Listen {
     Tcp(SocketAddr),
     /// A Unix socket path (relative paths are relative to the working directory).
     Unix(PathBuf),
-}
-
-/// What a connection reaches inside the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Remote {
-    /// A TCP address: an IP literal or a name resolved in the guest.
-    Tcp {
-        /// The host as given (an IPv6 literal without brackets).
-        host: String,
-        /// The port (1 to 65535).
-        port: u16,
-    },
-    /// A Unix socket path inside the guest.
-    Unix(String),
-}
-
-impl Remote {
-    /// The target as the agent's `Connect` takes it: `host:port`, `[v6]:port`
-    /// or `unix:/path`.
-    pub fn target(&self) -> String {
-        self.to_string_with("unix:")
-    }
-
-    fn to_string_with(&self, unix_prefix: &str) -> String {
-        match self {
-            Remote::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
-            Remote::Tcp { host, port } => format!("{host}:{port}"),
-            Remote::Unix(p) => format!("{unix_prefix}{p}"),
-        }
-    }
-}
-
-impl fmt::Display for Remote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_string_with(""))
-    }
 }
 
 impl fmt::Display for Listen {
@@ -90,12 +53,44 @@ impl fmt::Display for Listen {
 pub struct LocalSpec {
     /// Where the host listens.
     pub listen: Listen,
-    /// What each connection reaches in the guest.
-    pub remote: Remote,
+    /// What each client reaches in the guest.
+    pub remote: Target,
+}
+
+impl LocalSpec {
+    /// The target as `-L` specs and the relay's listener lines write it: a
+    /// guest socket path without the wire form's `unix:` prefix.
+    pub fn remote_text(&self) -> String {
+        match &self.remote {
+            Target::Unix(p) => p.display().to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// An `-L` spec as the user wrote it, parsed once: messages and `remove` name
+/// it as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalArg {
+    /// The text as given.
+    pub text: String,
+    /// What it says.
+    pub spec: LocalSpec,
+}
+
+impl FromStr for LocalArg {
+    type Err = LocalSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(LocalArg {
+            text: s.to_owned(),
+            spec: s.parse()?,
+        })
+    }
 }
 
 /// What is wrong with an `-L` spec.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum LocalSpecError {
     /// Not one of the accepted forms.
     #[error(
@@ -106,20 +101,18 @@ pub enum LocalSpecError {
     /// A `[` without its `]`, or text around brackets.
     #[error("unbalanced or misplaced brackets")]
     Brackets,
-    /// A listen port outside 0..=65535 or a target port outside 1..=65535.
-    #[error("port {0:?} is not a valid port")]
+    /// A listen port outside 0 to 65535.
+    #[error("listen port {0:?} is not a number from 0 to 65535")]
     Port(String),
     /// A bind address that is not an IP, `localhost` or `*`.
     #[error("bind address {0:?} must be an IP address, localhost or *")]
     Bind(String),
-    /// A guest host that is not an IP or a plausible name.
-    #[error("host {0:?} is not an IP address or a host name")]
-    Host(String),
-    /// A path that is empty, too long, has a NUL, or (guest side) is not absolute.
-    #[error(
-        "path {0:?} must be at most {MAX_SOCKET_PATH} bytes without NUL (guest paths absolute)"
-    )]
+    /// A host socket path that is empty, too long, or has a NUL.
+    #[error("host path {0:?} must be 1 to {SUN_PATH_MAX} bytes without NUL")]
     Path(String),
+    /// The guest target breaks the target grammar.
+    #[error(transparent)]
+    Target(#[from] TargetParseError),
 }
 
 /// Splits on `:` outside `[...]`.
@@ -156,25 +149,12 @@ fn listen_port(s: &str) -> Result<u16, LocalSpecError> {
         .ok_or_else(|| LocalSpecError::Port(s.to_owned()))
 }
 
-fn remote_port(s: &str) -> Result<u16, LocalSpecError> {
-    listen_port(s)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| LocalSpecError::Port(s.to_owned()))
-}
-
-/// An IPv6 literal in brackets, or the text as is; `None`: brackets misused.
-fn unbracket(s: &str) -> Option<(&str, bool)> {
-    match s.strip_prefix('[') {
-        Some(rest) => rest.strip_suffix(']').map(|h| (h, true)),
-        None if s.contains(['[', ']']) => None,
-        None => Some((s, false)),
-    }
-}
-
 fn bind_addr(s: &str) -> Result<IpAddr, LocalSpecError> {
     let bad = || LocalSpecError::Bind(s.to_owned());
-    let (host, bracketed) = unbracket(s).ok_or_else(bad)?;
+    let (host, bracketed) = match s.strip_prefix('[') {
+        Some(rest) => (rest.strip_suffix(']').ok_or_else(bad)?, true),
+        None => (s, false),
+    };
     match (host, host.parse::<IpAddr>()) {
         ("localhost", _) if !bracketed => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ("*", _) if !bracketed => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -183,47 +163,18 @@ fn bind_addr(s: &str) -> Result<IpAddr, LocalSpecError> {
     }
 }
 
-fn remote_tcp(host: &str, port: &str) -> Result<Remote, LocalSpecError> {
-    let bad = || LocalSpecError::Host(host.to_owned());
-    let (h, bracketed) = unbracket(host).ok_or_else(bad)?;
-    let ok = match h.parse::<IpAddr>() {
-        Ok(ip) => ip.is_ipv6() == bracketed,
-        Err(_) => {
-            !bracketed
-                && !h.is_empty()
-                && h.len() <= MAX_NAME_LEN
-                && !h.starts_with('-')
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        }
-    };
-    if !ok {
-        return Err(bad());
-    }
-    Ok(Remote::Tcp {
-        host: h.to_owned(),
-        port: remote_port(port)?,
-    })
-}
-
-fn check_path(p: &str, guest: bool) -> Result<(), LocalSpecError> {
-    if p.is_empty()
-        || p.len() > MAX_SOCKET_PATH
-        || p.contains('\0')
-        || (guest && !p.starts_with('/'))
-    {
+fn check_host_path(p: &str) -> Result<(), LocalSpecError> {
+    if p.is_empty() || p.len() > SUN_PATH_MAX || p.contains('\0') {
         return Err(LocalSpecError::Path(p.to_owned()));
     }
     Ok(())
 }
 
-fn remote(parts: &[&str]) -> Result<Remote, LocalSpecError> {
+/// The target part: one guest path, or HOST and PORT.
+fn remote(parts: &[&str]) -> Result<Target, LocalSpecError> {
     match parts {
-        [path] if path.starts_with('/') => {
-            check_path(path, true)?;
-            Ok(Remote::Unix((*path).to_owned()))
-        }
-        [host, port] => remote_tcp(host, port),
+        [path] if path.starts_with('/') => Ok(Target::unix(path)?),
+        [host, port] => Ok(Target::tcp(host, port)?),
         _ => Err(LocalSpecError::Shape),
     }
 }
@@ -239,7 +190,7 @@ impl FromStr for LocalSpec {
         let t = tokens(s)?;
         let first = t.first().copied().unwrap_or_default();
         if first.starts_with('/') || first.starts_with('.') {
-            check_path(first, false)?;
+            check_host_path(first)?;
             return Ok(LocalSpec {
                 listen: Listen::Unix(PathBuf::from(first)),
                 remote: remote(&t[1..])?,
@@ -251,22 +202,19 @@ impl FromStr for LocalSpec {
                 (loopback(listen_port(p)?), &t[1..])
             }
             [p, q] if is_port(p) && is_port(q) => {
-                let spec = LocalSpec {
+                return Ok(LocalSpec {
                     listen: loopback(listen_port(p)?),
-                    remote: remote_tcp("127.0.0.1", q)?,
-                };
-                return Ok(spec);
+                    remote: Target::tcp("127.0.0.1", q)?,
+                });
             }
             [p, _, _] if is_port(p) => (loopback(listen_port(p)?), &t[1..]),
             // HOST:PORT: the same port on loopback.
             [host, port] => {
-                let r = remote_tcp(host, port)?;
-                let Remote::Tcp { port, .. } = r else {
-                    return Err(LocalSpecError::Shape);
-                };
+                let remote = Target::tcp(host, port)?;
+                let port = remote.port().ok_or(LocalSpecError::Shape)?;
                 return Ok(LocalSpec {
                     listen: loopback(port),
-                    remote: r,
+                    remote,
                 });
             }
             // BIND:PORT:/path, BIND:PORT:HOST:PORT
@@ -292,7 +240,7 @@ impl fmt::Display for LocalSpec {
             Listen::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port())?,
             Listen::Unix(p) => write!(f, "{}", p.display())?,
         }
-        write!(f, ":{}", self.remote)
+        write!(f, ":{}", self.remote_text())
     }
 }
 
@@ -305,11 +253,12 @@ mod tests {
         Listen::Tcp(SocketAddr::new(bind.parse().unwrap(), port))
     }
 
-    fn rtcp(host: &str, port: u16) -> Remote {
-        Remote::Tcp {
-            host: host.into(),
-            port,
-        }
+    fn rtcp(host: &str, port: u16) -> Target {
+        Target::tcp(host, &port.to_string()).unwrap()
+    }
+
+    fn runix(path: &str) -> Target {
+        Target::unix(path).unwrap()
     }
 
     #[test]
@@ -330,7 +279,7 @@ mod tests {
             (
                 "[::1]:9000:[fd00::1]:80",
                 tcp("::1", 9000),
-                rtcp("fd00::1", 80),
+                rtcp("[fd00::1]", 80),
             ),
             (
                 "0:127.0.0.1:9000",
@@ -340,22 +289,22 @@ mod tests {
             (
                 "9000:/var/run/docker.sock",
                 tcp("127.0.0.1", 9000),
-                Remote::Unix("/var/run/docker.sock".into()),
+                runix("/var/run/docker.sock"),
             ),
             (
                 "127.0.0.1:9000:/var/run/docker.sock",
                 tcp("127.0.0.1", 9000),
-                Remote::Unix("/var/run/docker.sock".into()),
+                runix("/var/run/docker.sock"),
             ),
             (
                 "/tmp/docker.sock:/var/run/docker.sock",
                 Listen::Unix("/tmp/docker.sock".into()),
-                Remote::Unix("/var/run/docker.sock".into()),
+                runix("/var/run/docker.sock"),
             ),
             (
                 "./docker.sock:/var/run/docker.sock",
                 Listen::Unix("./docker.sock".into()),
-                Remote::Unix("/var/run/docker.sock".into()),
+                runix("/var/run/docker.sock"),
             ),
             (
                 "./web.sock:localhost:8080",
@@ -368,7 +317,7 @@ mod tests {
                 rtcp("127.0.0.1", 9000),
             ),
             ("db:5432", tcp("127.0.0.1", 5432), rtcp("db", 5432)),
-            ("[::1]:22", tcp("127.0.0.1", 22), rtcp("::1", 22)),
+            ("[::1]:22", tcp("127.0.0.1", 22), rtcp("[::1]", 22)),
             ("3000:3001", tcp("127.0.0.1", 3000), rtcp("127.0.0.1", 3001)),
         ];
         for (spec, listen, remote) in cases {
@@ -381,20 +330,24 @@ mod tests {
     #[test]
     fn targets_are_in_the_agent_form() {
         let s: LocalSpec = "1:[::1]:2".parse().unwrap();
-        assert_eq!(s.remote.target(), "[::1]:2");
+        assert_eq!(s.remote.to_string(), "[::1]:2");
         let s: LocalSpec = "1:/run/a.sock".parse().unwrap();
-        assert_eq!(s.remote.target(), "unix:/run/a.sock");
+        assert_eq!(s.remote.to_string(), "unix:/run/a.sock");
+        assert_eq!(s.remote_text(), "/run/a.sock");
         assert_eq!(s.to_string(), "127.0.0.1:1:/run/a.sock");
+        let arg: LocalArg = "1:/run/a.sock".parse().unwrap();
+        assert_eq!((arg.text.as_str(), arg.spec), ("1:/run/a.sock", s));
     }
 
     #[test]
     fn bad_specs_say_why() {
+        use TargetParseError as T;
         let cases = [
             ("", LocalSpecError::Shape),
             ("8080", LocalSpecError::Shape),
-            ("8080:h:0", LocalSpecError::Port("0".into())),
+            ("8080:h:0", LocalSpecError::Target(T::Port("0".into()))),
             ("70000:h:1", LocalSpecError::Port("70000".into())),
-            ("8080:h:x", LocalSpecError::Port("x".into())),
+            ("8080:h:x", LocalSpecError::Target(T::Port("x".into()))),
             ("x:1:h:2", LocalSpecError::Bind("x".into())),
             ("::1:1:h:2", LocalSpecError::Shape),
             (
@@ -402,31 +355,39 @@ mod tests {
                 LocalSpecError::Bind("[127.0.0.1]".into()),
             ),
             ("1:[h:2", LocalSpecError::Brackets),
-            ("1:a b:2", LocalSpecError::Host("a b".into())),
+            ("1:a b:2", LocalSpecError::Target(T::Host("a b".into()))),
             ("1:::1:2", LocalSpecError::Shape),
             (
                 "1:relative.sock",
-                LocalSpecError::Port("relative.sock".into()),
+                LocalSpecError::Target(T::Port("relative.sock".into())),
             ),
             ("/h.sock:g.sock", LocalSpecError::Shape),
             ("/h.sock", LocalSpecError::Shape),
             ("1:2:3:4:5", LocalSpecError::Shape),
-            ("/h.sock:/g\0", LocalSpecError::Path("/g\0".into())),
+            (
+                "/h.sock:/g\0",
+                LocalSpecError::Target(T::Path("/g\0".into())),
+            ),
+            ("/h\0:/g", LocalSpecError::Path("/h\0".into())),
+            (
+                "1:/run/../etc/x",
+                LocalSpecError::Target(T::Path("/run/../etc/x".into())),
+            ),
         ];
         for (spec, want) in cases {
             assert_eq!(spec.parse::<LocalSpec>(), Err(want), "{spec:?}");
         }
-        let long = format!("1:/{}", "a".repeat(MAX_SOCKET_PATH));
+        let long = format!("1:/{}", "a".repeat(SUN_PATH_MAX));
         assert!(matches!(
             long.parse::<LocalSpec>(),
-            Err(LocalSpecError::Path(_))
+            Err(LocalSpecError::Target(T::Path(_)))
         ));
     }
 
     fn arb_host() -> impl Strategy<Value = String> {
         prop_oneof![
             any::<[u8; 4]>().prop_map(|b| std::net::Ipv4Addr::from(b).to_string()),
-            any::<[u8; 16]>().prop_map(|b| std::net::Ipv6Addr::from(b).to_string()),
+            any::<[u8; 16]>().prop_map(|b| format!("[{}]", std::net::Ipv6Addr::from(b))),
             "[a-z][a-z0-9.-]{0,20}".prop_map(String::from),
         ]
     }
@@ -439,9 +400,10 @@ mod tests {
                 .prop_map(|(b, p)| Listen::Tcp(SocketAddr::new(IpAddr::V6(b.into()), p))),
             "(/|\\./)[a-z0-9_./-]{1,40}".prop_map(|p| Listen::Unix(PathBuf::from(p))),
         ];
+        // Guest paths as the grammar keeps them: absolute, normalized, no "..".
         let remote = prop_oneof![
-            (arb_host(), 1u16..).prop_map(|(host, port)| Remote::Tcp { host, port }),
-            "/[a-z0-9_./-]{1,40}".prop_map(Remote::Unix),
+            (arb_host(), 1u16..).prop_map(|(host, port)| rtcp(&host, port)),
+            "(/[a-z0-9_-][a-z0-9_.-]{0,8}){1,4}".prop_map(|p| runix(&p)),
         ];
         (listen, remote).prop_map(|(listen, remote)| LocalSpec { listen, remote })
     }

@@ -1,0 +1,164 @@
+//! The admin protocol, both ends: one request line ([`AdminRequest`]), one
+//! answer, then the server closes. Requests: `status`, `status prometheus`,
+//! `add forward SPEC`, `add local SPEC`, `remove ID|SPEC`. The answer's first
+//! line is `ok` or `error: MESSAGE`; the rest is the body. The server reads a
+//! request within [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Longest request line.
+pub const MAX_REQUEST: usize = 4096;
+/// Deadline for reading a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of an unknown request an error message quotes.
+const QUOTE_MAX: usize = 64;
+
+/// One admin request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Every forward's counters, as a table or as Prometheus text.
+    Status {
+        /// Prometheus text instead of a table.
+        prometheus: bool,
+    },
+    /// Adds a remote forward (a `--forward` spec).
+    AddForward(String),
+    /// Adds a local forward (an `-L` spec).
+    AddLocal(String),
+    /// Removes a forward by ID or by the spec it was added with.
+    Remove(String),
+}
+
+/// A request line that is not one of the requests.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// `add` without `forward SPEC` or `local SPEC`.
+    #[error("expected: add forward SPEC | add local SPEC")]
+    Add,
+    /// Anything else (quoted, clipped).
+    #[error("unknown request {0:?}")]
+    Unknown(String),
+    /// A spec or ID with a line break, which would end the request early.
+    #[error("arguments may not contain a newline")]
+    Newline,
+}
+
+impl FromStr for AdminRequest {
+    type Err = RequestError;
+
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (cmd, rest.trim()) {
+            ("status", "") => Ok(AdminRequest::Status { prometheus: false }),
+            ("status", "prometheus") => Ok(AdminRequest::Status { prometheus: true }),
+            ("add", rest) => match rest.split_once(' ') {
+                Some(("forward", spec)) => Ok(AdminRequest::AddForward(spec.trim().to_owned())),
+                Some(("local", spec)) => Ok(AdminRequest::AddLocal(spec.trim().to_owned())),
+                _ => Err(RequestError::Add),
+            },
+            ("remove", arg) if !arg.is_empty() => Ok(AdminRequest::Remove(arg.to_owned())),
+            _ => Err(RequestError::Unknown(
+                line.chars().take(QUOTE_MAX).collect(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AdminRequest {
+    /// The request line (without its newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminRequest::Status { prometheus: false } => f.write_str("status"),
+            AdminRequest::Status { prometheus: true } => f.write_str("status prometheus"),
+            AdminRequest::AddForward(spec) => write!(f, "add forward {spec}"),
+            AdminRequest::AddLocal(spec) => write!(f, "add local {spec}"),
+            AdminRequest::Remove(arg) => write!(f, "remove {arg}"),
+        }
+    }
+}
+
+impl AdminRequest {
+    /// The line to send, newline included; refuses an argument with a line break.
+    pub fn line(&self) -> Result<String, RequestError> {
+        let line = self.to_string();
+        if line.contains(['\n', '\r']) {
+            return Err(RequestError::Newline);
+        }
+        Ok(format!("{line}\n"))
+    }
+}
+
+/// The answer text for a request's outcome: `ok` and the body, or one
+/// `error: ...` line.
+pub fn answer(outcome: Result<String, String>) -> String {
+    match outcome {
+        Ok(body) => format!("ok\n{body}"),
+        Err(message) => format!("error: {}\n", message.replace(['\n', '\r'], " ")),
+    }
+}
+
+/// Reads an answer: the body, or the server's error message.
+pub fn parse_answer(text: &str) -> Result<String, String> {
+    match text.split_once('\n') {
+        Some(("ok", body)) => Ok(body.to_owned()),
+        _ => {
+            let text = text.trim_end();
+            Err(text.strip_prefix("error: ").unwrap_or(text).to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_print_back() {
+        let cases = [
+            ("status", AdminRequest::Status { prometheus: false }),
+            (
+                "status prometheus",
+                AdminRequest::Status { prometheus: true },
+            ),
+            (
+                "add forward /g:/h",
+                AdminRequest::AddForward("/g:/h".into()),
+            ),
+            ("add local 0:h:1", AdminRequest::AddLocal("0:h:1".into())),
+            ("remove local-1", AdminRequest::Remove("local-1".into())),
+        ];
+        for (line, req) in cases {
+            assert_eq!(line.parse::<AdminRequest>(), Ok(req.clone()), "{line}");
+            assert_eq!(req.line().unwrap(), format!("{line}\n"));
+        }
+        assert_eq!("add x".parse::<AdminRequest>(), Err(RequestError::Add));
+        assert_eq!(
+            "remove".parse::<AdminRequest>().unwrap_err().to_string(),
+            r#"unknown request "remove""#
+        );
+        let long = "x".repeat(100);
+        assert_eq!(
+            long.parse::<AdminRequest>(),
+            Err(RequestError::Unknown("x".repeat(64)))
+        );
+        assert_eq!(
+            AdminRequest::Remove("a\nb".into()).line(),
+            Err(RequestError::Newline)
+        );
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        assert_eq!(
+            parse_answer(&answer(Ok("body\n".into()))),
+            Ok("body\n".into())
+        );
+        assert_eq!(parse_answer(&answer(Ok(String::new()))), Ok(String::new()));
+        let err = answer(Err("two\nlines".into()));
+        assert_eq!(err, "error: two lines\n");
+        assert_eq!(parse_answer(&err), Err("two lines".into()));
+    }
+}

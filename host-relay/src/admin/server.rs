@@ -1,0 +1,322 @@
+//! The admin socket (`--admin PATH`, mode 0600) of a running relay: status,
+//! and forwards added and removed in both directions. The protocol is in
+//! [`crate::admin::request`]; each connection is served in its own task, the
+//! request read there within its bounds. Every way a request can fail is an
+//! [`AdminError`], answered as one `error:` line.
+
+use crate::admin::request::{answer, AdminRequest, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
+use crate::admin::status::{self, Row};
+use crate::local::guest_handle::{Guest, ProxyError};
+use crate::local::listener_table::{announce, ListenerTable, Origin};
+use crate::local_spec::{LocalSpec, LocalSpecError};
+use crate::remote_spec::{Forward, SpecError};
+use crate::remote_table::{socket, InsertError};
+use crate::rpc::{call, context, CallError};
+use crate::shared::Shared;
+use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::report::chain;
+use sockfwd_proto::rpc::{BindRequest, ListForwardsRequest, UnbindRequest};
+use sockfwd_proto::transport::{Address, Listener, ListenerError, Stream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long `status` waits for the agent's `ListForwards`.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin socket works on.
+pub(crate) struct Admin {
+    /// The remote forwards, the settings, the tasks.
+    pub(crate) shared: Arc<Shared>,
+    /// Opens local forwards and reaches the current session.
+    pub(crate) guest: Guest,
+    /// The local forwards.
+    pub(crate) listeners: Arc<ListenerTable>,
+}
+
+/// Why an admin request failed.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// No complete request line in time.
+    #[error("no request within {0:?}")]
+    NoRequest(Duration),
+    /// The line is longer than [`MAX_REQUEST`].
+    #[error("request longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    /// The line is not text.
+    #[error("request is not UTF-8")]
+    NotUtf8,
+    /// Reading the request failed.
+    #[error("reading the request")]
+    Read(#[source] std::io::Error),
+    /// Not a request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// `add forward` with a malformed spec.
+    #[error("invalid --forward {spec:?}")]
+    Forward {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
+    /// `add forward` with an ID or guest path already in use.
+    #[error(transparent)]
+    Insert(#[from] InsertError),
+    /// The agent refused to bind the added forward.
+    #[error("Bind of forward {id:?} failed")]
+    Bind {
+        /// The forward.
+        id: String,
+        /// The agent's answer.
+        #[source]
+        source: CallError,
+    },
+    /// `add local` with a malformed spec.
+    #[error("invalid -L {spec:?}")]
+    Local {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: LocalSpecError,
+    },
+    /// `add local`: the host listener could not be bound.
+    #[error(transparent)]
+    Listen(ProxyError),
+    /// The agent refused to unbind the removed forward.
+    #[error("Unbind of forward {id:?} failed")]
+    Unbind {
+        /// The forward.
+        id: String,
+        /// The agent's answer.
+        #[source]
+        source: CallError,
+    },
+    /// `remove` of something that is not there.
+    #[error("no forward or listener {0:?}")]
+    NotFound(String),
+}
+
+/// Creates the admin socket with mode 0600 (a stale socket file is replaced;
+/// the file is removed when the listener is dropped).
+pub(crate) fn bind(path: &Path) -> Result<Listener, ListenerError> {
+    let addr = Address::Unix(path.to_path_buf());
+    let l = Listener::bind(&addr)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| ListenerError::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Serves admin connections until shutdown, each in a task on the relay's tracker.
+pub(crate) async fn serve(admin: Arc<Admin>, listener: Listener) {
+    let shared = &admin.shared;
+    serve_each(&listener, &shared.shutdown, &shared.tracker, |(s, _)| {
+        let admin = Arc::clone(&admin);
+        async move {
+            let hard_stop = admin.shared.hard_stop.clone();
+            tokio::select! {
+                () = handle(&admin, s) => {}
+                () = hard_stop.cancelled() => {}
+            }
+        }
+    })
+    .await;
+}
+
+async fn read_line(s: &Stream) -> Result<String, AdminError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk).await.map_err(AdminError::Read)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.contains(&b'\n') {
+            break;
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(AdminError::TooLong);
+        }
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    String::from_utf8(line.to_vec()).map_err(|_| AdminError::NotUtf8)
+}
+
+async fn handle(admin: &Admin, s: Stream) {
+    let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&s)).await {
+        Err(_) => Err(AdminError::NoRequest(REQUEST_TIMEOUT)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(line)) => match line.trim().parse::<AdminRequest>() {
+            Ok(req) => execute(admin, req).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    let text = answer(outcome.map_err(|e| chain(&e)));
+    if let Err(e) = s.write_all(text.as_bytes()).await {
+        tracing::debug!(cause = %e, "admin client left before the answer");
+    }
+}
+
+async fn execute(admin: &Admin, req: AdminRequest) -> Result<String, AdminError> {
+    match req {
+        AdminRequest::Status { prometheus: false } => Ok(status::table(&rows(admin).await)),
+        AdminRequest::Status { prometheus: true } => Ok(status::prometheus(&rows(admin).await)),
+        AdminRequest::AddForward(spec) => add_forward(admin, &spec).await,
+        AdminRequest::AddLocal(spec) => add_local(admin, &spec),
+        AdminRequest::Remove(arg) => remove(admin, &arg).await,
+    }
+}
+
+async fn add_forward(admin: &Admin, spec: &str) -> Result<String, AdminError> {
+    let shared = &admin.shared;
+    let f = Forward::from_spec(spec).map_err(|source| AdminError::Forward {
+        spec: spec.to_owned(),
+        source,
+    })?;
+    let entry = shared.table.insert(f)?;
+    let f = &entry.forward;
+    let Ok(client) = admin.guest.client().await else {
+        return Ok(format!(
+            "forward {} added; it is bound when the agent connects\n",
+            f.id
+        ));
+    };
+    let mut req = BindRequest::new();
+    req.sockets = vec![socket(f)];
+    let limit = shared.config.bind_timeout;
+    if let Err(source) = call(limit, client.bind(context(limit), &req)).await {
+        shared.table.remove(&f.id);
+        return Err(AdminError::Bind {
+            id: f.id.clone(),
+            source,
+        });
+    }
+    tracing::info!(forward_id = %f.id, guest_path = %f.guest_path, "forward added");
+    Ok(format!(
+        "forward {} {} -> {}\n",
+        f.id,
+        f.guest_path,
+        f.host_path.display()
+    ))
+}
+
+fn add_local(admin: &Admin, raw: &str) -> Result<String, AdminError> {
+    let spec: LocalSpec = raw.parse().map_err(|source| AdminError::Local {
+        spec: raw.to_owned(),
+        source,
+    })?;
+    let session = admin
+        .guest
+        .forward_specs(std::slice::from_ref(&spec), &[raw])
+        .map_err(AdminError::Listen)?
+        .pop()
+        .ok_or(AdminError::Local {
+            spec: raw.to_owned(),
+            source: LocalSpecError::Shape,
+        })?;
+    let line = format!(
+        "listening {} -> {}",
+        session.local_addr(),
+        spec.remote_text()
+    );
+    announce(&line);
+    let id = admin.listeners.add(Origin::Spec(raw.to_owned()), session);
+    tracing::info!(forward_id = %id, "{line}");
+    Ok(format!("{id} {line}\n"))
+}
+
+async fn remove(admin: &Admin, arg: &str) -> Result<String, AdminError> {
+    let shared = &admin.shared;
+    let id = if shared.table.get(arg).is_some() {
+        Some(arg.to_owned())
+    } else {
+        Forward::from_spec(arg)
+            .ok()
+            .map(|f| f.id)
+            .filter(|id| shared.table.get(id).is_some())
+    };
+    if let Some(id) = id {
+        if let Ok(client) = admin.guest.client().await {
+            let mut req = UnbindRequest::new();
+            req.forward_id = id.clone();
+            let limit = shared.config.bind_timeout;
+            call(limit, client.unbind(context(limit), &req))
+                .await
+                .map_err(|source| AdminError::Unbind {
+                    id: id.clone(),
+                    source,
+                })?;
+        }
+        shared.table.remove(&id);
+        tracing::info!(forward_id = %id, "forward removed");
+        return Ok(format!("removed forward {id}\n"));
+    }
+    match admin.listeners.remove(arg) {
+        Some(id) => {
+            tracing::info!(forward_id = %id, "host listener removed");
+            Ok(format!("removed {id}\n"))
+        }
+        None => Err(AdminError::NotFound(arg.to_owned())),
+    }
+}
+
+async fn rows(admin: &Admin) -> Vec<Row> {
+    let shared = &admin.shared;
+    let mut rows = Vec::new();
+    for e in shared.table.entries() {
+        rows.push(Row::new(
+            "guest_to_host",
+            "relay",
+            e.forward.id.clone(),
+            e.forward.guest_path.clone(),
+            e.forward.host_path.display().to_string(),
+            e.counters.snapshot(),
+        ));
+    }
+    for l in admin.listeners.rows() {
+        rows.push(Row::new(
+            "host_to_guest",
+            "relay",
+            l.id,
+            l.local.to_string(),
+            l.remote,
+            l.counters,
+        ));
+    }
+    // The agent's own view of the guest-side listeners, when it answers.
+    let session = shared.client.borrow().clone();
+    if let Some(client) = session {
+        let req = ListForwardsRequest::new();
+        let listed = call(
+            LIST_TIMEOUT,
+            client.list_forwards(context(LIST_TIMEOUT), &req),
+        )
+        .await;
+        match listed {
+            Ok(list) => {
+                for f in list.forwards {
+                    rows.push(Row {
+                        direction: "guest_to_host",
+                        side: "agent",
+                        id: f.forward_id,
+                        from: f.socket_path,
+                        to: String::new(),
+                        active: f.active,
+                        total: f.total,
+                        refused: f.refused,
+                        failed: f.failed,
+                        bytes_to_guest: f.bytes_to_guest,
+                        bytes_to_host: f.bytes_to_host,
+                    });
+                }
+            }
+            Err(e) => tracing::debug!(cause = %chain(&e), "status without the agent's rows"),
+        }
+    }
+    rows
+}

@@ -1,0 +1,159 @@
+//! Handles on local forwards, in the shape of Sprites' proxy API: a
+//! [`ProxySession`] per host listener with its bound address, `close()` and an
+//! awaitable end; a [`ProxyManager`] closes or awaits many together. The
+//! listeners themselves are served by `listen`.
+
+use crate::local_spec::LocalSpec;
+use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio_util::sync::CancellationToken;
+
+/// The address a session listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAddr {
+    /// A TCP address, with the port the OS chose for port 0.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalAddr::Tcp(a) => write!(f, "{a}"),
+            LocalAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One host listener forwarding to a guest target. Dropping it closes it too.
+pub struct ProxySession {
+    spec: LocalSpec,
+    local: LocalAddr,
+    counters: Arc<ForwardCounters>,
+    /// Cancelled by `close()` (or the guest handle's shutdown).
+    stop: CancellationToken,
+    /// Cancelled once the listener is gone.
+    done: CancellationToken,
+}
+
+impl ProxySession {
+    /// A session for the listener serving `spec` at `local`; the listener's
+    /// loop ends on `stop` and cancels `done` once it is gone.
+    pub(crate) fn new(
+        spec: LocalSpec,
+        local: LocalAddr,
+        counters: Arc<ForwardCounters>,
+        stop: CancellationToken,
+        done: CancellationToken,
+    ) -> ProxySession {
+        ProxySession {
+            spec,
+            local,
+            counters,
+            stop,
+            done,
+        }
+    }
+
+    /// The bound local address (the real port when the spec asked for 0).
+    pub fn local_addr(&self) -> &LocalAddr {
+        &self.local
+    }
+
+    /// The mapping this session serves.
+    pub fn spec(&self) -> &LocalSpec {
+        &self.spec
+    }
+
+    /// Its counters: connections and bytes (bytes of finished connections).
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Stops accepting and closes the listener (a Unix socket file is
+    /// removed); open connections run to their end. Idempotent.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once the listener is closed, by [`close`](Self::close) or the
+    /// guest handle's shutdown.
+    pub async fn closed(&self) {
+        self.done.cancelled().await;
+    }
+
+    /// Whether the listener is closed.
+    pub fn is_closed(&self) -> bool {
+        self.done.is_cancelled()
+    }
+}
+
+impl Drop for ProxySession {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl fmt::Debug for ProxySession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ProxySession({} -> {})",
+            self.local,
+            self.spec.remote_text()
+        )
+    }
+}
+
+/// Many sessions closed or awaited together.
+#[derive(Default)]
+pub struct ProxyManager {
+    sessions: Mutex<Vec<Arc<ProxySession>>>,
+}
+
+impl ProxyManager {
+    /// An empty manager.
+    pub fn new() -> ProxyManager {
+        ProxyManager::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<ProxySession>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a session; the manager keeps it open until `close_all`.
+    pub fn add(&self, session: ProxySession) -> Arc<ProxySession> {
+        let s = Arc::new(session);
+        self.lock().push(s.clone());
+        s
+    }
+
+    /// How many sessions it holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every session.
+    pub fn close_all(&self) {
+        for s in self.lock().iter() {
+            s.close();
+        }
+    }
+
+    /// Resolves once every session is closed.
+    pub async fn wait_all(&self) {
+        let all: Vec<_> = self.lock().clone();
+        for s in all {
+            s.closed().await;
+        }
+    }
+}

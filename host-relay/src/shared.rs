@@ -1,0 +1,33 @@
+//! The state every remote-forward connection task, the control channel and the
+//! admin socket share; it lives as long as one `run` of the relay.
+
+use crate::config::Config;
+use crate::limits::Caps;
+use crate::remote_table::ForwardTable;
+use sockfwd_proto::log_throttle::LogThrottle;
+use sockfwd_proto::rpc::SocketForwardClient;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// See the module docs.
+pub(crate) struct Shared {
+    /// The validated settings.
+    pub(crate) config: Config,
+    /// The remote forwards, resolved for each `ConnectRequest`.
+    pub(crate) table: Arc<ForwardTable>,
+    /// The relay-wide concurrency and rate caps.
+    pub(crate) caps: Caps,
+    /// Where every task of the run is spawned: connections, listeners, the
+    /// admin socket, auto-forward. Waited on (up to the grace) at shutdown.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled on SIGTERM/SIGINT: no new requests or clients are taken.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace is over: open relays are cut.
+    pub(crate) hard_stop: CancellationToken,
+    /// Throttles per-connection log lines (refusals, failures).
+    pub(crate) log_throttle: LogThrottle,
+    /// The ready session's client (`None` between sessions).
+    pub(crate) client: watch::Sender<Option<SocketForwardClient>>,
+}
