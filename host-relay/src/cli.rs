@@ -9,10 +9,11 @@ use crate::port_filter::PortFilter;
 use crate::remote_spec::{check_guest_dir, Forward, DEFAULT_GUEST_DIR};
 use clap::{ArgGroup, Parser};
 use sockfwd_proto::relay::RelayConfig;
-use sockfwd_proto::transport::Address;
+use sockfwd_proto::transport::{Address, AddressError};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use thiserror::Error;
 
 /// Forwards Unix sockets from a microVM guest to sockets on the host.
 ///
@@ -44,15 +45,15 @@ pub struct Cli {
     pub command: Option<AdminCommand>,
 
     /// Dial the agent's ttrpc port (unix://, vsock://, hvsock://).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = address)]
     pub control: Option<Address>,
 
     /// Listen here; the agent dials in (nerdbox topology).
-    #[arg(long, value_name = "ADDR", conflicts_with = "control")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "control", value_parser = address)]
     pub control_listen: Option<Address>,
 
     /// The guest's stream port (unix://, vsock://, hvsock://).
-    #[arg(long, value_name = "ADDR", required = true)]
+    #[arg(long, value_name = "ADDR", required = true, value_parser = address)]
     pub streams: Option<Address>,
 
     /// A forward (repeatable). ID defaults to the first 16 hex digits of
@@ -61,7 +62,7 @@ pub struct Cli {
     pub forwards: Vec<String>,
 
     /// nerdbox form (repeatable): ID = hex sha256("CONTAINER_ID:DEST"), guest
-    /// path GUEST_DIR/<ID>.sock.
+    /// path GUEST_DIR/ID.sock.
     #[arg(long = "uds-mount", value_name = "CONTAINER_ID:HOST_PATH:DEST")]
     pub uds_mounts: Vec<String>,
 
@@ -117,8 +118,9 @@ pub struct Cli {
     #[arg(long)]
     pub shutdown_agent: bool,
 
-    /// Host-to-guest forward (repeatable), as ssh -L: [BIND:]PORT:HOST:PORT,
-    /// 0:HOST:PORT (a free port, printed), [BIND:]PORT:/GUEST/PATH,
+    /// Local forward (repeatable), as ssh -L: PORT:HOST:PORT or
+    /// BIND:PORT:HOST:PORT, 0:HOST:PORT (a free port, printed), PORT:/GUEST/PATH
+    /// or BIND:PORT:/GUEST/PATH,
     /// /HOST/PATH:/GUEST/PATH, ./HOST/PATH:HOST:PORT, HOST:PORT. BIND defaults
     /// to 127.0.0.1; HOST is resolved in the guest.
     #[arg(short = 'L', long = "local", value_name = "SPEC")]
@@ -137,6 +139,23 @@ pub struct Cli {
     /// Admin socket (mode 0600) for the status, add and remove subcommands.
     #[arg(long, value_name = "PATH")]
     pub admin: Option<PathBuf>,
+}
+
+/// A malformed ADDR, said without the address: clap's message quotes it already.
+#[derive(Debug, Error)]
+#[error("{}", reason(.0))]
+pub struct AddressValueError(pub AddressError);
+
+fn reason(e: &AddressError) -> &str {
+    match e {
+        AddressError::Scheme(_) => "expected unix://PATH, vsock://CID:PORT or hvsock://PATH:PORT",
+        AddressError::Malformed { reason, .. } => reason,
+    }
+}
+
+/// The value parser of the ADDR flags.
+fn address(s: &str) -> Result<Address, AddressValueError> {
+    s.parse().map_err(AddressValueError)
 }
 
 impl TryFrom<Cli> for Config {

@@ -126,7 +126,7 @@ pub enum RelayError {
     #[error("cannot create the admin socket")]
     Admin(#[source] ListenerError),
     /// The first session never became ready: Bind refused, or the boot timeout passed.
-    #[error("no working control session with the agent at {addr}")]
+    #[error("no working control session on {addr}")]
     NoSession {
         /// The control address.
         addr: Address,

@@ -6,7 +6,7 @@
 //! so a flood costs no tasks. Admitted requests get a task on the tracker that
 //! dials the host socket (the forward's target) and opens the stream at the same
 //! time, sends the result only once both are up, then relays until both
-//! directions end. Every way a request can fail is a [`Failure`], put into words
+//! directions end. Every way a request can fail is a `Failure`, put into words
 //! for the guest and for the log in one place.
 
 use crate::control::session::ConnectRequests;

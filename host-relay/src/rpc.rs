@@ -1,6 +1,6 @@
 //! Calling the agent: a deadline on every call, seen by the agent
-//! ([`context`]) and enforced here too ([`call`]), one error type for a failed
-//! call ([`CallError`]), and [`Results`], the sending half of an Accept stream.
+//! (`context`) and enforced here too (`call`), one error type for a failed
+//! call ([`CallError`]), and `Results`, the sending half of an Accept stream.
 
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::rpc::ConnectResult;

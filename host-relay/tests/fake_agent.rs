@@ -479,6 +479,55 @@ mod tests {
         assert!(!logs.contains('\u{1b}'), "no colour codes in a log file");
     }
 
+    /// A guest that never comes up: the binary says at intervals what it waits
+    /// for, how long it has waited and its deadline, then stops with exit
+    /// status 3 and the error in the shared prefix style.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_reports_while_the_guest_boots_then_gives_up() {
+        let h = Harness::new().await;
+        let control = format!("unix://{}", h.path("control.sock").display());
+        let streams = format!("unix://{}", h.path("streams.sock").display());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
+                .args(["--control", &control, "--streams", &streams])
+                .args([
+                    "--forward",
+                    "/guest/x.sock:/host/x.sock",
+                    "--boot-timeout",
+                    "7s",
+                ])
+                .env("RUST_LOG", "info")
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        let progress: Vec<&str> = err
+            .lines()
+            .filter(|l| {
+                l.contains("guest still booting: waiting for the agent's control port to accept")
+            })
+            .collect();
+        assert!(!progress.is_empty(), "{err}");
+        for field in [
+            "waited=",
+            "gives_up_in=",
+            "boot_timeout=7s",
+            "control=unix://",
+        ] {
+            assert!(progress[0].contains(field), "{field} in {}", progress[0]);
+        }
+        assert!(
+            err.contains(&format!(
+                "sockfwd-relay: error: cannot reach the agent's control port\n  caused by: gave up after 7s: connecting to unix://{}",
+                h.path("control.sock").display()
+            )),
+            "{err}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_first_bind_is_fatal_with_the_agent_s_message() {
         let mut h = Harness::new().await;

@@ -26,17 +26,13 @@ pub enum AdminCommand {
         prometheus: bool,
     },
     /// Add a forward to the running relay, in either direction.
+    #[command(group(clap::ArgGroup::new("forward_spec").required(true).args(["forward", "local"])))]
     Add {
         /// The running relay's admin socket.
         #[arg(long, value_name = "PATH")]
         admin: PathBuf,
         /// Remote forward (guest to host): [ID=]GUEST_PATH:HOST_PATH.
-        #[arg(
-            long,
-            value_name = "SPEC",
-            conflicts_with = "local",
-            required_unless_present = "local"
-        )]
+        #[arg(long, value_name = "SPEC")]
         forward: Option<String>,
         /// Local forward (host to guest): an -L spec.
         #[arg(short = 'L', long = "local", value_name = "SPEC")]
@@ -93,7 +89,7 @@ pub enum ClientError {
     #[error("invalid request")]
     Request(#[source] RequestError),
     /// Nothing answers at the socket.
-    #[error("cannot reach the relay's admin socket {path}; is the relay running with --admin {path}?", path = .path.display())]
+    #[error("cannot reach the relay's admin socket {}: the relay must be running with --admin pointing at it", .path.display())]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -153,7 +149,7 @@ mod tests {
         let err = request(&path, &AdminRequest::Status { prometheus: false }).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("is the relay running with --admin "),
+            text.contains("the relay must be running with --admin"),
             "{text}"
         );
         assert!(text.contains("admin.sock"), "{text}");

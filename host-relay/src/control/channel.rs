@@ -32,7 +32,7 @@ pub enum ChannelError {
     #[error(transparent)]
     Reach(#[from] ReachError),
     /// The first session never became ready: Bind refused, or the boot timeout passed.
-    #[error("no working control session with the agent at {addr}")]
+    #[error("no working control session on {addr}")]
     NoSession {
         /// The control address.
         addr: Address,

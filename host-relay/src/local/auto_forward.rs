@@ -3,7 +3,7 @@
 //! reported on stdout and in the log; it is closed when the guest port closes
 //! (or the control session ends: the next session reports the ports again).
 //!
-//! The relay starts [`follow`] next to the control channel; it follows each
+//! The relay starts `follow` next to the control channel; it follows each
 //! session as the channel publishes it. The guest is not trusted: a port
 //! outside the filter, port 0, or an address that is not an IP literal is
 //! ignored, and the host listener always binds the configured address

@@ -59,10 +59,10 @@ pub enum ProxyError {
     #[error("no control session with the agent within {0:?}")]
     NoSession(Duration),
     /// The stream could not be opened.
-    #[error("opening a stream to the guest")]
-    Stream(#[source] StreamError),
+    #[error(transparent)]
+    Stream(StreamError),
     /// The agent refused or failed to connect the target.
-    #[error("the agent could not connect {target}")]
+    #[error("Connect to {target} failed")]
     Connect {
         /// The target.
         target: String,
@@ -100,7 +100,7 @@ pub enum ProxyError {
         source: TargetParseError,
     },
     /// The agent could not start the port watch.
-    #[error("the agent did not start WatchPorts")]
+    #[error("WatchPorts failed")]
     Watch(#[source] CallError),
 }
 

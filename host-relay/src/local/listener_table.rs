@@ -1,7 +1,7 @@
 //! The relay's local forwards while it runs: `-L` listeners from the command
 //! line and the admin socket, and auto-forwards from guest port events. Each
 //! has an ID (`local-N`, `auto-PORT`) for `status` and `remove`; each one
-//! opened is announced on stdout ([`announce`]) for scripts.
+//! opened is announced on stdout (`announce`) for scripts.
 
 use crate::local::proxy_session::{LocalAddr, ProxySession};
 use crate::local_spec::LocalSpec;
