@@ -35,6 +35,11 @@ impl Backoff {
         d
     }
 
+    /// The delay [`next_delay`](Backoff::next_delay) would return, without taking it.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
     /// Back to `min` after a success.
     pub fn reset(&mut self) {
         self.next = self.min;
@@ -51,6 +56,7 @@ mod tests {
         let seq: Vec<_> = (0..7).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(seq, [100, 200, 400, 800, 1600, 2000, 2000]);
         b.reset();
+        assert_eq!(b.peek(), Duration::from_millis(100));
         assert_eq!(b.next_delay(), Duration::from_millis(100));
         let mut a = Backoff::accept();
         let seq: Vec<_> = (0..6).map(|_| a.next_delay().as_millis()).collect();

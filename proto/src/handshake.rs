@@ -13,6 +13,7 @@
 //! hostile or stalled peer costs one task and a few bytes, never the accept loop.
 //! Both sides hold the ID to the stream-ID rule ([`crate::stream_id::check`]).
 
+use crate::log_text::escape_clipped;
 use crate::stream_id::{self, StreamIdError};
 use std::time::Duration;
 use thiserror::Error;
@@ -22,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const DEFAULT_MAX_ID_LEN: usize = stream_id::MAX_LEN;
 /// Bound on the guest's error text the host is willing to read.
 pub const MAX_REPLY_LEN: usize = 4096;
+/// How much of the guest's refusal text its error message shows, in characters.
+const REFUSAL_SHOWN: usize = 512;
 /// Default deadline for each side of the handshake.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -45,8 +48,9 @@ pub enum HandshakeError {
     /// The stream ID breaks the stream-ID rule (empty, not printable ASCII).
     #[error("invalid stream ID")]
     BadId(#[source] StreamIdError),
-    /// The guest answered with something other than the ID: its error text.
-    #[error("guest refused the stream: {0}")]
+    /// The guest answered with something other than the ID: its error text
+    /// (shown escaped and clipped: it is the peer's).
+    #[error("guest refused the stream: {}", escape_clipped(.0, REFUSAL_SHOWN))]
     Refused(String),
 }
 

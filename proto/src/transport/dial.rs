@@ -2,6 +2,7 @@
 //! per-port Unix socket.
 
 use super::{Address, Stream};
+use crate::backoff::Backoff;
 use std::io;
 use std::time::Duration;
 use thiserror::Error;
@@ -152,14 +153,13 @@ pub async fn dial_with_retry(
     deadline: Duration,
 ) -> Result<Stream, DialError> {
     let start = Instant::now();
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         match dial(addr, per_attempt).await {
             Ok(s) => return Ok(s),
-            Err(e) if e.is_transient() && start.elapsed() + backoff < deadline => {
+            Err(e) if e.is_transient() && start.elapsed() + backoff.peek() < deadline => {
                 tracing::debug!(%addr, cause = %e, "guest not reachable yet; retrying");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                sleep(backoff.next_delay()).await;
             }
             Err(e) if e.is_transient() => {
                 return Err(DialError::GaveUp {
