@@ -303,7 +303,7 @@ fn bind_locals(
         );
         announce(&line);
         let id = listeners.add(Origin::Spec(arg.text.clone()), session);
-        tracing::info!(forward_id = %id, "{line}");
+        tracing::info!(forward_id = %id, "{}", sockfwd_proto::log_text::escape_clipped(&line, 512));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! call ([`CallError`]), and `Results`, the sending half of an Accept stream.
 
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::log_text::escape_clipped;
 use sockfwd_proto::rpc::ConnectResult;
 use std::future::Future;
 use std::time::Duration;
@@ -10,11 +11,15 @@ use thiserror::Error;
 use tokio::time::timeout;
 use ttrpc::r#async::CSSender;
 
+/// How much of an agent's error message a [`CallError`] shows, in characters.
+const MESSAGE_SHOWN: usize = 1024;
+
 /// A failed call to the agent.
 #[derive(Debug, Error)]
 pub enum CallError {
-    /// The agent answered with an error status.
-    #[error("the agent answered {code:?}: {message}")]
+    /// The agent answered with an error status (its message shown escaped
+    /// and clipped: it is the peer's).
+    #[error("the agent answered {code:?}: {}", escape_clipped(.message, MESSAGE_SHOWN))]
     Status {
         /// The ttrpc status code.
         code: ttrpc::Code,
@@ -117,5 +122,17 @@ mod tests {
         )));
         assert!(e.is_unsupported());
         assert!(!CallError::Timeout(Duration::from_secs(1)).is_unsupported());
+    }
+
+    #[test]
+    fn the_agent_s_message_is_shown_escaped() {
+        let e = CallError::Status {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message: "bad\n\u{1b}[2Jpath".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the agent answered INVALID_ARGUMENT: bad\\n\\u{1b}[2Jpath"
+        );
     }
 }

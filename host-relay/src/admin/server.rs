@@ -14,6 +14,7 @@ use crate::remote_table::{socket, InsertError};
 use crate::rpc::{call, context, CallError};
 use crate::shared::Shared;
 use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::log_text::{escape, escape_clipped};
 use sockfwd_proto::report::chain;
 use sockfwd_proto::rpc::{BindRequest, ListForwardsRequest, UnbindRequest};
 use sockfwd_proto::transport::{Address, Listener, ListenerError, Stream};
@@ -196,7 +197,7 @@ async fn add_forward(admin: &Admin, spec: &str) -> Result<String, AdminError> {
             source,
         });
     }
-    tracing::info!(forward_id = %f.id, guest_path = %f.guest_path, "forward added");
+    tracing::info!(forward_id = %f.id, guest_path = %escape(&f.guest_path), "forward added");
     Ok(format!(
         "forward {} {} -> {}\n",
         f.id,
@@ -226,7 +227,7 @@ fn add_local(admin: &Admin, raw: &str) -> Result<String, AdminError> {
     );
     announce(&line);
     let id = admin.listeners.add(Origin::Spec(raw.to_owned()), session);
-    tracing::info!(forward_id = %id, "{line}");
+    tracing::info!(forward_id = %id, "{}", escape_clipped(&line, 512));
     Ok(format!("{id} {line}\n"))
 }
 

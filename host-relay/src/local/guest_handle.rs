@@ -12,6 +12,7 @@ use crate::local_spec::LocalSpecError;
 use crate::rpc::{call, context, CallError};
 use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
 use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
@@ -80,7 +81,7 @@ pub enum ProxyError {
         source: LocalSpecError,
     },
     /// A host listener could not be created.
-    #[error("-L {spec}: cannot listen on {listen}")]
+    #[error("-L {}: cannot listen on {listen}", escape(.spec))]
     Listen {
         /// The spec.
         spec: String,
