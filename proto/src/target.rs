@@ -59,7 +59,8 @@ pub enum TargetParseError {
     Path(String),
 }
 
-fn parse_port(s: &str) -> Result<u16, TargetParseError> {
+/// A target port: 1 to 65535 in at most five decimal digits (no sign).
+pub fn parse_port(s: &str) -> Result<u16, TargetParseError> {
     let digits = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
     match s.parse::<u16>() {
         Ok(p) if digits && p != 0 => Ok(p),
@@ -77,8 +78,10 @@ pub fn is_host_name(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-/// Splits `HOST:PORT` / `[V6]:PORT` into the host as written and the port text.
-fn split_host_port(s: &str) -> Result<(&str, &str), TargetParseError> {
+/// Splits `HOST:PORT` / `[V6]:PORT` into the host as written (brackets kept)
+/// and the port text, without checking either (patterns such as an
+/// allow-list's `*:8000-8999` use the same split).
+pub fn split_host_port(s: &str) -> Result<(&str, &str), TargetParseError> {
     if s.starts_with('[') {
         let (host, after) = s
             .split_once(']')
@@ -228,6 +231,15 @@ mod tests {
             Err(E::Path("/g\0".into())),
             "the parts are checked on their own too"
         );
+    }
+
+    #[test]
+    fn the_parts_for_patterns() {
+        assert_eq!(split_host_port("*:8000-8999"), Ok(("*", "8000-8999")));
+        assert_eq!(split_host_port("[::1]:*"), Ok(("[::1]", "*")));
+        assert_eq!(split_host_port("x"), Err(TargetParseError::NoPort));
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert_eq!(parse_port("0"), Err(TargetParseError::Port("0".into())));
     }
 
     #[test]
