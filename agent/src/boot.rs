@@ -7,7 +7,7 @@
 //! host is attached. A host that later binds the same ID at the same path
 //! takes the forward over; any other reuse of the ID or path is refused.
 
-use crate::listeners::{self, BindError};
+use crate::remote::bind::{self, BindError};
 use crate::state::AgentState;
 use sockfwd_proto::rpc::Socket;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub async fn bind_forwards(state: &Arc<AgentState>) -> Result<(), BindError> {
         .collect();
     // One Bind may create at most --max-sockets-per-bind sockets.
     for chunk in sockets.chunks(state.config.max_sockets_per_bind.max(1)) {
-        listeners::bind(state, None, chunk).await?;
+        bind::bind(state, None, chunk).await?;
     }
     Ok(())
 }

@@ -103,7 +103,7 @@ pub struct AgentConfig {
     /// Accept vsock connections from any CID, not only the host (CID 2).
     pub allow_any_cid: bool,
     /// Targets the host may reach with `Connect` (`--allow-target`); empty: any.
-    pub allow_targets: crate::target::AllowList,
+    pub allow_targets: crate::local::target::AllowList,
     /// Sockets bound at start, before any host attaches, owned by no control
     /// connection; a host's Bind of the same ID and path later takes them over.
     pub forwards: Vec<BootForward>,
@@ -178,7 +178,7 @@ impl Default for AgentConfig {
             allow_dirs: Vec::new(),
             max_sockets_per_bind: 1024,
             allow_any_cid: false,
-            allow_targets: crate::target::AllowList::default(),
+            allow_targets: crate::local::target::AllowList::default(),
             forwards: Vec::new(),
         }
     }
@@ -277,7 +277,7 @@ impl AgentConfig {
                 path: f.path.clone(),
                 reason,
             };
-            crate::validate::check_forward_id(&f.id).map_err(refuse)?;
+            crate::remote::paths::check_forward_id(&f.id).map_err(refuse)?;
             if !f.path.is_absolute() {
                 return Err(refuse("the path is not absolute".to_owned()));
             }

@@ -9,7 +9,7 @@
 //! message; [`crate::load`] adds the key, the layer and the value.
 
 use crate::config::{BootForward, ControlMode, MAX_DURATION, MAX_STREAM_ID_LEN_LIMIT};
-use crate::target::AllowTarget;
+use crate::local::target::AllowTarget;
 use crate::AgentConfig;
 use sockfwd_proto::transport::{Address, AddressError, VMADDR_CID_ANY};
 use std::borrow::Cow;
@@ -398,7 +398,7 @@ fn forward(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> Result<BootForward, String> {
-    crate::validate::check_forward_id(id)?;
+    crate::remote::paths::check_forward_id(id)?;
     if !Path::new(path).is_absolute() {
         return Err("the path must be absolute".to_owned());
     }

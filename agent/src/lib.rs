@@ -1,21 +1,19 @@
 //! sockfwd guest agent: creates the forwarded Unix sockets inside the guest and
 //! serves the socketforward ttrpc service (control channel) and the stream port.
 //!
-//! Layout, in the order of one connection's flow:
-//! - [`config`]: the validated [`AgentConfig`], built by [`load`] from the
-//!   defaults, the file, the kernel command line ([`cmdline`]) and the flags
-//!   ([`cli`]), each value parsed by [`keys`]; [`print_config`] shows it;
+//! Layout, from the configuration down to the splice (`docs/design.md`, "Agent"):
+//! - [`config`]: the one [`AgentConfig`], from the defaults, the file, the
+//!   kernel command line and the flags ([`cli`]);
+//! - [`state`]: what every task shares; [`forwards`] (the forward table),
+//!   [`registry`] (streams waiting to be claimed) and [`dispatch`] (which
+//!   Accept stream gets each request) are its parts;
+//! - [`control`]: the control channel (listen or dial) and its service;
+//! - [`remote`]: remote forwards: Bind's listeners and their clients;
+//! - [`local`]: local forwards: the host's `Connect` to a guest target;
+//! - [`stream_port`]: the stream port, where the host opens each stream;
 //! - [`boot`]: the configuration's forwards, bound before the agent is ready;
-//! - [`notify`]: systemd readiness, watchdog and stopping notifications;
-//! - [`control`]: control connections (listen or dial), one ttrpc server each,
-//!   serving [`service`];
-//! - [`listeners`]: Bind and the forward table, with [`validate`] for paths;
-//! - [`guest`]: one guest connection: request, wait, claim, relay;
-//! - [`dispatch`]: which Accept stream gets each request;
-//! - [`streams`] and [`registry`]: the stream port and its waiting streams;
-//! - [`shutdown`]: the order things stop in; [`backoff`], [`stats`]: helpers;
-//! - extensions: [`outbound`] and [`target`] (host-initiated `Connect`),
-//!   [`ports`] (`WatchPorts`).
+//! - [`shutdown`]: the order things stop in; [`notify`]: systemd readiness;
+//! - [`ports`]: `WatchPorts`; [`backoff`], [`stats`]: helpers.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
 //! [`run`]. The wire contract is `shared/docs/wire-protocol.md`.
@@ -27,25 +25,24 @@ pub mod cmdline;
 pub mod config;
 pub mod control;
 pub mod dispatch;
-pub mod guest;
+pub mod forwards;
 pub mod keys;
-pub mod listeners;
 pub mod load;
+pub mod local;
 pub mod notify;
-pub mod outbound;
 pub mod ports;
 pub mod print_config;
 pub mod registry;
-pub mod service;
+pub mod remote;
 pub mod shutdown;
 pub mod state;
 pub mod stats;
-pub mod streams;
-pub mod target;
-pub mod validate;
+pub mod stream_port;
 
 pub use config::{AgentConfig, ConfigError, ControlMode};
+pub use notify::Ready;
 
+use notify::Systemd;
 use sockfwd_proto::transport::{Address, Listener, ListenerError};
 use state::AgentState;
 use std::sync::Arc;
@@ -67,21 +64,7 @@ pub enum AgentError {
     Streams(#[source] ListenerError),
     /// A forward from the configuration could not be bound.
     #[error("boot-time forward")]
-    BootForward(#[source] listeners::BindError),
-}
-
-/// Sent once the agent is ready: the control channel is listening (or its
-/// dialer started), the stream port is listening, and the boot-time forwards
-/// exist.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    /// The control channel as configured.
-    pub control: ControlMode,
-    /// The stream port.
-    pub streams: Address,
-    /// Cancelled when shutdown begins (signal or Shutdown RPC), for systemd's
-    /// STOPPING=1; cancelling it starts shutdown.
-    pub stopping: CancellationToken,
+    BootForward(#[source] remote::bind::BindError),
 }
 
 enum ControlStart {
@@ -119,17 +102,19 @@ pub async fn run_with_ready(
     }
     state
         .listeners
-        .spawn(streams::serve(state.clone(), streams));
+        .spawn(stream_port::serve(state.clone(), streams));
     match control {
         ControlStart::Listen(listener) => {
             state
                 .listeners
-                .spawn(control::listen(state.clone(), listener));
+                .spawn(control::channel::listen(state.clone(), listener));
         }
         ControlStart::Dial(addr) => {
             // The dialer holds its live connection until shutdown step 4, so it
             // belongs with the control connections, not the listeners.
-            state.tasks.spawn(control::dial(state.clone(), addr));
+            state
+                .tasks
+                .spawn(control::channel::dial(state.clone(), addr));
         }
     }
     tracing::info!(
@@ -148,6 +133,27 @@ pub async fn run_with_ready(
     Ok(())
 }
 
+/// [`run`], telling `systemd` (when there is one) about readiness, liveness
+/// and stopping (see [`notify`]).
+pub async fn run_notifying(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    systemd: Option<Systemd>,
+) -> Result<(), AgentError> {
+    let Some(systemd) = systemd else {
+        return run(config, shutdown).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    let finished = CancellationToken::new();
+    let agent = async {
+        let result = run_with_ready(config, shutdown, Some(tx)).await;
+        finished.cancel();
+        result
+    };
+    let (result, ()) = tokio::join!(agent, systemd.follow(rx, finished.clone()));
+    result
+}
+
 /// An error and its causes joined by `: `, for one log line or a ttrpc status.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -158,4 +164,124 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::BootForward;
+    use notify::Notifier;
+    use std::time::Duration;
+
+    async fn next(socket: &tokio::net::UnixDatagram) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ready_after_the_listeners_and_boot_forwards_exist_then_keepalives_then_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+        let control = dir.path().join("control.sock");
+        let streams = dir.path().join("streams.sock");
+        let boot = dir.path().join("boot/web.sock");
+        let config = AgentConfig {
+            control: ControlMode::Listen(Address::Unix(control.clone())),
+            streams: Address::Unix(streams.clone()),
+            forwards: vec![BootForward {
+                id: "web".into(),
+                path: boot.clone(),
+                mode: Some(0o600),
+                uid: None,
+                gid: None,
+            }],
+            ..AgentConfig::default()
+        };
+        let systemd = Systemd::new(
+            Notifier::new(notify_path.to_str().unwrap()).unwrap(),
+            Some(Duration::from_millis(50)),
+        );
+        let stop = CancellationToken::new();
+        let agent = tokio::spawn(run_notifying(config, stop.clone(), Some(systemd)));
+
+        let first = next(&socket).await;
+        assert!(first.starts_with("READY=1\n"), "{first}");
+        for path in [&control, &streams, &boot] {
+            assert!(path.exists(), "{} missing at READY=1", path.display());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&boot).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        for _ in 0..3 {
+            assert_eq!(next(&socket).await, "WATCHDOG=1");
+        }
+        stop.cancel();
+        loop {
+            let msg = next(&socket).await;
+            if msg != "WATCHDOG=1" {
+                assert!(msg.starts_with("STOPPING=1"), "{msg}");
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!boot.exists(), "boot forward removed at shutdown");
+    }
+
+    #[tokio::test]
+    async fn no_watchdog_without_watchdog_usec() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+        let config = AgentConfig {
+            control: ControlMode::Listen(Address::Unix(dir.path().join("c.sock"))),
+            streams: Address::Unix(dir.path().join("s.sock")),
+            ..AgentConfig::default()
+        };
+        let systemd = Systemd::new(Notifier::new(notify_path.to_str().unwrap()).unwrap(), None);
+        let stop = CancellationToken::new();
+        let agent = tokio::spawn(run_notifying(config, stop.clone(), Some(systemd)));
+        assert!(next(&socket).await.starts_with("READY=1"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        assert!(next(&socket).await.starts_with("STOPPING=1"));
+        agent.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, b"a file, not a socket").unwrap();
+        let config = AgentConfig {
+            control: ControlMode::Listen(Address::Unix(dir.path().join("c.sock"))),
+            streams: Address::Unix(dir.path().join("s.sock")),
+            forwards: vec![BootForward {
+                id: "f".into(),
+                path: taken,
+                mode: None,
+                uid: None,
+                gid: None,
+            }],
+            ..AgentConfig::default()
+        };
+        let systemd = Systemd::new(Notifier::new(notify_path.to_str().unwrap()).unwrap(), None);
+        let err = run_notifying(config, CancellationToken::new(), Some(systemd))
+            .await
+            .unwrap_err();
+        assert!(error_chain(&err).contains("not a socket"), "{err}");
+        let mut buf = [0u8; 64];
+        assert!(socket.try_recv(&mut buf).is_err(), "nothing was sent");
+        assert!(!dir.path().join("c.sock").exists());
+    }
 }

@@ -10,7 +10,7 @@
 use clap::Parser as _;
 use sockfwd_agent::cli::Cli;
 use sockfwd_agent::load::{self, LoadError};
-use sockfwd_agent::notify::{self, Systemd, SystemdEnv};
+use sockfwd_agent::notify::{Systemd, SystemdEnv};
 use sockfwd_agent::{print_config, AgentError};
 use std::process::ExitCode;
 use thiserror::Error;
@@ -109,7 +109,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
         if pid == 1 {
             reap_orphans().map_err(MainError::Signals)?;
         }
-        notify::run(loaded.config, shutdown, systemd)
+        sockfwd_agent::run_notifying(loaded.config, shutdown, systemd)
             .await
             .map_err(MainError::Agent)
     })

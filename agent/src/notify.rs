@@ -2,27 +2,41 @@
 //! datagram per state change to the Unix socket named by `NOTIFY_SOCKET`
 //! (a path, or `@name` for the abstract namespace).
 //!
-//! - `READY=1` once [`crate::run_with_ready`] reports the control and stream
-//!   listeners bound and the boot-time forwards created, so units ordered
+//! - `READY=1` once the agent reports [`Ready`] (the control and stream
+//!   listeners bound and the boot-time forwards created), so units ordered
 //!   after the agent start when forwarding can work;
-//! - `WATCHDOG=1` every `WATCHDOG_USEC / 2`, from a task on the agent's
+//! - `WATCHDOG=1` every `WATCHDOG_USEC / 2`, from a future on the agent's
 //!   runtime: a runtime that stops running tasks stops the keep-alives, and
 //!   systemd restarts the agent;
 //! - `STOPPING=1` when shutdown begins (signal or the Shutdown RPC).
 //!
 //! Without `NOTIFY_SOCKET` (a minimal init, PID 1 of an initramfs) there is no
-//! [`Systemd`] and [`run`] is [`crate::run`]: nothing else changes.
+//! [`Systemd`] and nothing else changes.
 
-use crate::{AgentConfig, AgentError, Ready};
+use crate::config::ControlMode;
+use sockfwd_proto::transport::Address;
 use std::io;
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+
+/// What the agent reports once it is ready: the control channel is listening
+/// (or its dialer started), the stream port is listening, and the boot-time
+/// forwards exist.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The control channel as configured.
+    pub control: ControlMode,
+    /// The stream port.
+    pub streams: Address,
+    /// Cancelled when shutdown begins (signal or Shutdown RPC), for systemd's
+    /// STOPPING=1; cancelling it starts shutdown.
+    pub stopping: CancellationToken,
+}
 
 /// Why `NOTIFY_SOCKET` cannot be used; the agent then runs without notifying.
 #[derive(Debug, Error)]
@@ -118,17 +132,14 @@ pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) ->
 /// A service manager to tell about readiness, liveness and stopping.
 #[derive(Debug)]
 pub struct Systemd {
-    notifier: Arc<Notifier>,
+    notifier: Notifier,
     watchdog: Option<Duration>,
 }
 
 impl Systemd {
     /// Notifications through `notifier`, with keep-alives every `watchdog`.
     pub fn new(notifier: Notifier, watchdog: Option<Duration>) -> Systemd {
-        Systemd {
-            notifier: Arc::new(notifier),
-            watchdog,
-        }
+        Systemd { notifier, watchdog }
     }
 
     /// From systemd's variables: `Ok(None)` without `NOTIFY_SOCKET`.
@@ -152,7 +163,7 @@ impl Systemd {
 
     /// READY=1 when the agent is ready, keep-alives until it has finished,
     /// STOPPING=1 when its shutdown begins.
-    async fn follow(&self, ready: oneshot::Receiver<Ready>, finished: CancellationToken) {
+    pub async fn follow(&self, ready: oneshot::Receiver<Ready>, finished: CancellationToken) {
         let Ok(ready) = ready.await else {
             return; // failed before it was ready; the exit status says the rest
         };
@@ -161,23 +172,25 @@ impl Systemd {
             ready.control, ready.streams
         ));
         tracing::debug!("told systemd READY=1");
-        let keepalive = self
-            .watchdog
-            .map(|every| tokio::spawn(keepalive(self.notifier.clone(), every, finished.clone())));
-        tokio::select! {
-            () = ready.stopping.cancelled() => {}
-            () = finished.cancelled() => {}
-        }
-        self.send("STOPPING=1\nSTATUS=shutting down");
-        // Keep-alives continue while the agent drains.
-        finished.cancelled().await;
-        if let Some(task) = keepalive {
-            let _ = task.await;
-        }
+        let keepalives = async {
+            if let Some(every) = self.watchdog {
+                keepalive(&self.notifier, every, &finished).await;
+            }
+        };
+        let stopping = async {
+            tokio::select! {
+                () = ready.stopping.cancelled() => {}
+                () = finished.cancelled() => {}
+            }
+            self.send("STOPPING=1\nSTATUS=shutting down");
+            // Keep-alives continue while the agent drains.
+            finished.cancelled().await;
+        };
+        tokio::join!(keepalives, stopping);
     }
 }
 
-async fn keepalive(notifier: Arc<Notifier>, every: Duration, stop: CancellationToken) {
+async fn keepalive(notifier: &Notifier, every: Duration, stop: &CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned = false;
@@ -197,31 +210,9 @@ async fn keepalive(notifier: Arc<Notifier>, every: Duration, stop: CancellationT
     }
 }
 
-/// [`crate::run`], telling `systemd` (when there is one) about it.
-pub async fn run(
-    config: AgentConfig,
-    shutdown: CancellationToken,
-    systemd: Option<Systemd>,
-) -> Result<(), AgentError> {
-    let Some(systemd) = systemd else {
-        return crate::run(config, shutdown).await;
-    };
-    let (tx, rx) = oneshot::channel();
-    let finished = CancellationToken::new();
-    let agent = async {
-        let result = crate::run_with_ready(config, shutdown, Some(tx)).await;
-        finished.cancel();
-        result
-    };
-    let (result, ()) = tokio::join!(agent, systemd.follow(rx, finished.clone()));
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BootForward, ControlMode};
-    use sockfwd_proto::transport::Address;
 
     #[test]
     fn watchdog_interval_is_half_of_watchdog_usec_for_this_process() {
@@ -259,117 +250,5 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
-    }
-
-    async fn next(socket: &tokio::net::UnixDatagram) -> String {
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8(buf[..n].to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn ready_after_the_listeners_and_boot_forwards_exist_then_keepalives_then_stopping() {
-        let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
-        let control = dir.path().join("control.sock");
-        let streams = dir.path().join("streams.sock");
-        let boot = dir.path().join("boot/web.sock");
-        let config = AgentConfig {
-            control: ControlMode::Listen(Address::Unix(control.clone())),
-            streams: Address::Unix(streams.clone()),
-            forwards: vec![BootForward {
-                id: "web".into(),
-                path: boot.clone(),
-                mode: Some(0o600),
-                uid: None,
-                gid: None,
-            }],
-            ..AgentConfig::default()
-        };
-        let systemd = Systemd::new(
-            Notifier::new(notify_path.to_str().unwrap()).unwrap(),
-            Some(Duration::from_millis(50)),
-        );
-        let stop = CancellationToken::new();
-        let agent = tokio::spawn(run(config, stop.clone(), Some(systemd)));
-
-        let first = next(&socket).await;
-        assert!(first.starts_with("READY=1\n"), "{first}");
-        for path in [&control, &streams, &boot] {
-            assert!(path.exists(), "{} missing at READY=1", path.display());
-        }
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&boot).unwrap().permissions().mode();
-        assert_eq!(mode & 0o7777, 0o600);
-        for _ in 0..3 {
-            assert_eq!(next(&socket).await, "WATCHDOG=1");
-        }
-        stop.cancel();
-        loop {
-            let msg = next(&socket).await;
-            if msg != "WATCHDOG=1" {
-                assert!(msg.starts_with("STOPPING=1"), "{msg}");
-                break;
-            }
-        }
-        tokio::time::timeout(Duration::from_secs(10), agent)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(!boot.exists(), "boot forward removed at shutdown");
-    }
-
-    #[tokio::test]
-    async fn no_watchdog_without_watchdog_usec() {
-        let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
-        let config = AgentConfig {
-            control: ControlMode::Listen(Address::Unix(dir.path().join("c.sock"))),
-            streams: Address::Unix(dir.path().join("s.sock")),
-            ..AgentConfig::default()
-        };
-        let systemd = Systemd::new(Notifier::new(notify_path.to_str().unwrap()).unwrap(), None);
-        let stop = CancellationToken::new();
-        let agent = tokio::spawn(run(config, stop.clone(), Some(systemd)));
-        assert!(next(&socket).await.starts_with("READY=1"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.cancel();
-        assert!(next(&socket).await.starts_with("STOPPING=1"));
-        agent.await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_failed_start_sends_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let socket = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
-        let taken = dir.path().join("taken");
-        std::fs::write(&taken, b"a file, not a socket").unwrap();
-        let config = AgentConfig {
-            control: ControlMode::Listen(Address::Unix(dir.path().join("c.sock"))),
-            streams: Address::Unix(dir.path().join("s.sock")),
-            forwards: vec![BootForward {
-                id: "f".into(),
-                path: taken,
-                mode: None,
-                uid: None,
-                gid: None,
-            }],
-            ..AgentConfig::default()
-        };
-        let systemd = Systemd::new(Notifier::new(notify_path.to_str().unwrap()).unwrap(), None);
-        let err = run(config, CancellationToken::new(), Some(systemd))
-            .await
-            .unwrap_err();
-        assert!(crate::error_chain(&err).contains("not a socket"), "{err}");
-        let mut buf = [0u8; 64];
-        assert!(socket.try_recv(&mut buf).is_err(), "nothing was sent");
-        assert!(!dir.path().join("c.sock").exists());
     }
 }

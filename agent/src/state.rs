@@ -1,19 +1,20 @@
-//! What every task of a running agent shares.
+//! What every task of a running agent shares, and the tokens that sequence
+//! its shutdown (the steps themselves are [`crate::shutdown`]).
 
 use crate::config::AgentConfig;
 use crate::dispatch::{ConnId, Dispatcher};
-use crate::listeners::Forwards;
+use crate::forwards::Forwards;
 use crate::registry::Registry;
-use crate::shutdown::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The running agent's state, behind an `Arc` in every task.
 pub struct AgentState {
-    /// The validated configuration.
+    /// The configuration.
     pub config: AgentConfig,
     /// Stream-port connections waiting to be claimed.
     pub registry: Registry,
@@ -25,14 +26,15 @@ pub struct AgentState {
     pub shutdown: Shutdown,
     /// Accept loops of every listener; all end at shutdown step 1.
     pub listeners: TaskTracker,
-    /// Guest connections, waiting or relaying; given the grace period.
-    pub guests: TaskTracker,
+    /// Forwarded connections of both directions, waiting or relaying; given
+    /// the grace period.
+    pub connections: TaskTracker,
     /// Control connections, the dialer, and stream-port handshakes.
     pub tasks: TaskTracker,
-    /// One permit per guest connection the open-file limit can carry
-    /// (`sockfwd_proto::limits`): out of permits, a new guest connection is
-    /// refused at once rather than starving the stream connections it needs.
-    pub guest_slots: Arc<Semaphore>,
+    /// One permit per client connection the open-file limit can carry
+    /// (`sockfwd_proto::limits`): out of permits, a new client is refused at
+    /// once rather than starving the stream connections it needs.
+    pub client_slots: Arc<Semaphore>,
     next_conn: AtomicU64,
 }
 
@@ -45,9 +47,9 @@ impl AgentState {
             forwards: Forwards::default(),
             shutdown: Shutdown::new(parent),
             listeners: TaskTracker::new(),
-            guests: TaskTracker::new(),
+            connections: TaskTracker::new(),
             tasks: TaskTracker::new(),
-            guest_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
+            client_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
             next_conn: AtomicU64::new(0),
             config,
         }
@@ -56,5 +58,49 @@ impl AgentState {
     /// A fresh control connection ID.
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The tokens that sequence shutdown; see [`crate::shutdown`] for the steps.
+pub struct Shutdown {
+    /// Step 1: cancelled by the caller's token (signals) or the Shutdown RPC.
+    pub stop: CancellationToken,
+    /// Step 3's end: open relays are closed.
+    pub relays: CancellationToken,
+    /// Step 4: control connections close.
+    pub control: CancellationToken,
+    /// Cancelled once step 1 is complete.
+    pub listeners_closed: CancellationToken,
+    /// A grace period given by the Shutdown RPC (else the configured one).
+    grace: Mutex<Option<Duration>>,
+}
+
+impl Shutdown {
+    /// Shutdown tokens under the caller's token.
+    pub fn new(parent: &CancellationToken) -> Self {
+        Shutdown {
+            stop: parent.child_token(),
+            relays: CancellationToken::new(),
+            control: CancellationToken::new(),
+            listeners_closed: CancellationToken::new(),
+            grace: Mutex::new(None),
+        }
+    }
+
+    /// Starts shutting down, with `grace` instead of the configured period.
+    /// The first request's grace period wins.
+    pub fn request(&self, grace: Option<Duration>) {
+        if !self.stop.is_cancelled() {
+            *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+        }
+        self.stop.cancel();
+    }
+
+    /// The grace period: the Shutdown RPC's, else `default`.
+    pub fn grace(&self, default: Duration) -> Duration {
+        self.grace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(default)
     }
 }

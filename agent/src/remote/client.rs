@@ -1,10 +1,10 @@
-//! One guest connection on a forward's listener, in its own task:
-//! raise a `ConnectRequest`, wait for the host's result (bounded by
-//! `--pending-timeout`, with `--result-timeout` per Accept stream), claim the
-//! stream the host opened, then relay until both directions end.
+//! One client of a remote forward's listener (a guest process that connected),
+//! in its own task: raise a `ConnectRequest`, wait for the host's result
+//! (bounded by `--pending-timeout`, with `--result-timeout` per Accept stream),
+//! claim the stream the host opened, then relay until both directions end.
 //!
-//! Every way out closes the guest connection at once and says why in the log;
-//! nothing waits without a deadline.
+//! Every way out closes the client's connection at once and says why in the
+//! log; nothing waits without a deadline.
 
 use crate::dispatch::Event;
 use crate::state::AgentState;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument as _;
 
-/// Serves one guest connection accepted on `forward_id`'s listener.
+/// Serves one client accepted on `forward_id`'s listener.
 pub async fn serve(
     state: Arc<AgentState>,
     conn: Stream,

@@ -1,5 +1,5 @@
-//! Host-initiated connections (the `Connect` extension): the host has opened a
-//! stream on the stream port (handshake done, so it waits in the registry under
+//! Local forwards, the agent's side (the `Connect` extension): a host client
+//! connected to a relay listener, the relay has opened a stream on the stream port (handshake done, so it waits in the registry under
 //! its ID) and asks the agent to connect it to a target inside the guest.
 //!
 //! Order: check the request, claim the stream (so a refused request closes it at
@@ -7,8 +7,8 @@
 //! caller's deadline, at most [`CONNECT_TIMEOUT`]), answer, then relay in a task
 //! of its own. Any error drops the claimed stream, so the host side is closed.
 
+use crate::local::target::{self, Target, TargetError};
 use crate::state::AgentState;
-use crate::target::{self, Target, TargetError};
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::rpc::ConnectTargetRequest;
@@ -108,7 +108,7 @@ pub async fn connect(
     let span = tracing::info_span!("connect", stream_id = %id, target = %target);
     let task_state = state.clone();
     state
-        .guests
+        .connections
         .spawn(relay(task_state, local, stream, framing).instrument(span));
     tracing::debug!(stream_id = %id, %target, ?framing, "host connection connected");
     Ok(())

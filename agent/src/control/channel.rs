@@ -20,8 +20,8 @@
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
 use crate::backoff::{accept_from_host, Backoff};
+use crate::control::service::Service;
 use crate::error_chain;
-use crate::service::Service;
 use crate::state::AgentState;
 use futures::StreamExt as _;
 use sockfwd_proto::rpc::create_socket_forward;

@@ -1,13 +1,13 @@
 //! The `SocketForward` ttrpc service, one instance per control connection.
 //!
-//! Each method is thin: Bind calls [`listeners::bind`] and maps its error to the
+//! Each method is thin: Bind calls [`bind::bind`] and maps its error to the
 //! contract's status (code Unknown, `binding socket forward listener at <path>:
 //! <cause>`); Accept ties the stream to the router; Shutdown starts the
 //! agent's shutdown and answers once the listeners are gone.
 
 use crate::dispatch::{AcceptId, ConnId};
 use crate::error_chain;
-use crate::listeners::{self, BindError};
+use crate::remote::bind::{self, BindError};
 use crate::state::AgentState;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
@@ -64,7 +64,7 @@ impl Drop for AcceptGuard<'_> {
 #[async_trait]
 impl SocketForward for Service {
     async fn bind(&self, _ctx: &TtrpcContext, req: BindRequest) -> ttrpc::Result<Empty> {
-        match listeners::bind(&self.state, Some(self.conn), &req.sockets).await {
+        match bind::bind(&self.state, Some(self.conn), &req.sockets).await {
             Ok(()) => Ok(Empty::new()),
             Err(err) => {
                 tracing::error!(
@@ -128,9 +128,12 @@ impl SocketForward for Service {
         };
         tracing::info!(conn = self.conn, ?grace, "Shutdown requested");
         self.state.shutdown.request(grace);
-        if tokio::time::timeout(LISTENERS_CLOSE_WAIT, self.state.shutdown.listeners_closed())
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            LISTENERS_CLOSE_WAIT,
+            self.state.shutdown.listeners_closed.cancelled(),
+        )
+        .await
+        .is_err()
         {
             tracing::warn!("listeners still closing; answering Shutdown anyway");
         }
@@ -143,12 +146,12 @@ impl SocketForward for Service {
             .filter(|&n| n > 0)
             .map(Duration::from_nanos);
         let (stream_id, target) = (req.stream_id.clone(), req.target.clone());
-        match crate::outbound::connect(&self.state, req, deadline).await {
+        match crate::local::connect::connect(&self.state, req, deadline).await {
             Ok(()) => Ok(Empty::new()),
             Err(err) => {
                 tracing::warn!(conn = self.conn, stream_id = %stream_id.escape_debug(),
                     target = %target.escape_debug(), cause = %error_chain(&err), "Connect refused");
-                Err(crate::outbound::status(&err))
+                Err(crate::local::connect::status(&err))
             }
         }
     }
@@ -175,7 +178,7 @@ impl SocketForward for Service {
     }
 
     async fn unbind(&self, _ctx: &TtrpcContext, req: UnbindRequest) -> ttrpc::Result<Empty> {
-        match listeners::unbind(&self.state, &req.forward_id).await {
+        match bind::unbind(&self.state, &req.forward_id).await {
             Ok(_) => Ok(Empty::new()),
             Err(err) => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                 ttrpc::Code::FAILED_PRECONDITION,
