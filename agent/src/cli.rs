@@ -1,12 +1,14 @@
-//! Command-line flags, the last configuration layer.
+//! Command-line flags: the last configuration layer, and the flags that say
+//! where the other layers are.
 //!
-//! Every value flag is optional text here: [`Cli::values`] lists only the flags
-//! given, and [`crate::load`] parses them with the same [`crate::keys`] table
-//! as the file and the kernel command line, so a flag, a `sockfwd.` key and a
-//! file key of one name accept the same values and fail with the same message.
+//! The keys are [`Keys`], typed: clap parses each value with the same type the
+//! file and the kernel command line use, and [`flag_error`] words a bad value
+//! the way the other layers do.
 
-use crate::keys::Key;
-use clap::Parser;
+use crate::config::keys::Keys;
+use crate::config::layers::{self, ConfigError, Effective, Source};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory as _, Parser};
 use std::path::PathBuf;
 
 /// Guest agent: creates the forwarded Unix sockets and serves the socketforward
@@ -33,193 +35,90 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub cmdline_file: Option<PathBuf>,
 
-    /// ttrpc listener [default: vsock://-1:1025]
-    #[arg(long, value_name = "ADDR", conflicts_with_all = ["control_dial", "control_port"])]
-    pub control: Option<String>,
-
-    /// Dial the host and serve ttrpc on that connection, redialing with backoff
-    /// [default when given without ADDR: vsock://2:1025]
-    #[arg(
-        long,
-        value_name = "ADDR",
-        num_args = 0..=1,
-        default_missing_value = "vsock://2:1025",
-        conflicts_with = "control_port"
-    )]
-    pub control_dial: Option<String>,
-
-    /// Listen for ttrpc on vsock://-1:PORT
-    #[arg(long, value_name = "PORT")]
-    pub control_port: Option<String>,
-
-    /// Stream-port listener [default: vsock://-1:1026]
-    #[arg(long, value_name = "ADDR", conflicts_with = "streams_port")]
-    pub streams: Option<String>,
-
-    /// Stream port on vsock://-1:PORT
-    #[arg(long, value_name = "PORT")]
-    pub streams_port: Option<String>,
-
-    /// How long a guest connection waits for its result [default: 30s]
-    #[arg(long, value_name = "DUR")]
-    pub pending_timeout: Option<String>,
-
-    /// How long one Accept stream may take to answer before the request is
-    /// offered to another [default: 10s]
-    #[arg(long, value_name = "DUR")]
-    pub result_timeout: Option<String>,
-
-    /// Guest connections waiting at once; beyond it they are closed and logged
-    /// [default: 4096]
-    #[arg(long, value_name = "N")]
-    pub max_pending: Option<String>,
-
-    /// Longest stream ID accepted on the stream port [default: 256]
-    #[arg(long, value_name = "N")]
-    pub max_stream_id_len: Option<String>,
-
-    /// Stream-port handshake read deadline [default: 5s]
-    #[arg(long, value_name = "DUR")]
-    pub handshake_timeout: Option<String>,
-
-    /// A registered stream not claimed within this is closed [default: 10s]
-    #[arg(long, value_name = "DUR")]
-    pub claim_timeout: Option<String>,
-
-    /// How long open relays may run after Shutdown or SIGTERM [default: 5s]
-    #[arg(long, value_name = "DUR")]
-    pub shutdown_grace: Option<String>,
-
-    /// Mode of a forward socket whose Bind gives none [default: 0666: the
-    /// socket's directory decides who reaches it]
-    #[arg(long, value_name = "OCTAL")]
-    pub socket_mode: Option<String>,
-
-    /// Owner of a forward socket whose Bind gives none [default: the agent's]
-    #[arg(long, value_name = "UID")]
-    pub socket_uid: Option<String>,
-
-    /// Group of a forward socket whose Bind gives none [default: the agent's]
-    #[arg(long, value_name = "GID")]
-    pub socket_gid: Option<String>,
-
-    /// Only create sockets under DIR (repeatable); below DIR no symlink is
-    /// followed [default: anywhere]
-    #[arg(long, value_name = "DIR")]
-    pub allow_dir: Vec<String>,
-
-    /// Most sockets one Bind call may create [default: 1024]
-    #[arg(long, value_name = "N")]
-    pub max_sockets_per_bind: Option<String>,
-
-    /// Accept vsock connections from any CID, not only the host (CID 2)
-    #[arg(
-        long,
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true"
-    )]
-    pub allow_any_cid: Option<String>,
-
-    /// A target host-initiated connections may reach (repeatable): HOST:PORT
-    /// with * for any host or port and A-B for a range (127.0.0.1:*, *:8080,
-    /// db.internal:5432-5433; an IPv6 host in square brackets), or unix:GLOB
-    /// (unix:/run/*) [default: any target]
-    #[arg(long, value_name = "SPEC")]
-    pub allow_target: Vec<String>,
-
-    /// Bind this socket at start, before any host attaches (repeatable);
-    /// MODE is octal, an empty field keeps the default
-    #[arg(long, value_name = "ID:PATH[:MODE[:UID:GID]]")]
-    pub forward: Vec<String>,
-
-    /// Log filter [default: RUST_LOG, else info]
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
+    /// The configuration keys given as flags.
+    #[command(flatten)]
+    pub keys: Keys,
 }
 
 impl Cli {
-    /// The value flags that were given, as (key, text), for [`crate::load`].
-    pub fn values(&self) -> Vec<(Key, String)> {
-        let mut v: Vec<(Key, String)> = Vec::new();
-        let mut one = |key, value: &Option<String>| {
-            if let Some(value) = value {
-                v.push((key, value.clone()));
-            }
-        };
-        one(
-            Key::Config,
-            &self.config.as_ref().map(|p| p.display().to_string()),
-        );
-        one(Key::Control, &self.control);
-        one(Key::ControlDial, &self.control_dial);
-        one(Key::ControlPort, &self.control_port);
-        one(Key::Streams, &self.streams);
-        one(Key::StreamsPort, &self.streams_port);
-        one(Key::PendingTimeout, &self.pending_timeout);
-        one(Key::ResultTimeout, &self.result_timeout);
-        one(Key::MaxPending, &self.max_pending);
-        one(Key::MaxStreamIdLen, &self.max_stream_id_len);
-        one(Key::HandshakeTimeout, &self.handshake_timeout);
-        one(Key::ClaimTimeout, &self.claim_timeout);
-        one(Key::ShutdownGrace, &self.shutdown_grace);
-        one(Key::SocketMode, &self.socket_mode);
-        one(Key::SocketUid, &self.socket_uid);
-        one(Key::SocketGid, &self.socket_gid);
-        one(Key::MaxSocketsPerBind, &self.max_sockets_per_bind);
-        one(Key::AllowAnyCid, &self.allow_any_cid);
-        one(Key::Log, &self.log);
-        v.extend(self.allow_dir.iter().map(|d| (Key::AllowDir, d.clone())));
-        v.extend(
-            self.allow_target
-                .iter()
-                .map(|t| (Key::AllowTarget, t.clone())),
-        );
-        v.extend(self.forward.iter().map(|f| (Key::Forward, f.clone())));
-        v
+    /// The effective configuration: these flags over the kernel command line,
+    /// the file and the defaults. `rust_log` is `RUST_LOG`.
+    pub fn configuration(self, rust_log: Option<String>) -> Result<Effective, ConfigError> {
+        layers::load(
+            self.config.as_deref(),
+            self.cmdline_file.as_deref(),
+            self.keys,
+            rust_log,
+        )
     }
+}
+
+/// A flag value clap refused, as the other layers word it (`invalid value
+/// "abc" for --pending-timeout on the command line: expected ...`); `None`
+/// for any other clap error, which clap prints itself.
+pub fn flag_error(err: &clap::Error) -> Option<ConfigError> {
+    if err.kind() != ErrorKind::ValueValidation {
+        return None;
+    }
+    let text = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let (arg, value) = (
+        text(ContextKind::InvalidArg)?,
+        text(ContextKind::InvalidValue)?,
+    );
+    // clap names the flag as its `Display` writes it (`--pending-timeout <DUR>`),
+    // which needs the built command.
+    let mut cmd = Cli::command();
+    cmd.build();
+    let flag = cmd
+        .get_arguments()
+        .find(|a| a.to_string() == arg)?
+        .get_id()
+        .to_string();
+    let expected = std::error::Error::source(err)?.to_string();
+    Some(ConfigError::Value {
+        key: Source::Flag.spell(&flag),
+        place: Source::Flag.place(),
+        value: format!("{value:?}"),
+        expected,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ControlMode;
-    use crate::load::{resolve, FileLayer, Source};
-    use crate::AgentConfig;
-    use clap::CommandFactory as _;
+    use crate::config::layers::{FileLayer, Layers};
+    use crate::config::{AgentConfig, ControlMode};
     use sockfwd_proto::transport::Address;
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<AgentConfig, String> {
-        let cli = Cli::try_parse_from(std::iter::once("sockfwd-agent").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
-        let file = FileLayer {
-            path: "/nonexistent.toml".into(),
-            text: None,
-            named_by: Source::Default,
+        let argv = std::iter::once("sockfwd-agent").chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv).map_err(|e| match flag_error(&e) {
+            Some(err) => err.to_string(),
+            None => e.to_string(),
+        })?;
+        let layers = Layers {
+            file: FileLayer {
+                path: "/nonexistent.toml".into(),
+                text: None,
+                named_by: Source::Default,
+            },
+            cmdline: None,
+            flags: cli.keys,
+            rust_log: None,
+            warnings: Vec::new(),
         };
-        resolve(file, &[], &cli.values(), None)
-            .map(|l| l.config)
+        Effective::try_from(layers)
+            .map(|e| e.config)
             .map_err(|e| e.to_string())
     }
 
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn every_key_has_a_flag() {
-        let cmd = Cli::command();
-        for key in Key::ALL {
-            let flag = key.flag();
-            let long = flag.trim_start_matches("--");
-            assert!(
-                cmd.get_arguments().any(|a| a.get_long() == Some(long)),
-                "no {flag}"
-            );
-        }
     }
 
     #[test]
@@ -261,6 +160,8 @@ mod tests {
             "--max-sockets-per-bind",
             "9",
             "--allow-any-cid",
+            "--allow-target",
+            "*:80",
             "--forward",
             "a:/run/a/x.sock",
             "--forward",
@@ -287,6 +188,7 @@ mod tests {
         );
         assert_eq!(c.max_sockets_per_bind, 9);
         assert!(c.allow_any_cid);
+        assert_eq!(c.allow_targets.0.len(), 1);
         let forwards: Vec<String> = c.forwards.iter().map(|f| f.to_string()).collect();
         assert_eq!(forwards, ["a:/run/a/x.sock", "b:/run/b/y.sock:0600:1:2"]);
     }
@@ -321,15 +223,27 @@ mod tests {
         for (args, needle) in [
             (
                 &["--control", "tcp://x"][..],
-                "\"tcp://x\" for --control on the command line",
+                "invalid value \"tcp://x\" for --control on the command line: \
+                 expected unix://PATH or vsock://CID:PORT",
             ),
-            (&["--pending-timeout", "soon"][..], "--pending-timeout"),
+            (
+                &["--control", "vsock://1"][..],
+                "invalid value \"vsock://1\" for --control on the command line: \
+                 expected CID:PORT",
+            ),
+            (
+                &["--pending-timeout", "soon"][..],
+                "invalid value \"soon\" for --pending-timeout on the command line: \
+                 expected a duration like 500ms or 10s",
+            ),
             (&["--socket-mode", "0999"][..], "--socket-mode"),
             (&["--socket-mode", "70000"][..], "--socket-mode"),
             (&["--max-pending", "0"][..], "--max-pending"),
             (&["--allow-dir", "relative"][..], "--allow-dir"),
+            (&["--allow-any-cid=maybe"][..], "--allow-any-cid"),
             (&["--streams", "hvsock:///v:1"][..], "--streams"),
             (&["--forward", "x"][..], "--forward"),
+            (&["--allow-target", "*:x"][..], "--allow-target"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

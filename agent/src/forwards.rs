@@ -5,7 +5,7 @@
 //! in. Each update is a pair of map changes made under one lock, so a forward
 //! ID and its path never disagree.
 
-use crate::stats::{ForwardStats, StatsSnapshot};
+use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,7 +52,7 @@ pub struct Tokens {
 
 struct Entry {
     path: PathBuf,
-    stats: Arc<ForwardStats>,
+    stats: Arc<ForwardCounters>,
     tokens: Tokens,
 }
 
@@ -144,7 +144,7 @@ impl Forwards {
     }
 
     /// Every forward with its path and counters, by forward ID.
-    pub fn snapshot(&self) -> Vec<(String, PathBuf, StatsSnapshot)> {
+    pub fn snapshot(&self) -> Vec<(String, PathBuf, CounterSnapshot)> {
         let t = self.lock();
         let mut v: Vec<_> = t
             .by_id
@@ -164,8 +164,8 @@ impl Open<'_> {
         id: &str,
         path: &Path,
         parent: &CancellationToken,
-    ) -> (Arc<ForwardStats>, Tokens) {
-        let stats = Arc::new(ForwardStats::default());
+    ) -> (Arc<ForwardCounters>, Tokens) {
+        let stats = Arc::new(ForwardCounters::default());
         let tokens = Tokens {
             stop: parent.child_token(),
             done: CancellationToken::new(),

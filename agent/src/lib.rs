@@ -13,33 +13,27 @@
 //! - [`stream_port`]: the stream port, where the host opens each stream;
 //! - [`boot`]: the configuration's forwards, bound before the agent is ready;
 //! - [`shutdown`]: the order things stop in; [`notify`]: systemd readiness;
-//! - [`ports`]: `WatchPorts`; [`backoff`], [`stats`]: helpers.
+//! - [`ports`]: the guest's listening TCP ports, for `WatchPorts`.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
 //! [`run`]. The wire contract is `shared/docs/wire-protocol.md`.
 
-pub mod backoff;
 pub mod boot;
 pub mod cli;
-pub mod cmdline;
 pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod forwards;
-pub mod keys;
-pub mod load;
 pub mod local;
 pub mod notify;
 pub mod ports;
-pub mod print_config;
 pub mod registry;
 pub mod remote;
 pub mod shutdown;
 pub mod state;
-pub mod stats;
 pub mod stream_port;
 
-pub use config::{AgentConfig, ConfigError, ControlMode};
+pub use config::{AgentConfig, ControlMode};
 pub use notify::Ready;
 
 use notify::Systemd;
@@ -53,9 +47,6 @@ use tokio_util::sync::CancellationToken;
 /// Why the agent could not run.
 #[derive(Debug, Error)]
 pub enum AgentError {
-    /// The configuration failed validation.
-    #[error("invalid configuration")]
-    Config(#[from] ConfigError),
     /// The control listener could not be created.
     #[error("control channel")]
     Control(#[source] ListenerError),
@@ -85,7 +76,6 @@ pub async fn run_with_ready(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<(), AgentError> {
-    config.validate()?;
     let streams = Listener::bind(&config.streams).map_err(AgentError::Streams)?;
     let control = match &config.control {
         ControlMode::Listen(addr) => {
@@ -152,18 +142,6 @@ pub async fn run_notifying(
     };
     let (result, ()) = tokio::join!(agent, systemd.follow(rx, finished.clone()));
     result
-}
-
-/// An error and its causes joined by `: `, for one log line or a ttrpc status.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -279,7 +257,10 @@ mod tests {
         let err = run_notifying(config, CancellationToken::new(), Some(systemd))
             .await
             .unwrap_err();
-        assert!(error_chain(&err).contains("not a socket"), "{err}");
+        assert!(
+            sockfwd_proto::report::chain(&err).contains("not a socket"),
+            "{err}"
+        );
         let mut buf = [0u8; 64];
         assert!(socket.try_recv(&mut buf).is_err(), "nothing was sent");
         assert!(!dir.path().join("c.sock").exists());

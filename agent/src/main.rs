@@ -8,19 +8,24 @@
 //! status it could take from anyone).
 
 use clap::Parser as _;
-use sockfwd_agent::cli::Cli;
-use sockfwd_agent::load::{self, LoadError};
+use sockfwd_agent::cli::{self, Cli};
+use sockfwd_agent::config::layers::{ConfigError, DEFAULT_LOG};
+use sockfwd_agent::config::print;
 use sockfwd_agent::notify::{Systemd, SystemdEnv};
-use sockfwd_agent::{print_config, AgentError};
+use sockfwd_agent::AgentError;
+use sockfwd_proto::report;
 use std::process::ExitCode;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Why the binary failed; each maps to an exit code.
 #[derive(Debug, Error)]
 enum MainError {
     #[error(transparent)]
-    Config(LoadError),
+    Config(ConfigError),
+    #[error("printing the configuration")]
+    Print(#[source] toml::ser::Error),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("installing signal handlers")]
@@ -33,37 +38,39 @@ impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
             MainError::Config(_) => ExitCode::from(2),
-            MainError::Runtime(_) | MainError::Signals(_) | MainError::Agent(_) => {
-                ExitCode::FAILURE
-            }
+            MainError::Print(_)
+            | MainError::Runtime(_)
+            | MainError::Signals(_)
+            | MainError::Agent(_) => ExitCode::FAILURE,
         }
     }
 }
 
 fn main() -> ExitCode {
-    // Flag syntax errors exit 2 from clap; bad values exit 2 from `load`.
-    let cli = Cli::parse();
+    // Flag syntax errors exit 2 from clap; bad values exit 2 from here, worded
+    // as for the other layers.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => match cli::flag_error(&err) {
+            Some(bad) => return fail(&MainError::Config(bad)),
+            None => err.exit(),
+        },
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            let mut source = std::error::Error::source(&err);
-            if let MainError::Config(inner) = &err {
-                source = std::error::Error::source(inner);
-            }
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            err.exit_code()
-        }
+        Err(err) => fail(&err),
     }
 }
 
+fn fail(err: &MainError) -> ExitCode {
+    eprint!("{}", report::for_main("sockfwd-agent", err));
+    err.exit_code()
+}
+
 fn init_logging(filter: &str) {
-    // `load` checked the filter; "info" is only a fallback.
+    // The configuration checked the filter; the default is only a fallback.
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(load::DEFAULT_LOG));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -72,17 +79,23 @@ fn init_logging(filter: &str) {
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
-    let loaded = load::load(&cli, std::env::var("RUST_LOG").ok()).map_err(MainError::Config)?;
-    if cli.print_config {
+    let print_config = cli.print_config;
+    let effective = cli
+        .configuration(std::env::var("RUST_LOG").ok())
+        .map_err(MainError::Config)?;
+    if print_config {
         let own = (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        print!("{}", print_config::render(&loaded, own));
+        print!(
+            "{}",
+            print::render(&effective, own).map_err(MainError::Print)?
+        );
         return Ok(());
     }
-    init_logging(&loaded.log);
-    for warning in &loaded.warnings {
+    init_logging(&effective.log);
+    for warning in &effective.warnings {
         tracing::warn!("{warning}");
     }
     // Before the agent sizes its connection budget from the limit.
@@ -91,7 +104,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
     let systemd = match Systemd::from_env(&SystemdEnv::from_env(), pid) {
         Ok(systemd) => systemd,
         Err(err) => {
-            tracing::warn!(cause = %sockfwd_agent::error_chain(&err), "not notifying systemd");
+            tracing::warn!(cause = %report::Chain(&err), "not notifying systemd");
             None
         }
     };
@@ -104,12 +117,15 @@ fn run(cli: Cli) -> Result<(), MainError> {
         .build()
         .map_err(MainError::Runtime)?;
     runtime.block_on(async {
+        // Process-wide helpers; they end with the runtime.
+        let helpers = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        watch_signals(shutdown.clone()).map_err(MainError::Signals)?;
+        watch_signals(&helpers, shutdown.clone()).map_err(MainError::Signals)?;
         if pid == 1 {
-            reap_orphans().map_err(MainError::Signals)?;
+            reap_orphans(&helpers).map_err(MainError::Signals)?;
         }
-        sockfwd_agent::run_notifying(loaded.config, shutdown, systemd)
+        helpers.close();
+        sockfwd_agent::run_notifying(effective.config, shutdown, systemd)
             .await
             .map_err(MainError::Agent)
     })
@@ -118,11 +134,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
 /// SIGTERM and SIGINT cancel `shutdown`; the agent then shuts down in order
 /// and the process exits 0. (As PID 1 the kernel drops signals that have no
 /// handler, so these handlers are what makes SIGTERM work there too.)
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+fn watch_signals(tasks: &TaskTracker, shutdown: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -135,11 +151,11 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
 
 /// As PID 1, every orphan in the guest becomes our child: reap them so they
 /// don't stay zombies. Safe only because the agent spawns no processes.
-fn reap_orphans() -> std::io::Result<()> {
+fn reap_orphans(tasks: &TaskTracker) -> std::io::Result<()> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use tokio::signal::unix::{signal, SignalKind};
     let mut child = signal(SignalKind::child())?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             // Drain first: children may have exited before the handler existed,
             // and one SIGCHLD can stand for several.

@@ -5,6 +5,7 @@ use crate::config::AgentConfig;
 use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
 use crate::registry::Registry;
+use sockfwd_proto::transport::{Peer, VMADDR_CID_HOST};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +54,24 @@ impl AgentState {
             next_conn: AtomicU64::new(0),
             config,
         }
+    }
+
+    /// Whether a connection to a host-facing `port` (control or streams) from
+    /// `peer` may be served: Unix peers always, vsock peers from the host (CID
+    /// 2) unless `allow_any_cid`. A refusal is logged.
+    pub fn from_host(&self, port: &str, peer: Peer) -> bool {
+        let allowed = match peer {
+            Peer::Unix => true,
+            Peer::Vsock { cid, .. } => self.config.allow_any_cid || cid == VMADDR_CID_HOST,
+        };
+        if !allowed {
+            tracing::warn!(
+                port,
+                ?peer,
+                "connection from a CID other than the host; closed"
+            );
+        }
+        allowed
     }
 
     /// A fresh control connection ID.

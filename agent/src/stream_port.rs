@@ -7,21 +7,28 @@
 //! contract's text), acknowledged, and then kept until the guest connection
 //! that asked for it claims it, or `--claim-timeout` passes and it is closed.
 
-use crate::backoff::accept_from_host;
-use crate::error_chain;
 use crate::state::AgentState;
+use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::handshake;
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::transport::{Listener, Stream};
 use std::sync::Arc;
 
 /// Accepts stream-port connections until shutdown.
 pub async fn serve(state: Arc<AgentState>, listener: Listener) {
-    let stop = state.shutdown.stop.clone();
-    let (any_cid, tasks) = (state.config.allow_any_cid, state.tasks.clone());
-    accept_from_host("streams", &listener, any_cid, &stop, &tasks, |stream| {
-        handle(state.clone(), stream)
+    let (stop, tasks) = (state.shutdown.stop.clone(), state.tasks.clone());
+    serve_each(&listener, &stop, &tasks, |(stream, peer)| {
+        let handshake = state
+            .from_host("streams", peer)
+            .then(|| handle(state.clone(), stream));
+        async move {
+            if let Some(handshake) = handshake {
+                handshake.await;
+            }
+        }
     })
     .await;
+    tracing::debug!(listener = %listener.address(), "stream port closed");
 }
 
 /// One stream-port connection: handshake, register, wait to be claimed.
@@ -38,7 +45,7 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
         r = read => match r {
             Ok(id) => id,
             Err(err) => {
-                tracing::warn!(cause = %error_chain(&err), "stream handshake failed; closed");
+                tracing::warn!(cause = %Chain(&err), "stream handshake failed; closed");
                 return;
             }
         },
@@ -51,13 +58,13 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
             if let Err(err) =
                 handshake::refuse(&mut stream, &message, config.handshake_timeout).await
             {
-                tracing::debug!(stream_id = %id, cause = %error_chain(&err), "could not send the refusal");
+                tracing::debug!(stream_id = %id, cause = %Chain(&err), "could not send the refusal");
             }
             return;
         }
     };
     if let Err(err) = handshake::accept(&mut stream, &id, config.handshake_timeout).await {
-        tracing::warn!(stream_id = %id, cause = %error_chain(&err), "stream handshake failed; closed");
+        tracing::warn!(stream_id = %id, cause = %Chain(&err), "stream handshake failed; closed");
         return;
     }
     registration.fill(stream);

@@ -11,8 +11,9 @@
 )]
 
 use proptest::prelude::*;
-use sockfwd_agent::cmdline;
-use sockfwd_agent::load::{resolve, FileLayer, Source};
+use sockfwd_agent::config::cmdline::{self, Param};
+use sockfwd_agent::config::keys::Keys;
+use sockfwd_agent::config::layers::{ConfigError, Effective, FileLayer, Layers, Source};
 use std::path::PathBuf;
 
 fn no_file() -> FileLayer {
@@ -21,6 +22,17 @@ fn no_file() -> FileLayer {
         text: None,
         named_by: Source::Default,
     }
+}
+
+/// The layers merged: a configuration or an error.
+fn resolve(file: FileLayer, params: Vec<Param>) -> Result<Effective, ConfigError> {
+    Effective::try_from(Layers {
+        file,
+        cmdline: Some((PathBuf::from("/proc/cmdline"), params)),
+        flags: Keys::default(),
+        rust_log: None,
+        warnings: Vec::new(),
+    })
 }
 
 proptest! {
@@ -49,13 +61,13 @@ proptest! {
 
     #[test]
     fn any_cmdline_resolves_or_errs(text in "(sockfwd\\.[a-z_]{1,20}=[ -~]{0,20} ){0,6}") {
-        let _ = resolve(no_file(), &cmdline::parse(&text), &[], None);
+        let _ = resolve(no_file(), cmdline::parse(&text));
     }
 
     #[test]
     fn any_file_resolves_or_errs(text in "\\PC{0,300}") {
         let file = FileLayer { path: PathBuf::from("/x.toml"), text: Some(text), named_by: Source::Flag };
-        let _ = resolve(file, &[], &[], None);
+        let _ = resolve(file, Vec::new());
     }
 
     #[test]
@@ -64,6 +76,6 @@ proptest! {
     ) {
         let text: String = entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let file = FileLayer { path: PathBuf::from("/x.toml"), text: Some(text), named_by: Source::Flag };
-        let _ = resolve(file, &[], &[], None);
+        let _ = resolve(file, Vec::new());
     }
 }

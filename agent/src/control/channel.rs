@@ -19,11 +19,12 @@
 //! With `--control-dial` the agent dials the host instead and serves ttrpc on
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
-use crate::backoff::{accept_from_host, Backoff};
 use crate::control::service::Service;
-use crate::error_chain;
 use crate::state::AgentState;
 use futures::StreamExt as _;
+use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::backoff::Backoff;
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::create_socket_forward;
 use sockfwd_proto::transport::{dial as dial_host, Address, Listener, Stream};
 use std::io;
@@ -42,12 +43,19 @@ const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Accepts control connections until shutdown.
 pub async fn listen(state: Arc<AgentState>, listener: Listener) {
-    let stop = state.shutdown.stop.clone();
-    let (any_cid, tasks) = (state.config.allow_any_cid, state.tasks.clone());
-    accept_from_host("control", &listener, any_cid, &stop, &tasks, |stream| {
-        serve_connection(state.clone(), stream)
+    let (stop, tasks) = (state.shutdown.stop.clone(), state.tasks.clone());
+    serve_each(&listener, &stop, &tasks, |(stream, peer)| {
+        let serve = state
+            .from_host("control", peer)
+            .then(|| serve_connection(state.clone(), stream));
+        async move {
+            if let Some(serve) = serve {
+                serve.await;
+            }
+        }
     })
     .await;
+    tracing::debug!(listener = %listener.address(), "control listener closed");
 }
 
 /// Dials the host and serves each connection, redialing until shutdown.
@@ -69,11 +77,11 @@ pub async fn dial(state: Arc<AgentState>, addr: Address) {
             }
             // Said once per outage: a host that is not up yet is normal at boot.
             Err(err) if !quiet => {
-                tracing::warn!(%addr, cause = %error_chain(&err), "cannot reach the host; retrying");
+                tracing::warn!(%addr, cause = %Chain(&err), "cannot reach the host; retrying");
                 quiet = true;
             }
             Err(err) => {
-                tracing::debug!(%addr, cause = %error_chain(&err), "cannot reach the host; retrying");
+                tracing::debug!(%addr, cause = %Chain(&err), "cannot reach the host; retrying");
             }
         }
         tokio::select! {

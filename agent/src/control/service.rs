@@ -1,16 +1,19 @@
 //! The `SocketForward` ttrpc service, one instance per control connection.
 //!
-//! Each method is thin: Bind calls [`bind::bind`] and maps its error to the
-//! contract's status (code Unknown, `binding socket forward listener at <path>:
-//! <cause>`); Accept ties the stream to the router; Shutdown starts the
-//! agent's shutdown and answers once the listeners are gone.
+//! Each method is thin: Bind and Unbind call [`bind`], Connect calls
+//! [`connect`], and a failure becomes a ttrpc status in one place,
+//! [`RpcError::status`]; Accept ties the stream to the router; Shutdown starts
+//! the agent's shutdown and answers once the listeners are gone.
 
 use crate::dispatch::{AcceptId, ConnId};
-use crate::error_chain;
-use crate::remote::bind::{self, BindError};
+use crate::local::connect::{self, ConnectError};
+use crate::local::target::TargetError;
+use crate::remote::bind::{self, BindError, UnbindError};
 use crate::state::AgentState;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
+use sockfwd_proto::log_text::escape;
+use sockfwd_proto::report::{self, Chain};
 use sockfwd_proto::rpc::{
     BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
     ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, SocketForward,
@@ -44,9 +47,48 @@ impl Service {
     }
 }
 
-/// The ttrpc status for a failed Bind: code Unknown (2), the whole cause chain.
-pub fn bind_status(err: &BindError) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::UNKNOWN, error_chain(err)))
+/// What a method failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Bind: the contract's status is code Unknown (2) with the cause chain,
+    /// `binding socket forward listener at <path>: <cause>`.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Unbind of a forward that is not bound.
+    #[error(transparent)]
+    Unbind(#[from] UnbindError),
+    /// Connect (an extension): the code says what kind of failure.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl RpcError {
+    /// The ttrpc code (NOT_FOUND is avoided: hosts read it as "method not
+    /// supported").
+    pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            RpcError::Bind(_) => Code::UNKNOWN,
+            RpcError::Unbind(UnbindError::Unknown(_)) => Code::FAILED_PRECONDITION,
+            RpcError::Connect(e) => match e {
+                ConnectError::BadStreamId(_)
+                | ConnectError::LongStreamId { .. }
+                | ConnectError::Framing(_)
+                | ConnectError::Target(TargetError::Parse(_)) => Code::INVALID_ARGUMENT,
+                ConnectError::Target(TargetError::NotAllowed(_)) => Code::PERMISSION_DENIED,
+                ConnectError::NoStream(_) | ConnectError::Target(TargetError::NoSuchPath(_)) => {
+                    Code::FAILED_PRECONDITION
+                }
+                ConnectError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+                ConnectError::Target(_) | ConnectError::ShuttingDown => Code::UNAVAILABLE,
+            },
+        }
+    }
+
+    /// The status a method answers with: the code, and the whole cause chain.
+    pub fn status(&self) -> ttrpc::Error {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(self.code(), report::chain(self)))
+    }
 }
 
 /// Closes the Accept stream in the router when its handler ends, however it ends.
@@ -69,11 +111,11 @@ impl SocketForward for Service {
             Err(err) => {
                 tracing::error!(
                     conn = self.conn,
-                    path = %err.path,
-                    cause = %error_chain(&err.cause),
+                    path = %escape(&err.path),
+                    cause = %Chain(&err.cause),
                     "Bind failed"
                 );
-                Err(bind_status(&err))
+                Err(RpcError::from(err).status())
             }
         }
     }
@@ -146,12 +188,12 @@ impl SocketForward for Service {
             .filter(|&n| n > 0)
             .map(Duration::from_nanos);
         let (stream_id, target) = (req.stream_id.clone(), req.target.clone());
-        match crate::local::connect::connect(&self.state, req, deadline).await {
+        match connect::connect(&self.state, req, deadline).await {
             Ok(()) => Ok(Empty::new()),
             Err(err) => {
-                tracing::warn!(conn = self.conn, stream_id = %stream_id.escape_debug(),
-                    target = %target.escape_debug(), cause = %error_chain(&err), "Connect refused");
-                Err(crate::local::connect::status(&err))
+                tracing::warn!(conn = self.conn, stream_id = %escape(&stream_id),
+                    target = %escape(&target), cause = %Chain(&err), "Connect refused");
+                Err(RpcError::from(err).status())
             }
         }
     }
@@ -180,10 +222,7 @@ impl SocketForward for Service {
     async fn unbind(&self, _ctx: &TtrpcContext, req: UnbindRequest) -> ttrpc::Result<Empty> {
         match bind::unbind(&self.state, &req.forward_id).await {
             Ok(_) => Ok(Empty::new()),
-            Err(err) => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
-                ttrpc::Code::FAILED_PRECONDITION,
-                err.to_string(),
-            ))),
+            Err(err) => Err(RpcError::from(err).status()),
         }
     }
 

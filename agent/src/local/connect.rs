@@ -1,17 +1,21 @@
-//! Local forwards, the agent's side (the `Connect` extension): a host client
-//! connected to a relay listener, the relay has opened a stream on the stream port (handshake done, so it waits in the registry under
-//! its ID) and asks the agent to connect it to a target inside the guest.
+//! A local forward's connection, the agent's side (the `Connect` extension): a
+//! client reached a relay listener, the relay has opened a stream on the stream
+//! port (handshake done, so it waits in the registry under its ID) and asks the
+//! agent to connect it to a target inside the guest.
 //!
 //! Order: check the request, claim the stream (so a refused request closes it at
 //! once instead of at `--claim-timeout`), connect the target (bounded by the
 //! caller's deadline, at most [`CONNECT_TIMEOUT`]), answer, then relay in a task
 //! of its own. Any error drops the claimed stream, so the host side is closed.
 
-use crate::local::target::{self, Target, TargetError};
+use crate::local::target::{self, TargetError};
 use crate::state::AgentState;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::ConnectTargetRequest;
+use sockfwd_proto::stream_id::{self, StreamIdError};
+use sockfwd_proto::target::Target;
 use sockfwd_proto::transport::Stream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +25,20 @@ use tracing::Instrument as _;
 /// Longest the agent spends connecting a target.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a `Connect` failed; [`status`] maps each to a ttrpc code.
+/// Why a `Connect` failed; the control service maps each to a ttrpc code.
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    /// The stream ID is empty or longer than `--max-stream-id-len`.
+    /// The stream ID breaks the stream-ID rule.
     #[error("invalid stream ID")]
-    BadStreamId,
+    BadStreamId(#[source] StreamIdError),
+    /// The stream ID is longer than `--max-stream-id-len`.
+    #[error("stream ID is {len} bytes; the limit is {max}")]
+    LongStreamId {
+        /// Its length.
+        len: usize,
+        /// `--max-stream-id-len`.
+        max: usize,
+    },
     /// A framing this agent does not speak.
     #[error("framing {0} is not supported")]
     Framing(u32),
@@ -49,23 +61,6 @@ pub enum ConnectError {
     ShuttingDown,
 }
 
-/// The ttrpc status for a failed `Connect`: the code says what kind of failure
-/// (NOT_FOUND is avoided: hosts read it as "method not supported").
-pub fn status(err: &ConnectError) -> ttrpc::Error {
-    use ttrpc::Code;
-    let code = match err {
-        ConnectError::BadStreamId | ConnectError::Framing(_) => Code::INVALID_ARGUMENT,
-        ConnectError::Target(TargetError::Parse(_)) => Code::INVALID_ARGUMENT,
-        ConnectError::Target(TargetError::NotAllowed(_)) => Code::PERMISSION_DENIED,
-        ConnectError::NoStream(_) | ConnectError::Target(TargetError::NoSuchPath(_)) => {
-            Code::FAILED_PRECONDITION
-        }
-        ConnectError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
-        ConnectError::Target(_) | ConnectError::ShuttingDown => Code::UNAVAILABLE,
-    };
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, crate::error_chain(err)))
-}
-
 /// Serves one `Connect`; `deadline` is the caller's (ttrpc `timeout_nano`), if any.
 pub async fn connect(
     state: &Arc<AgentState>,
@@ -73,8 +68,10 @@ pub async fn connect(
     deadline: Option<Duration>,
 ) -> Result<(), ConnectError> {
     let id = req.stream_id;
-    if id.is_empty() || id.len() > state.config.max_stream_id_len {
-        return Err(ConnectError::BadStreamId);
+    stream_id::check(&id).map_err(ConnectError::BadStreamId)?;
+    let max = state.config.max_stream_id_len;
+    if id.len() > max {
+        return Err(ConnectError::LongStreamId { len: id.len(), max });
     }
     let framing = Framing::from_wire(req.framing).ok_or(ConnectError::Framing(req.framing))?;
     let target: Target = req.target.parse().map_err(TargetError::Parse)?;
@@ -120,7 +117,7 @@ async fn relay(state: Arc<AgentState>, local: Stream, stream: Stream, framing: F
     tokio::select! {
         r = relay_stream(&local, &stream, framing, &config) => match r {
             Ok(moved) => tracing::debug!(to_host = moved.a_to_b, to_guest = moved.b_to_a, "relay done"),
-            Err(err) => tracing::debug!(cause = %crate::error_chain(&err), "relay ended on an error"),
+            Err(err) => tracing::debug!(cause = %Chain(&err), "relay ended on an error"),
         },
         () = state.shutdown.relays.cancelled() => {
             tracing::debug!("shutdown grace period over; closing the relay");

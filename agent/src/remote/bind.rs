@@ -8,14 +8,16 @@
 //! moves ownership to the calling control connection (a restarted relay binds
 //! again); any other reuse of an ID or a path is refused. Binds run one at a time.
 
-use crate::backoff::{accept_next, Backoff};
 use crate::dispatch::ConnId;
 use crate::forwards::{Existing, TableError, Tokens};
 use crate::remote::client;
 use crate::remote::paths::{self, PathError};
 use crate::state::AgentState;
-use crate::stats::ForwardStats;
 use nix::unistd::{fchownat, Gid, Uid};
+use sockfwd_proto::accept::accept_next;
+use sockfwd_proto::backoff::Backoff;
+use sockfwd_proto::counters::ForwardCounters;
+use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::rpc::Socket;
 use sockfwd_proto::transport::{Address, Listener, ListenerError};
 use std::io;
@@ -39,9 +41,9 @@ pub struct BindError {
 /// What went wrong binding one socket.
 #[derive(Debug, Error)]
 pub enum BindCause {
-    /// The forward ID is empty or too long.
-    #[error("{0}")]
-    ForwardId(String),
+    /// The forward ID breaks the forward-ID rule.
+    #[error(transparent)]
+    ForwardId(#[from] ForwardIdError),
     /// The path failed a check, or its directories could not be made.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -105,7 +107,7 @@ struct Created {
 
 /// Checks and creates one socket; a no-op for a forward already bound there.
 fn bind_one(state: &AgentState, s: &Socket, created: &mut Vec<Created>) -> Result<(), BindCause> {
-    paths::check_forward_id(&s.forward_id).map_err(BindCause::ForwardId)?;
+    forward_id::check(&s.forward_id)?;
     let checked = paths::check_path(&s.socket_path, &state.config.allow_dirs)?;
     if state.forwards.check(&s.forward_id, &checked.path)? == Existing::Same {
         return Ok(());
@@ -226,14 +228,14 @@ async fn accept(
     state: Arc<AgentState>,
     forward_id: String,
     listener: Listener,
-    stats: Arc<ForwardStats>,
+    stats: Arc<ForwardCounters>,
     tokens: Tokens,
 ) {
     let mut backoff = Backoff::accept();
     while let Some((conn, _peer)) = accept_next(&listener, &mut backoff, &tokens.stop).await {
-        ForwardStats::bump(&stats.total);
+        ForwardCounters::bump(&stats.total);
         let Ok(slot) = state.client_slots.clone().try_acquire_owned() else {
-            ForwardStats::bump(&stats.refused);
+            ForwardCounters::bump(&stats.refused);
             tracing::warn!(
                 %forward_id,
                 "open-file limit reached: guest connection refused (raise LimitNOFILE)"

@@ -8,9 +8,10 @@
 
 use crate::dispatch::Event;
 use crate::state::AgentState;
-use crate::stats::ForwardStats;
+use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::ConnectRequest;
 use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
 use sockfwd_proto::transport::Stream;
@@ -24,7 +25,7 @@ pub async fn serve(
     state: Arc<AgentState>,
     conn: Stream,
     forward_id: String,
-    stats: Arc<ForwardStats>,
+    stats: Arc<ForwardCounters>,
 ) {
     let stream_id = stream_id::generate(SOCKET_FORWARD_PREFIX);
     // Info level, so the IDs show on every line logged inside, even under RUST_LOG=info.
@@ -38,7 +39,7 @@ pub async fn serve(
                 framing,
                 "the host chose a framing this agent does not speak; closing"
             );
-            ForwardStats::bump(&stats.failed);
+            ForwardCounters::bump(&stats.failed);
             return;
         };
         let Some(stream) = state
@@ -49,7 +50,7 @@ pub async fn serve(
             tracing::error!(
                 "the host reported success but no stream with this ID is registered; closing"
             );
-            ForwardStats::bump(&stats.failed);
+            ForwardCounters::bump(&stats.failed);
             return;
         };
         relay(&state, &conn, &stream, framing, &stats).await;
@@ -75,7 +76,7 @@ async fn wait_for_host(
     state: &AgentState,
     stream_id: &str,
     forward_id: &str,
-    stats: &ForwardStats,
+    stats: &Arc<ForwardCounters>,
 ) -> Option<u32> {
     let (tx, mut events) = unbounded_channel();
     let request = ConnectRequest {
@@ -88,7 +89,7 @@ async fn wait_for_host(
     };
     if let Err(err) = state.dispatcher.lock().submit(request, tx) {
         tracing::warn!(cause = %err, "guest connection refused");
-        ForwardStats::bump(&stats.refused);
+        ForwardCounters::bump(&stats.refused);
         return None;
     }
     let _cancel = CancelOnDrop { state, stream_id };
@@ -107,7 +108,7 @@ async fn wait_for_host(
                     timeout = ?state.config.pending_timeout,
                     "no result from the host in time; closing the guest connection"
                 );
-                ForwardStats::bump(&stats.failed);
+                ForwardCounters::bump(&stats.failed);
                 return None;
             }
             () = timer => {
@@ -125,17 +126,17 @@ async fn wait_for_host(
                 Some(Event::Refused(reason)) => {
                     if state.shutdown.stop.is_cancelled() {
                         tracing::info!(cause = %reason, "guest connection closed");
-                        ForwardStats::bump(&stats.refused);
+                        ForwardCounters::bump(&stats.refused);
                     } else {
                         tracing::error!(cause = %reason, "the host refused the connection; closing it");
-                        ForwardStats::bump(&stats.failed);
+                        ForwardCounters::bump(&stats.failed);
                     }
                     return None;
                 }
                 // The router dropped the request without a word: cannot happen,
                 // but a closed connection is the safe answer.
                 None => {
-                    ForwardStats::bump(&stats.failed);
+                    ForwardCounters::bump(&stats.failed);
                     return None;
                 }
             },
@@ -149,7 +150,7 @@ async fn relay(
     conn: &Stream,
     stream: &Stream,
     framing: Framing,
-    stats: &ForwardStats,
+    stats: &Arc<ForwardCounters>,
 ) {
     let _active = stats.active_guard();
     let config = RelayConfig::default();
@@ -157,12 +158,11 @@ async fn relay(
     tokio::select! {
         result = relay_stream(conn, stream, framing, &config) => match result {
             Ok(moved) => {
-                stats.bytes_to_host.fetch_add(moved.a_to_b, std::sync::atomic::Ordering::Relaxed);
-                stats.bytes_to_guest.fetch_add(moved.b_to_a, std::sync::atomic::Ordering::Relaxed);
+                stats.add_bytes(moved.b_to_a, moved.a_to_b);
                 tracing::debug!(to_host = moved.a_to_b, to_guest = moved.b_to_a, "relay done");
             }
             Err(err) => {
-                tracing::debug!(cause = %crate::error_chain(&err), "relay ended on an error");
+                tracing::debug!(cause = %Chain(&err), "relay ended on an error");
             }
         },
         () = state.shutdown.relays.cancelled() => {

@@ -10,16 +10,13 @@
 
 use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use sockfwd_proto::transport::SUN_PATH_MAX;
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use thiserror::Error;
 
-/// Longest socket path: `sockaddr_un.sun_path` holds 108 bytes with the NUL.
-pub const SUN_PATH_MAX: usize = 107;
-/// Longest forward ID accepted (nerdbox's are 64 hex digits).
-pub const MAX_FORWARD_ID_LEN: usize = 1024;
 /// Mode of the parent directories Bind creates.
 pub const DIR_MODE: u32 = 0o755;
 
@@ -226,20 +223,6 @@ fn socket_is_live(path: &Path) -> bool {
     )
 }
 
-/// Checks a forward ID: non-empty and bounded.
-pub fn check_forward_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("empty forward ID".to_owned());
-    }
-    if id.len() > MAX_FORWARD_ID_LEN {
-        return Err(format!(
-            "forward ID is {} bytes long; the limit is {MAX_FORWARD_ID_LEN}",
-            id.len()
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,13 +269,6 @@ mod tests {
                 (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
             }
         }
-    }
-
-    #[test]
-    fn forward_ids() {
-        check_forward_id("abc").unwrap();
-        assert!(check_forward_id("").unwrap_err().contains("empty"));
-        assert!(check_forward_id(&"x".repeat(2000)).is_err());
     }
 
     #[test]
