@@ -2,10 +2,10 @@
 //! `Connect` (a local forward's target). A pattern is `HOST:PORT` with `*` for
 //! any host or port and `A-B` for a port range, or `unix:GLOB`; an empty list
 //! allows every target. The target grammar itself is the wire's
-//! (`sockfwd_proto::target`); the patterns reuse its pieces.
+//! (`sockfwd_proto::target`); the patterns split and read ports with its pieces.
 
 use serde::{Serialize, Serializer};
-use sockfwd_proto::target::{is_host_name, TargetParseError};
+use sockfwd_proto::target::{is_host_name, parse_port, split_host_port, TargetParseError};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -67,13 +67,6 @@ pub enum PatternError {
     Host,
 }
 
-fn pattern_port(s: &str) -> Result<u16, PatternError> {
-    match s.parse::<u16>() {
-        Ok(p) if p != 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
-        _ => Err(TargetParseError::Port(s.to_owned()).into()),
-    }
-}
-
 fn parse_pattern(s: &str) -> Result<Pattern, PatternError> {
     if let Some(glob) = s.strip_prefix("unix:") {
         if !glob.starts_with('/') {
@@ -81,24 +74,16 @@ fn parse_pattern(s: &str) -> Result<Pattern, PatternError> {
         }
         return Ok(Pattern::Unix(glob.to_owned()));
     }
-    let (host, port, bracketed) = match s.strip_prefix('[') {
-        Some(rest) => {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| TargetParseError::Host(s.to_owned()))?;
-            let port = after.strip_prefix(':').ok_or(TargetParseError::NoPort)?;
-            (host, port, true)
-        }
-        None => {
-            let (host, port) = s.rsplit_once(':').ok_or(TargetParseError::NoPort)?;
-            (host, port, false)
-        }
+    let (host, port) = split_host_port(s)?;
+    let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => (inner, true),
+        None => (host, false),
     };
     let ports = match port {
         "*" => PortPattern::Any,
         p => {
             let (a, b) = p.split_once('-').unwrap_or((p, p));
-            let (a, b) = (pattern_port(a)?, pattern_port(b)?);
+            let (a, b) = (parse_port(a)?, parse_port(b)?);
             if a > b {
                 return Err(PatternError::Reversed);
             }
