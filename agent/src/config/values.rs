@@ -10,13 +10,12 @@
 //! [`Forward`].
 
 use crate::config::{AllowTarget, AllowTargetError, BootForward, ControlMode};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use sockfwd_proto::duration::MAX_DURATION;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::transport::{Address, AddressError, VMADDR_CID_ANY};
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,6 +47,10 @@ pub enum ValueError {
     /// A forward ID against the forward-ID rule.
     #[error(transparent)]
     ForwardId(#[from] ForwardIdError),
+    /// A `[[forward]]` table serde could not read (a missing, unknown or
+    /// mistyped field: serde's words).
+    #[error("{0}")]
+    Table(String),
     /// An `--allow-target` pattern that does not parse.
     #[error(transparent)]
     AllowTarget(#[from] AllowTargetError),
@@ -66,8 +69,8 @@ pub trait Kind: Clone + fmt::Debug + Eq + 'static {
         Self::parse(&i.to_string())
     }
     /// A TOML table: only a kind made of fields takes one.
-    fn table<'de, A: MapAccess<'de>>(_: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom(ValueError::Expected(SINGLE)))
+    fn table(_: toml::Table) -> Result<Self::Value, ValueError> {
+        Err(ValueError::Expected(SINGLE))
     }
 }
 
@@ -96,45 +99,14 @@ impl<K: Kind> Serialize for Val<K> {
 
 impl<'de, K: Kind> Deserialize<'de> for Val<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValVisitor::<K>(PhantomData)).map(Val)
-    }
-}
-
-struct ValVisitor<K>(PhantomData<K>);
-
-impl<'de, K: Kind> Visitor<'de> for ValVisitor<K> {
-    type Value = K::Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(SINGLE)
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<K::Value, E> {
-        K::parse(s).map_err(E::custom)
-    }
-
-    fn visit_i64<E: de::Error>(self, i: i64) -> Result<K::Value, E> {
-        K::integer(i).map_err(E::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, u: u64) -> Result<K::Value, E> {
-        self.visit_str(&u.to_string())
-    }
-
-    fn visit_f64<E: de::Error>(self, x: f64) -> Result<K::Value, E> {
-        self.visit_str(&x.to_string())
-    }
-
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<K::Value, E> {
-        self.visit_str(&b.to_string())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<K::Value, A::Error> {
-        Err(de::Error::custom(ValueError::Expected(SINGLE)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<K::Value, A::Error> {
-        K::table(map)
+        let parsed = match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => K::parse(&s),
+            toml::Value::Integer(i) => K::integer(i),
+            toml::Value::Table(t) => K::table(t),
+            toml::Value::Array(_) => Err(ValueError::Expected(SINGLE)),
+            other => K::parse(&other.to_string()),
+        };
+        parsed.map(Val).map_err(de::Error::custom)
     }
 }
 
@@ -356,10 +328,11 @@ impl Kind for Forward {
     fn show(b: &BootForward) -> String {
         b.to_string()
     }
-    fn table<'de, A: MapAccess<'de>>(map: A) -> Result<BootForward, A::Error> {
-        let t = ForwardTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+    fn table(t: toml::Table) -> Result<BootForward, ValueError> {
+        let t = ForwardTable::deserialize(toml::Value::Table(t))
+            .map_err(|e| ValueError::Table(e.message().to_owned()))?;
         let (mode, uid, gid) = (t.mode.map(|m| m.0), t.uid.map(|u| u.0), t.gid.map(|g| g.0));
-        forward(&t.id, &t.path, mode, uid, gid).map_err(de::Error::custom)
+        forward(&t.id, &t.path, mode, uid, gid)
     }
 }
 
