@@ -10,6 +10,7 @@
 use crate::state::AgentState;
 use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::handshake;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::transport::{Listener, Stream};
 use std::sync::Arc;
@@ -53,27 +54,27 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
     let mut registration = match state.registry.reserve(&id) {
         Ok(r) => r,
         Err(err) => {
-            tracing::warn!(stream_id = %id, cause = %err, "duplicate stream ID refused");
+            tracing::warn!(stream_id = %escape(&id), cause = %err, "duplicate stream ID refused");
             let message = handshake::duplicate_message(&id);
             if let Err(err) =
                 handshake::refuse(&mut stream, &message, config.handshake_timeout).await
             {
-                tracing::debug!(stream_id = %id, cause = %Chain(&err), "could not send the refusal");
+                tracing::debug!(stream_id = %escape(&id), cause = %Chain(&err), "could not send the refusal");
             }
             return;
         }
     };
     if let Err(err) = handshake::accept(&mut stream, &id, config.handshake_timeout).await {
-        tracing::warn!(stream_id = %id, cause = %Chain(&err), "stream handshake failed; closed");
+        tracing::warn!(stream_id = %escape(&id), cause = %Chain(&err), "stream handshake failed; closed");
         return;
     }
     registration.fill(stream);
-    tracing::debug!(stream_id = %id, "stream registered");
+    tracing::debug!(stream_id = %escape(&id), "stream registered");
     tokio::select! {
         claimed = registration.claimed_within(config.claim_timeout) => {
             if !claimed {
                 tracing::warn!(
-                    stream_id = %id,
+                    stream_id = %escape(&id),
                     timeout = ?config.claim_timeout,
                     "stream not claimed in time; closed"
                 );

@@ -24,6 +24,7 @@
 //! The count of waiting requests is bounded (`--max-pending`); the wait itself is
 //! bounded by the guest-connection task (`--pending-timeout`).
 
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::{ConnectRequest, ConnectResult};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -237,11 +238,11 @@ impl Router {
         }
         let id = result.stream_id.as_str();
         let Some(p) = self.pending.get_mut(id) else {
-            tracing::debug!(stream_id = %id, "result for a stream nobody waits for; ignored");
+            tracing::debug!(stream_id = %escape(id), "result for a stream nobody waits for; ignored");
             return;
         };
         if !p.tried.contains(&stream) {
-            tracing::debug!(stream_id = %id, "result from an Accept stream never asked; ignored");
+            tracing::debug!(stream_id = %escape(id), "result from an Accept stream never asked; ignored");
             return;
         }
         if result.error.is_empty() {
@@ -254,7 +255,7 @@ impl Router {
             return;
         }
         if p.at != Some(stream) {
-            tracing::debug!(stream_id = %id, cause = %result.error, "stale error result; ignored");
+            tracing::debug!(stream_id = %escape(id), cause = %escape(&result.error), "stale error result; ignored");
             return;
         }
         if result.error.starts_with(UNKNOWN_FORWARD) {

@@ -18,6 +18,7 @@ use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::Socket;
 use sockfwd_proto::transport::{Address, Listener, ListenerError};
 use std::io;
@@ -206,7 +207,7 @@ pub async fn bind(
         })?;
         for c in created {
             let (stats, tokens) = open.insert(&c.forward_id, &c.path, &state.shutdown.stop);
-            tracing::info!(forward_id = %c.forward_id, path = %c.path.display(), "forward listening");
+            tracing::info!(forward_id = %c.forward_id, path = %escape(&c.path.to_string_lossy()), "forward listening");
             state.listeners.spawn(accept(
                 state.clone(),
                 c.forward_id,
@@ -249,7 +250,8 @@ async fn accept(
             drop(slot);
         });
     }
-    tracing::debug!(%forward_id, listener = %listener.address(), "forward listener closed");
+    let listener_text = listener.address().to_string();
+    tracing::debug!(%forward_id, listener = %escape(&listener_text), "forward listener closed");
     drop(listener);
     tokens.done.cancel();
 }
@@ -269,6 +271,6 @@ pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<PathBuf, Unb
     {
         tracing::warn!(%forward_id, "listener still closing; answering Unbind anyway");
     }
-    tracing::info!(%forward_id, path = %removed.path.display(), "forward unbound");
+    tracing::info!(%forward_id, path = %escape(&removed.path.to_string_lossy()), "forward unbound");
     Ok(removed.path)
 }

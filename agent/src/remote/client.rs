@@ -10,6 +10,7 @@ use crate::dispatch::Event;
 use crate::state::AgentState;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::ConnectRequest;
@@ -125,10 +126,10 @@ async fn wait_for_host(
                 Some(Event::Ready { framing }) => return Some(framing),
                 Some(Event::Refused(reason)) => {
                     if state.shutdown.stop.is_cancelled() {
-                        tracing::info!(cause = %reason, "guest connection closed");
+                        tracing::info!(cause = %escape(&reason), "guest connection closed");
                         ForwardCounters::bump(&stats.refused);
                     } else {
-                        tracing::error!(cause = %reason, "the host refused the connection; closing it");
+                        tracing::error!(cause = %escape(&reason), "the host refused the connection; closing it");
                         ForwardCounters::bump(&stats.failed);
                     }
                     return None;
