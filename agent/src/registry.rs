@@ -2,7 +2,7 @@
 //!
 //! The stream-port task reserves the ID the host sent ([`Registry::reserve`]: a
 //! duplicate is refused), answers the handshake, then fills the reservation with
-//! the connection. The guest-connection task that raised the request claims it
+//! the connection. The client's task that raised the request claims it
 //! once the host's success result arrives ([`Registry::claim`]); a claim that
 //! comes while the answer is still being written waits for the fill, and so
 //! does a claim that comes before the stream connection itself (a host using
@@ -48,7 +48,7 @@ struct Entry {
 struct Inner {
     entries: HashMap<String, Entry>,
     /// Claims that arrived before their stream: the reservation takes the
-    /// claimer over. Bounded by the guest connections waiting (--max-pending).
+    /// claimer over. Bounded by the client connections waiting (--max-pending).
     early: HashMap<String, oneshot::Sender<Stream>>,
     next_generation: u64,
 }

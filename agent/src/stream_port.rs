@@ -4,7 +4,7 @@
 //! task, bounded in length (`--max-stream-id-len`) and time
 //! (`--handshake-timeout`), so a slow or hostile peer stalls nobody else.
 //! The ID is reserved in the registry (a duplicate is refused with the
-//! contract's text), acknowledged, and then kept until the guest connection
+//! contract's text), acknowledged, and then kept until the client connection
 //! that asked for it claims it, or `--claim-timeout` passes and it is closed.
 
 use crate::state::AgentState;

@@ -3,8 +3,8 @@
 //!
 //! [`Router`] is a state machine with no I/O of its own: each open Accept stream
 //! is an unbounded channel of `ConnectRequest`s (drained by its ttrpc handler),
-//! and each waiting guest connection receives [`Event`]s on its own channel.
-//! Timers live in the guest-connection task, which reports a missed result with
+//! and each waiting client connection receives [`Event`]s on its own channel.
+//! Timers live in the client's task, which reports a missed result with
 //! [`Router::result_timeout`]. [`Dispatcher`] is the shared, locked handle.
 //!
 //! Rules:
@@ -15,14 +15,14 @@
 //!   opens or ownership moves to a connection that has one;
 //! - an `unknown forward ID` answer or a missed result moves the request to an
 //!   untried stream of the same connection, then of any other; with none left
-//!   the guest connection is closed;
+//!   the client connection is closed;
 //! - when a stream or its connection ends, its requests in flight go back to
 //!   waiting (a restarted relay answers them);
 //! - a success from any stream the request was offered to completes it; results
 //!   for unknown stream IDs, or stale errors, are ignored.
 //!
 //! The count of waiting requests is bounded (`--max-pending`); the wait itself is
-//! bounded by the guest-connection task (`--pending-timeout`).
+//! bounded by the client's task (`--pending-timeout`).
 
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::{ConnectRequest, ConnectResult};
@@ -41,7 +41,7 @@ pub type AcceptId = u64;
 /// The prefix of the host's answer for a forward it does not know.
 pub const UNKNOWN_FORWARD: &str = "unknown forward ID";
 
-/// What a waiting guest connection hears about its request.
+/// What a waiting client connection hears about its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Sent on an Accept stream: the result timer (re)starts for `attempt`.
@@ -226,7 +226,7 @@ impl Router {
         Ok(())
     }
 
-    /// The guest connection gave up (deadline, shutdown): forget the request.
+    /// The client connection gave up (deadline, shutdown): forget the request.
     pub fn cancel(&mut self, stream_id: &str) {
         self.pending.remove(stream_id);
     }
@@ -268,7 +268,7 @@ impl Router {
         }
     }
 
-    /// The guest connection's result timer for `attempt` ran out.
+    /// The client connection's result timer for `attempt` ran out.
     pub fn result_timeout(&mut self, stream_id: &str, attempt: u32) {
         let Some(p) = self.pending.get_mut(stream_id) else {
             return;
