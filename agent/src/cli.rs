@@ -6,7 +6,8 @@
 //! the way the other layers do.
 
 use crate::config::keys::Keys;
-use crate::config::layers::{self, ConfigError, Effective, Source};
+use crate::config::layers::{ConfigError, Effective, Source};
+use crate::config::load;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser};
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ impl Cli {
     /// The effective configuration: these flags over the kernel command line,
     /// the file and the defaults. `rust_log` is `RUST_LOG`.
     pub fn configuration(self, rust_log: Option<String>) -> Result<Effective, ConfigError> {
-        layers::load(
+        load::effective(
             self.config.as_deref(),
             self.cmdline_file.as_deref(),
             self.keys,

@@ -1,8 +1,8 @@
 //! The four configuration layers, later wins: built-in defaults, the TOML
 //! file, the kernel command line, flags.
 //!
-//! [`load`] reads the file and `/proc/cmdline`; [`Effective::try_from`] is the
-//! pure part. It checks each layer on its own, so a bad value is an error even
+//! [`crate::config::load`] reads the file and `/proc/cmdline`;
+//! [`Effective::try_from`] is the pure part. It checks each layer on its own, so a bad value is an error even
 //! where a later layer overrides it, and says which key (as that layer spells
 //! it), which layer and which value; then it merges them: a key of a later
 //! layer replaces an earlier layer's value for its setting (a list all of its
@@ -16,7 +16,6 @@
 
 use crate::config::cmdline::{self, Param};
 use crate::config::keys::{catalog, KeyInfo, Keys};
-use crate::config::values::ValueError;
 use crate::config::AgentConfig;
 use serde::Deserialize as _;
 use std::collections::{BTreeMap, HashMap};
@@ -25,14 +24,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// The configuration file read when none is named.
-pub const DEFAULT_FILE: &str = "/etc/sockfwd/agent.toml";
-/// Where the kernel command line is read from when `--cmdline-file` is absent.
-pub const PROC_CMDLINE: &str = "/proc/cmdline";
 /// The tracing filter when neither a layer nor `RUST_LOG` gives one.
 pub const DEFAULT_LOG: &str = "info";
 /// The kernel command line key that names the file (not itself a file key).
-const CONFIG_KEY: &str = "config";
+pub const CONFIG_KEY: &str = "config";
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +89,7 @@ pub enum ConfigError {
         place: String,
         /// The value as given: quoted text, or TOML's spelling.
         value: String,
-        /// What was expected instead (a [`ValueError`], as serde carries it).
+        /// What was expected instead (a [`ValueError`](crate::config::values::ValueError), as serde carries it).
         expected: String,
     },
     /// A key the file may not hold, and the file.
@@ -143,7 +138,7 @@ pub enum Warning {
     CmdlineUnread(PathBuf, io::Error),
 }
 
-/// The configuration file as [`load`] found it.
+/// The configuration file as [`crate::config::load`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileLayer {
     /// Its path.
@@ -296,7 +291,7 @@ impl<'a> Layer<'a> {
     }
 
     /// The kernel command line's `sockfwd.` parameters, unknown ones warned
-    /// about and left out (as is `config`, which [`load`] has used).
+    /// about and left out (as is `config`, which [`crate::config::load`] has used).
     fn cmdline(params: &[Param], keys: &'a [KeyInfo], warnings: &mut Vec<Warning>) -> Layer<'a> {
         let mut entries = Vec::new();
         for p in params.iter().filter(|p| p.key != CONFIG_KEY) {
@@ -372,71 +367,6 @@ impl TryFrom<Layers> for Effective {
     }
 }
 
-/// Reads the kernel command line (`cmdline_file`, else `/proc/cmdline`) and the
-/// file (`config_file`, else the kernel command line's `sockfwd.config=`, else
-/// [`DEFAULT_FILE`] if it exists), then merges them with `flags`.
-pub fn load(
-    config_file: Option<&Path>,
-    cmdline_file: Option<&Path>,
-    flags: Keys,
-    rust_log: Option<String>,
-) -> Result<Effective, ConfigError> {
-    let mut warnings = Vec::new();
-    let cmdline_path = cmdline_file.map_or_else(|| PathBuf::from(PROC_CMDLINE), Path::to_path_buf);
-    let cmdline = match std::fs::read_to_string(&cmdline_path) {
-        Ok(text) => Some((cmdline_path, cmdline::parse(&text))),
-        Err(source) if cmdline_file.is_some() => {
-            return Err(ConfigError::ReadCmdline(cmdline_path, source))
-        }
-        Err(source) => {
-            warnings.push(Warning::CmdlineUnread(cmdline_path, source));
-            None
-        }
-    };
-    let params = cmdline.as_ref().map_or(&[][..], |(_, p)| p.as_slice());
-    let (path, named_by) = file_to_read(config_file, params)?;
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && named_by == Source::Default => None,
-        Err(source) => return Err(ConfigError::ReadFile(path, source)),
-    };
-    Effective::try_from(Layers {
-        file: FileLayer {
-            path,
-            text,
-            named_by,
-        },
-        cmdline,
-        flags,
-        rust_log,
-        warnings,
-    })
-}
-
-/// The file to read: the flag's, else the kernel command line's last
-/// `sockfwd.config=`, else the default.
-fn file_to_read(flag: Option<&Path>, params: &[Param]) -> Result<(PathBuf, Source), ConfigError> {
-    let mut named = params.iter().filter(|p| p.key == CONFIG_KEY);
-    if let Some(empty) = named
-        .clone()
-        .find(|p| p.value.as_deref().unwrap_or("").is_empty())
-    {
-        return Err(ConfigError::Value {
-            key: Source::Cmdline.spell(CONFIG_KEY),
-            place: Source::Cmdline.place(),
-            value: format!("{:?}", empty.value.as_deref().unwrap_or("")),
-            expected: ValueError::Expected("a file path").to_string(),
-        });
-    }
-    Ok(
-        match (flag, named.next_back().and_then(|p| p.value.as_ref())) {
-            (Some(path), _) => (path.to_path_buf(), Source::Flag),
-            (None, Some(path)) => (PathBuf::from(path), Source::Cmdline),
-            (None, None) => (PathBuf::from(DEFAULT_FILE), Source::Default),
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,7 +391,7 @@ mod tests {
                 text: file.map(str::to_owned),
                 named_by: Source::Default,
             },
-            cmdline: Some((PROC_CMDLINE.into(), cmdline::parse(cmd))),
+            cmdline: Some(("/proc/cmdline".into(), cmdline::parse(cmd))),
             flags,
             rust_log: rust_log.map(str::to_owned),
             warnings: Vec::new(),
@@ -787,28 +717,5 @@ mod tests {
                 assert_ne!((e.config, e.log), defaults, "{name} {source:?}");
             }
         }
-    }
-
-    #[test]
-    fn the_file_comes_from_the_flag_then_the_kernel_command_line() {
-        let params = cmdline::parse("sockfwd.config=/k.toml");
-        assert_eq!(
-            file_to_read(None, &params).unwrap(),
-            ("/k.toml".into(), Source::Cmdline)
-        );
-        assert_eq!(
-            file_to_read(None, &[]).unwrap(),
-            (DEFAULT_FILE.into(), Source::Default)
-        );
-        assert_eq!(
-            file_to_read(Some(Path::new("/f.toml")), &params).unwrap(),
-            ("/f.toml".into(), Source::Flag)
-        );
-        let bare = cmdline::parse("sockfwd.config");
-        let err = file_to_read(None, &bare).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "invalid value \"\" for sockfwd.config on the kernel command line: expected a file path"
-        );
     }
 }

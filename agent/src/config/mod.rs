@@ -7,7 +7,7 @@
 //!   from [`values`] parsing it the same way in every layer;
 //! - [`layers`]: each layer read into a table and checked on its own (a bad
 //!   value names its key, its layer and itself), then merged with the source
-//!   of each setting kept: [`layers::Effective`];
+//!   of each setting kept: [`layers::Effective`]; [`load`] reads them;
 //! - [`cmdline`]: the kernel command line split as the kernel does;
 //! - [`allow`]: the `--allow-target` patterns, parsed and matched;
 //! - [`print`](mod@print): `--print-config`, a valid file with each value's source.
@@ -29,6 +29,7 @@ pub mod allow;
 pub mod cmdline;
 pub mod keys;
 pub mod layers;
+pub mod load;
 pub mod print;
 pub mod values;
 
