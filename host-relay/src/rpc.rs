@@ -1,11 +1,15 @@
 //! Calling the agent: a deadline on every call, seen by the agent
 //! (`context`) and enforced here too (`call`), one error type for a failed
-//! call ([`CallError`]), and `Results`, the sending half of an Accept stream.
+//! call ([`CallError`]), `Results`, the sending half of an Accept stream, and
+//! the capability call: [`ask_info`] once per control session, its answer kept
+//! with the session's client in a [`Peer`].
 
 use sockfwd_proto::framing::Framing;
-use sockfwd_proto::log_text::escape_clipped;
-use sockfwd_proto::rpc::ConnectResult;
+use sockfwd_proto::info::AgentInfo;
+use sockfwd_proto::log_text::{escape, escape_clipped};
+use sockfwd_proto::rpc::{ConnectResult, InfoRequest, SocketForwardClient};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::timeout;
@@ -72,6 +76,57 @@ pub(crate) async fn call<T>(
     match timeout(limit, fut).await {
         Ok(r) => r.map_err(CallError::from),
         Err(_) => Err(CallError::Timeout(limit)),
+    }
+}
+
+/// The agent of a ready control session: how to call it, and what it said it
+/// supports (its `Info`, asked once per session). Cheap to clone.
+#[derive(Clone)]
+pub struct Peer {
+    /// The session's ttrpc client.
+    pub client: SocketForwardClient,
+    /// The agent's answer to `Info`; [`AgentInfo::core_only`] for a peer
+    /// without the call (nerdbox).
+    pub info: Arc<AgentInfo>,
+}
+
+impl Peer {
+    /// Whether the agent listed extension `name` (see [`sockfwd_proto::info`]).
+    pub fn supports(&self, name: &str) -> bool {
+        self.info.supports(name)
+    }
+}
+
+/// Asks the agent's `Info` within `limit`. A peer that does not have the call
+/// (UNIMPLEMENTED or NOT_FOUND: a nerdbox guest) is a core-only peer, not an
+/// error; any other failure is.
+pub async fn ask_info(
+    client: &SocketForwardClient,
+    limit: Duration,
+) -> Result<AgentInfo, CallError> {
+    match call(limit, client.info(context(limit), &InfoRequest::new())).await {
+        Ok(resp) => {
+            let (info, dropped) = AgentInfo::from_response(&resp);
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "ignoring malformed or excess extension names in the agent's Info"
+                );
+            }
+            let extensions: Vec<&str> = info.extensions().collect();
+            tracing::info!(
+                agent = %escape(info.version().unwrap_or_default()),
+                extensions = %extensions.join(","),
+                "agent capabilities"
+            );
+            Ok(info)
+        }
+        Err(e) if e.is_unsupported() => {
+            tracing::info!(cause = %e,
+                "the agent does not answer Info: a core-only peer, extensions after Info are off");
+            Ok(AgentInfo::core_only())
+        }
+        Err(e) => Err(e),
     }
 }
 

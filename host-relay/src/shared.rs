@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::limits::Caps;
 use crate::remote_table::ForwardTable;
+use crate::rpc::Peer;
 use sockfwd_proto::log_throttle::LogThrottle;
-use sockfwd_proto::rpc::SocketForwardClient;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,15 @@ pub(crate) struct Shared {
     pub(crate) hard_stop: CancellationToken,
     /// Throttles per-connection log lines (refusals, failures).
     pub(crate) log_throttle: LogThrottle,
-    /// The ready session's client (`None` between sessions).
-    pub(crate) client: watch::Sender<Option<SocketForwardClient>>,
+    /// The ready session's agent: its client and its `Info` (`None` between
+    /// sessions).
+    pub(crate) client: watch::Sender<Option<Peer>>,
+}
+
+impl Shared {
+    /// The ready session's agent, if a session is ready: ask it which
+    /// extensions the agent supports ([`Peer::supports`]).
+    pub(crate) fn peer(&self) -> Option<Peer> {
+        self.client.borrow().clone()
+    }
 }

@@ -8,10 +8,12 @@ mod tests {
     use sockfwd_proto::framing::Framing;
     use sockfwd_proto::handshake;
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
-    use sockfwd_proto::rpc::{self, BindRequest, ConnectRequest, ConnectResult};
+    use sockfwd_proto::rpc::{
+        self, BindRequest, ConnectRequest, ConnectResult, InfoRequest, InfoResponse,
+    };
     use sockfwd_proto::transport::{Address, Stream};
     use sockfwd_relay::framing::FramingPolicy;
-    use sockfwd_relay::{Config, Control, Forward, ForwardTable, RelayError};
+    use sockfwd_relay::{Config, Control, Forward, ForwardTable, Guest, GuestOptions, RelayError};
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -32,6 +34,10 @@ mod tests {
         results: mpsc::UnboundedSender<ConnectResult>,
         /// When set, Bind of any socket fails with this message (status Unknown).
         bind_error: std::sync::Mutex<Option<String>>,
+        /// The answer to Info; `None`: the method is unknown, as on a nerdbox guest.
+        info: std::sync::Mutex<Option<InfoResponse>>,
+        /// The methods called, in order (liveness Binds left out).
+        calls: std::sync::Mutex<Vec<&'static str>>,
     }
 
     struct Agent {
@@ -48,7 +54,10 @@ mod tests {
         ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
             if req.sockets.is_empty() {
                 self.wires.pings.fetch_add(1, Ordering::Relaxed);
-            } else if let Some(msg) = self.wires.bind_error.lock().unwrap().clone() {
+                return Ok(Default::default());
+            }
+            self.wires.calls.lock().unwrap().push("Bind");
+            if let Some(msg) = self.wires.bind_error.lock().unwrap().clone() {
                 return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                     ttrpc::Code::UNKNOWN,
                     msg,
@@ -59,11 +68,28 @@ mod tests {
             Ok(Default::default())
         }
 
+        async fn info(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: InfoRequest,
+        ) -> ttrpc::Result<InfoResponse> {
+            self.wires.calls.lock().unwrap().push("Info");
+            // Without an answer: what ttrpc's generated default (and so a
+            // nerdbox guest) says for a method it does not have.
+            self.wires.info.lock().unwrap().clone().ok_or_else(|| {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::NOT_FOUND,
+                    "/nerdbox.services.socketforward.v1.SocketForward/Info is not supported",
+                ))
+            })
+        }
+
         async fn accept(
             &self,
             _ctx: &TtrpcContext,
             s: ServerStream<ConnectRequest, ConnectResult>,
         ) -> ttrpc::Result<()> {
+            self.wires.calls.lock().unwrap().push("Accept");
             let (tx, mut rx) = s.split();
             let mut requests = self.wires.requests.lock().await;
             loop {
@@ -108,6 +134,8 @@ mod tests {
                 requests: Mutex::new(requests_rx),
                 results: results_tx,
                 bind_error: std::sync::Mutex::new(None),
+                info: std::sync::Mutex::new(None),
+                calls: std::sync::Mutex::new(Vec::new()),
             });
             let (streams_tx, streams) = mpsc::unbounded_channel();
             let l = tokio::net::UnixListener::bind(dir.path().join("streams.sock")).unwrap();
@@ -549,5 +577,59 @@ mod tests {
             ],
             "{causes:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_session_asks_info_before_bind_and_a_peer_without_it_is_core_only() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let (token, _table, relay) =
+            start(config(&h, control, vec![forward("f", "/g/f.sock", &host)]));
+        h.bound().await;
+        // A peer without Info: the forwards are bound and served all the same.
+        let r = h.connect("socketfwd-11-KKKKKK", "f", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-11-KKKKKK").await;
+        assert_eq!(echo_through(s, b"core").await, b"core");
+        assert_eq!(
+            h.wires.calls.lock().unwrap()[..3],
+            ["Info", "Bind", "Accept"]
+        );
+
+        // The next agent answers Info; the next session asks it again, first.
+        *h.wires.info.lock().unwrap() = Some(sockfwd_proto::info::AgentInfo::response(
+            "fake-agent 1",
+            &["eof-framing", "Not A Name", "some-extension"],
+        ));
+        h.wires.calls.lock().unwrap().clear();
+        h.kill().await;
+        h.serve().await;
+        h.bound().await;
+        assert_eq!(h.wires.calls.lock().unwrap()[..2], ["Info", "Bind"]);
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+
+        // The library's handle asks it too, and keeps what is well formed.
+        let streams = Address::Unix(h.path("streams.sock"));
+        let control = Address::Unix(h.path("control.sock"));
+        let guest = Guest::dial(&control, streams.clone(), GuestOptions::default(), WAIT)
+            .await
+            .unwrap();
+        let info = guest.agent_info().await.unwrap();
+        assert_eq!(info.version(), Some("fake-agent 1"));
+        assert_eq!(
+            info.extensions().collect::<Vec<_>>(),
+            ["eof-framing", "some-extension"]
+        );
+        assert!(info.supports("some-extension") && !info.supports("Not A Name"));
+        *h.wires.info.lock().unwrap() = None;
+        let guest = Guest::dial(&control, streams, GuestOptions::default(), WAIT)
+            .await
+            .unwrap();
+        let info = guest.agent_info().await.unwrap();
+        assert!(!info.answered() && !info.supports("eof-framing"));
     }
 }

@@ -5,7 +5,8 @@
 //! [`handshake`] are the streams channel; [`transport`] hides how each side
 //! reaches the other (AF_VSOCK, hybrid vsock, per-port Unix sockets);
 //! [`relay`] moves bytes between two connected sockets once a stream is set up,
-//! with [`framing`] and [`features`] the extensions both sides negotiate.
+//! with [`framing`] and [`features`] the extensions both sides negotiate, and
+//! [`info`] the names an agent lists in its capability call.
 //!
 //! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
 //! grammar of host-to-guest connections, [`transport::SUN_PATH_MAX`].
@@ -23,6 +24,7 @@ pub mod features;
 pub mod forward_id;
 pub mod framing;
 pub mod handshake;
+pub mod info;
 pub mod limits;
 pub mod log_text;
 pub mod log_throttle;

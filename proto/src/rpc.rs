@@ -6,9 +6,9 @@ include!(concat!(env!("OUT_DIR"), "/gen/modules.rs"));
 /// `PortEvent.kind`.
 pub use socketforward::port_event::Kind as PortEventKind;
 pub use socketforward::{
-    BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
-    ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, Socket, UnbindRequest,
-    WatchPortsRequest,
+    BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo, InfoRequest,
+    InfoResponse, ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, Socket,
+    UnbindRequest, WatchPortsRequest,
 };
 pub use socketforward_ttrpc::{create_socket_forward, SocketForward, SocketForwardClient};
 

@@ -87,3 +87,22 @@ fn two_relays_each_get_only_their_own_forwards() {
         assert_eq!(tag_of(&r), want, "request {i} got {r:?}");
     }
 }
+
+#[test]
+fn the_relay_asks_the_real_agent_s_extensions_once_per_session() {
+    let env = Env::new();
+    let _agent = env.agent(&[]);
+    let relay = env.relay(&[], &[]);
+    relay.wait_log("relay ready");
+    let logs = relay.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("agent capabilities"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let version = format!("agent=sockfwd-agent {}", env!("CARGO_PKG_VERSION"));
+    assert!(lines[0].contains(&version), "{}", lines[0]);
+    for name in sockfwd_proto::info::SUPPORTED {
+        assert!(lines[0].contains(name), "{name} in {}", lines[0]);
+    }
+}

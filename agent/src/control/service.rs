@@ -3,7 +3,8 @@
 //! Each method is thin: Bind and Unbind call [`bind`], Connect calls
 //! [`connect`], and a failure becomes a ttrpc status in one place,
 //! [`RpcError::status`]; Accept ties the stream to the router; Shutdown starts
-//! the agent's shutdown and answers once the listeners are gone.
+//! the agent's shutdown and answers once the listeners are gone; Info lists
+//! the extensions of this build ([`sockfwd_proto::info::SUPPORTED`]).
 
 use crate::dispatch::{AcceptId, ConnId};
 use crate::local::connect::{self, ConnectError};
@@ -12,12 +13,13 @@ use crate::remote::bind::{self, BindError, UnbindError};
 use crate::state::AgentState;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
+use sockfwd_proto::info::{self, AgentInfo};
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::{self, Chain};
 use sockfwd_proto::rpc::{
-    BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
-    ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, SocketForward,
-    UnbindRequest, WatchPortsRequest,
+    BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo, InfoRequest,
+    InfoResponse, ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest,
+    SocketForward, UnbindRequest, WatchPortsRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,9 @@ use ttrpc::r#async::{ServerStream, ServerStreamSender, TtrpcContext};
 
 /// Longest the Shutdown RPC waits for the listeners before answering anyway.
 const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// What `Info` names this agent as.
+pub const VERSION: &str = concat!("sockfwd-agent ", env!("CARGO_PKG_VERSION"));
 
 /// The service as seen by one control connection.
 pub struct Service {
@@ -252,6 +257,11 @@ impl SocketForward for Service {
             .collect();
         Ok(resp)
     }
+
+    async fn info(&self, _ctx: &TtrpcContext, _req: InfoRequest) -> ttrpc::Result<InfoResponse> {
+        tracing::debug!(conn = self.conn, "Info asked");
+        Ok(AgentInfo::response(VERSION, info::SUPPORTED))
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +377,17 @@ mod tests {
             assert!(msg.contains("setting owner"), "{msg}");
             assert!(!path.exists(), "rolled back");
         }
+    }
+
+    #[tokio::test]
+    async fn info_names_the_agent_and_every_extension_of_this_build() {
+        let (svc, _state) = service(AgentConfig::default());
+        let resp = svc.info(&ctx(), InfoRequest::new()).await.unwrap();
+        assert_eq!(
+            resp.version,
+            format!("sockfwd-agent {}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(resp.extensions, info::SUPPORTED);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use crate::local::listener_table::{announce, ListenerTable, Origin};
 use crate::local_spec::{LocalSpec, LocalSpecError};
 use crate::remote_spec::{Forward, SpecError};
 use crate::remote_table::{socket, InsertError};
-use crate::rpc::{call, context, CallError};
+use crate::rpc::{call, context, CallError, Peer};
 use crate::shared::Shared;
 use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::log_text::{escape, escape_clipped};
@@ -290,8 +290,7 @@ async fn rows(admin: &Admin) -> Vec<Row> {
         ));
     }
     // The agent's own view of the guest-side listeners, when it answers.
-    let session = shared.client.borrow().clone();
-    if let Some(client) = session {
+    if let Some(Peer { client, .. }) = shared.peer() {
         let req = ListForwardsRequest::new();
         let listed = call(
             LIST_TIMEOUT,

@@ -1,17 +1,19 @@
-//! One control session over one connection: Bind every forward, open one Accept
-//! stream, hand each `ConnectRequest` to the remote-forward side (through
+//! One control session over one connection: ask the agent's `Info` (once; a
+//! nerdbox guest without it is a core-only peer), Bind every forward, open one
+//! Accept stream, hand each `ConnectRequest` to the remote-forward side (through
 //! [`ConnectRequests`]), and check liveness with an empty Bind every ping
 //! interval (a nerdbox guest answers it too). The session ends when the
 //! channel dies or on shutdown; `channel` decides what comes next.
 //!
-//! While the session is ready, its client is published (`client`): local
-//! forwards, the admin socket and auto-forward use it, and see it withdrawn
-//! when the session ends.
+//! While the session is ready, its client and the agent's `Info` are published
+//! together (a [`Peer`] in `client`): local forwards, the remote forwards'
+//! connections, the admin socket and auto-forward use it, ask it which
+//! extensions the agent has, and see it withdrawn when the session ends.
 
 use crate::config::Config;
 use crate::control::connector::Connector;
 use crate::remote_table::ForwardTable;
-use crate::rpc::{call, context, CallError, Results};
+use crate::rpc::{ask_info, call, context, CallError, Peer, Results};
 use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketForwardClient};
@@ -40,8 +42,8 @@ pub(crate) struct SessionParts<'a> {
     pub(crate) table: &'a ForwardTable,
     /// Cancelled on SIGTERM/SIGINT.
     pub(crate) shutdown: &'a CancellationToken,
-    /// Where the ready session's client is published.
-    pub(crate) client: &'a watch::Sender<Option<SocketForwardClient>>,
+    /// Where the ready session's agent is published.
+    pub(crate) client: &'a watch::Sender<Option<Peer>>,
     /// Throttles per-request log lines.
     pub(crate) throttle: &'a LogThrottle,
 }
@@ -49,6 +51,9 @@ pub(crate) struct SessionParts<'a> {
 /// Why a session ended without our shutdown.
 #[derive(Debug, Error)]
 pub enum SessionError {
+    /// The agent failed its `Info` call (other than by not having it).
+    #[error("asking the agent's capabilities (Info)")]
+    Info(#[source] CallError),
     /// The agent refused or failed to create the listeners.
     #[error("binding the forwards")]
     Bind(#[source] CallError),
@@ -111,7 +116,7 @@ impl Drop for ShutdownOnDrop {
 }
 
 /// Withdraws the session's client when the session ends.
-struct Unpublish<'a>(&'a watch::Sender<Option<SocketForwardClient>>);
+struct Unpublish<'a>(&'a watch::Sender<Option<Peer>>);
 
 impl Drop for Unpublish<'_> {
     fn drop(&mut self) {
@@ -138,14 +143,16 @@ pub(crate) async fn run(
     let bind_req = parts.table.bind_request();
     let bind = call(limit, client.bind(context(limit), &bind_req));
     let opened = async {
+        let info = ask_info(&client, limit).await.map_err(SessionError::Info)?;
         bind.await.map_err(SessionError::Bind)?;
         // No deadline on the stream itself: it lives as long as the session.
-        call(limit, client.accept(ttrpc::context::Context::default()))
+        let accept = call(limit, client.accept(ttrpc::context::Context::default()))
             .await
-            .map_err(SessionError::OpenAccept)
+            .map_err(SessionError::OpenAccept)?;
+        Ok((info, accept))
     };
     tokio::pin!(opened);
-    let accept = loop {
+    let (info, accept) = loop {
         tokio::select! {
             () = parts.shutdown.cancelled() => return SessionEnd::Shutdown,
             s = connector.incoming() => hold(waiting, s),
@@ -159,7 +166,10 @@ pub(crate) async fn run(
     let results = Results::new(sender, limit);
     *ready = true;
     // Local forwards, auto-forward and the admin socket use this session now.
-    parts.client.send_replace(Some(client.clone()));
+    parts.client.send_replace(Some(Peer {
+        client: client.clone(),
+        info: std::sync::Arc::new(info),
+    }));
     let _unpublish = Unpublish(parts.client);
     tracing::info!(
         forwards = parts.table.len(),

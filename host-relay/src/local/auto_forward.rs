@@ -15,8 +15,9 @@ use crate::local::listener_table::{announce, ListenerTable, Origin};
 use crate::local::proxy_session::LocalAddr;
 use crate::local_spec::{Listen, LocalSpec};
 use crate::port_filter::PortFilter;
+use crate::rpc::Peer;
 use sockfwd_proto::report::Chain;
-use sockfwd_proto::rpc::{PortEvent, PortEventKind, SocketForwardClient};
+use sockfwd_proto::rpc::{PortEvent, PortEventKind};
 use sockfwd_proto::target::Target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub(crate) struct AutoForward {
 /// when it ends or is replaced.
 pub(crate) async fn follow(
     auto: AutoForward,
-    mut sessions: watch::Receiver<Option<SocketForwardClient>>,
+    mut sessions: watch::Receiver<Option<Peer>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -158,7 +159,7 @@ mod tests {
     use sockfwd_proto::transport::Address;
     use tokio_util::task::TaskTracker;
 
-    fn auto(filter: &str, sessions: watch::Receiver<Option<SocketForwardClient>>) -> AutoForward {
+    fn auto(filter: &str, sessions: watch::Receiver<Option<Peer>>) -> AutoForward {
         let tasks = Tasks {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),

@@ -5,13 +5,15 @@
 //! The handle either owns its control connection ([`Guest::dial`], for host
 //! programs using the library) or follows the relay daemon's current session
 //! (whatever control connection is up now; a call made while none is up waits
-//! for one, within the stream deadline).
+//! for one, within the stream deadline). Either way it knows what the agent of
+//! that connection supports ([`Guest::agent_info`], its `Info`).
 
 use crate::framing::{choose, FramingPolicy};
 use crate::local_spec::LocalSpecError;
-use crate::rpc::{call, context, CallError};
+use crate::rpc::{ask_info, call, context, CallError, Peer};
 use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::info::AgentInfo;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
@@ -103,6 +105,9 @@ pub enum ProxyError {
     /// The agent could not start the port watch.
     #[error("WatchPorts failed")]
     Watch(#[source] CallError),
+    /// The agent failed its `Info` call (other than by not having it).
+    #[error("asking the agent's capabilities (Info) failed")]
+    Info(#[source] CallError),
 }
 
 /// The tasks of forwarded connections and the token that cuts them.
@@ -118,9 +123,9 @@ pub(crate) struct Tasks {
 }
 
 struct Inner {
-    client: watch::Receiver<Option<SocketForwardClient>>,
+    client: watch::Receiver<Option<Peer>>,
     /// Held by a handle that owns its connection, so the channel stays open.
-    _own: Option<watch::Sender<Option<SocketForwardClient>>>,
+    _own: Option<watch::Sender<Option<Peer>>>,
     streams: Address,
     options: GuestOptions,
     tasks: Tasks,
@@ -134,8 +139,9 @@ pub struct Guest {
 
 impl Guest {
     /// Dials the agent's control port (retrying while the VM boots, up to
-    /// `boot_timeout`) and returns a handle that owns that connection. Nothing
-    /// is bound in the guest; this connection never reconnects.
+    /// `boot_timeout`), asks its `Info`, and returns a handle that owns that
+    /// connection. Nothing is bound in the guest; this connection never
+    /// reconnects.
     pub async fn dial(
         control: &Address,
         streams: Address,
@@ -146,7 +152,15 @@ impl Guest {
             .await
             .map_err(ProxyError::Control)?;
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
-        let (tx, rx) = watch::channel(Some(SocketForwardClient::new(client)));
+        let client = SocketForwardClient::new(client);
+        let info = ask_info(&client, options.call_timeout)
+            .await
+            .map_err(ProxyError::Info)?;
+        let peer = Peer {
+            client,
+            info: Arc::new(info),
+        };
+        let (tx, rx) = watch::channel(Some(peer));
         let tasks = Tasks {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -165,7 +179,7 @@ impl Guest {
 
     /// A handle following the daemon's sessions.
     pub(crate) fn linked(
-        client: watch::Receiver<Option<SocketForwardClient>>,
+        client: watch::Receiver<Option<Peer>>,
         streams: Address,
         options: GuestOptions,
         tasks: Tasks,
@@ -198,8 +212,8 @@ impl Guest {
         )
     }
 
-    /// The current control client, waiting up to the stream deadline for one.
-    pub(crate) async fn client(&self) -> Result<SocketForwardClient, ProxyError> {
+    /// The current session's agent, waiting up to the stream deadline for one.
+    pub(crate) async fn peer(&self) -> Result<Peer, ProxyError> {
         let limit = self.inner.options.stream_timeout;
         let mut rx = self.inner.client.clone();
         let got = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
@@ -207,6 +221,18 @@ impl Guest {
             Ok(Ok(c)) => c.clone().ok_or(ProxyError::NoSession(limit)),
             _ => Err(ProxyError::NoSession(limit)),
         }
+    }
+
+    /// The current control client, waiting up to the stream deadline for one.
+    pub(crate) async fn client(&self) -> Result<SocketForwardClient, ProxyError> {
+        Ok(self.peer().await?.client)
+    }
+
+    /// What the agent of the current control session supports (its answer to
+    /// `Info`, asked once per session; [`AgentInfo::core_only`] for a nerdbox
+    /// guest), waiting up to the stream deadline for a session.
+    pub async fn agent_info(&self) -> Result<Arc<AgentInfo>, ProxyError> {
+        Ok(self.peer().await?.info)
     }
 
     /// Opens a stream and has the agent connect it to `target`; the stream
