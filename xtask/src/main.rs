@@ -1,0 +1,73 @@
+//! Release tooling for sockfwd, run through the cargo alias in
+//! `.cargo/config.toml`:
+//!
+//! - `cargo xtask dist` builds the release artefacts into `target/dist/`: the
+//!   static agent, the release relay, a `.deb` for each (binary, man pages,
+//!   shell completions; the agent's with its systemd unit and a commented
+//!   default `/etc/sockfwd/agent.toml`), and `SHA256SUMS` over them;
+//! - `cargo xtask dist-check` does that, then checks what it built with the
+//!   system's own tools (`sha256sum -c`, `dpkg-deb`, `man -l`, the packaged
+//!   binaries themselves), as CI does.
+//!
+//! It is Rust rather than a shell script because the man pages and completions
+//! come from the daemons' clap definitions (`sockfwd_agent::cli::Cli`,
+//! `sockfwd_relay::cli::Cli`), which only a program linking them can read.
+
+mod check;
+mod cmd;
+mod dist;
+mod layout;
+mod pages;
+mod sums;
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Instant;
+use thiserror::Error;
+
+/// sockfwd release tooling.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+enum Task {
+    /// Build the release artefacts into target/dist/
+    Dist,
+    /// Build the release artefacts, then check them (what CI runs)
+    DistCheck,
+}
+
+/// Why a task failed.
+#[derive(Debug, Error)]
+enum TaskError {
+    /// A step of the build failed.
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
+    /// A built artefact is not what it should be.
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+}
+
+fn main() -> ExitCode {
+    let task = Task::parse();
+    let start = Instant::now();
+    let result = match task {
+        Task::Dist => dist::dist().map(drop).map_err(TaskError::from),
+        Task::DistCheck => dist::dist()
+            .map_err(TaskError::from)
+            .and_then(|built| check::check(&built).map_err(TaskError::from)),
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("xtask: done in {:.0?}", start.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `SHA256SUMS` in the format `sha256sum -c` reads: `HEX  NAME` per file,
+//! names relative to the directory, sorted.
+
+use sha2::{Digest as _, Sha256};
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+/// The name of the checksum file.
+pub const SUMS: &str = "SHA256SUMS";
+
+/// Writes `dir/SHA256SUMS` over every other file directly in `dir`.
+pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != SUMS)
+        .collect();
+    names.sort();
+    let mut text = String::new();
+    for name in names {
+        let digest = digest(&dir.join(&name))?;
+        let _ = writeln!(text, "{digest}  {name}");
+    }
+    let path = dir.join(SUMS);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn digest(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut hex = String::with_capacity(64);
+    for byte in hasher.finalize() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    Ok(hex)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sums_match_known_digests_and_skip_themselves() {
+        let dir = std::env::temp_dir().join(format!("xtask-sums-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b"), b"abc").unwrap();
+        std::fs::write(dir.join("a"), b"").unwrap();
+        std::fs::write(dir.join(SUMS), b"stale").unwrap();
+        let text = std::fs::read_to_string(write(&dir).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            text,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  a\n\
+             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  b\n"
+        );
+    }
+}
