@@ -29,8 +29,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# The integration tests run the binaries from target/debug.
-cargo build --workspace --bins
+# The integration tests run the binaries (and the library example) from target/debug.
+cargo build --workspace --bins --examples
 cargo nextest run --workspace --profile ci --no-fail-fast
 
 if [ "${SOCKFWD_SKIP_VM:-0}" != 1 ]; then
