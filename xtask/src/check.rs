@@ -1,6 +1,7 @@
 //! `cargo xtask dist-check`: checks the artefacts with the system's own tools,
 //! not with the code that made them: `sha256sum -c`, `dpkg-deb --info` and
-//! `--contents`, `man -l`, `bash -n`, and the packaged binaries themselves.
+//! `--contents`, `man -l`, `bash -n`, `tar -tzf` for the crates, and the
+//! packaged binaries themselves.
 
 use crate::cmd::{self, CommandError};
 use crate::dist::Built;
@@ -120,6 +121,28 @@ pub fn check(built: &Built) -> Result<(), CheckError> {
     check_version(&built.agent, "sockfwd-agent")?;
     check_version(&built.relay, "sockfwd-relay")?;
     check_static(&built.agent)?;
+    for name in crate::dist::CRATES {
+        check_crate(&dist, name)?;
+    }
+    Ok(())
+}
+
+/// A packaged crate carries its manifest, license and readme.
+fn check_crate(dist: &Path, name: &str) -> Result<(), CheckError> {
+    let file = format!("{name}-{}.crate", env!("CARGO_PKG_VERSION"));
+    let listing = cmd::output(Command::new("tar").arg("-tzf").arg(dist.join(&file)))?;
+    let top = file.trim_end_matches(".crate");
+    for member in ["Cargo.toml", "LICENSE", "README.md", "src/lib.rs"] {
+        expect(
+            &format!("tar -tzf {file}"),
+            &listing,
+            &format!("{top}/{member}"),
+        )?;
+    }
+    eprintln!(
+        "    {file}: {} files, with Cargo.toml, LICENSE, README.md",
+        listing.lines().count()
+    );
     Ok(())
 }
 

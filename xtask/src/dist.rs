@@ -7,7 +7,11 @@
 //! 3. a `.deb` of each with cargo-deb (installed when missing), from the
 //!    `[package.metadata.deb]` of `agent/` and `host-relay/`, built from the
 //!    binaries of step 1 (`--no-build`);
-//! 4. the binaries copied beside the packages, and `SHA256SUMS` over all.
+//! 4. the library crates as `cargo package` makes them for crates.io
+//!    (`sockfwd-proto` and `sockfwd-relay`, packaged together and each built
+//!    from its packaged sources);
+//! 5. the binaries and crates copied beside the packages, and `SHA256SUMS`
+//!    over all.
 
 use crate::cmd::{self, CommandError};
 use crate::layout::{Layout, AGENT_TRIPLE};
@@ -16,6 +20,9 @@ use crate::sums;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use thiserror::Error;
+
+/// The library crates published to crates.io, in dependency order.
+pub const CRATES: [&str; 2] = ["sockfwd-proto", "sockfwd-relay"];
 
 /// The cargo-deb major version whose metadata keys the manifests use.
 const CARGO_DEB_REQ: &str = "^3.8";
@@ -108,8 +115,13 @@ pub fn dist() -> Result<Built, DistError> {
     let agent_deb = package(&layout, "sockfwd-agent", Some(AGENT_TRIPLE))?;
     let relay_deb = package(&layout, "sockfwd-relay", None)?;
 
+    let crates = publishable_crates(&layout)?;
+
     let agent_bin = copy(&layout.agent_products().join("sockfwd-agent"), &dist)?;
     let relay_bin = copy(&layout.relay_products().join("sockfwd-relay"), &dist)?;
+    for krate in &crates {
+        copy(krate, &dist)?;
+    }
     let sums = sums::write(&dist).map_err(|source| DistError::Io {
         what: "writing the checksums in",
         path: dist.clone(),
@@ -227,6 +239,32 @@ fn package(
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
         });
     found.ok_or(DistError::NoPackage { package, dir: dist })
+}
+
+/// `cargo package` of the library crates: together, so the relay's packaged
+/// manifest can depend on the proto crate by version before either is on
+/// crates.io. A tree with uncommitted changes is packaged too (cargo marks it
+/// `"dirty"` in the crate's `.cargo_vcs_info.json`).
+fn publishable_crates(layout: &Layout) -> Result<Vec<PathBuf>, DistError> {
+    let mut cmd = cargo(layout);
+    cmd.args(["package", "--allow-dirty"]);
+    for name in CRATES {
+        cmd.args(["-p", name]);
+    }
+    cmd::step(
+        "library crates for crates.io (each verified by building its packaged sources)",
+        &mut cmd,
+    )?;
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(CRATES
+        .iter()
+        .map(|name| {
+            layout
+                .target
+                .join("package")
+                .join(format!("{name}-{version}.crate"))
+        })
+        .collect())
 }
 
 fn copy(binary: &Path, dir: &Path) -> Result<PathBuf, DistError> {
