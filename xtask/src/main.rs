@@ -19,6 +19,7 @@ mod dist;
 mod layout;
 mod pages;
 mod sums;
+mod tools;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -44,18 +45,31 @@ enum TaskError {
     /// A built artefact is not what it should be.
     #[error(transparent)]
     Check(#[from] check::CheckError),
+    /// A system tool is missing.
+    #[error(transparent)]
+    Tools(#[from] tools::ToolsError),
+}
+
+fn run(task: &Task) -> Result<(), TaskError> {
+    match task {
+        Task::Dist => {
+            tools::ensure(tools::DIST)?;
+            dist::dist()?;
+        }
+        Task::DistCheck => {
+            // Every tool first: a missing one should not cost a build.
+            tools::ensure(tools::DIST)?;
+            tools::ensure(tools::CHECK)?;
+            check::check(&dist::dist()?)?;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let task = Task::parse();
     let start = Instant::now();
-    let result = match task {
-        Task::Dist => dist::dist().map(drop).map_err(TaskError::from),
-        Task::DistCheck => dist::dist()
-            .map_err(TaskError::from)
-            .and_then(|built| check::check(&built).map_err(TaskError::from)),
-    };
-    match result {
+    match run(&task) {
         Ok(()) => {
             eprintln!("xtask: done in {:.0?}", start.elapsed());
             ExitCode::SUCCESS
