@@ -179,3 +179,49 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), PagesError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn each_subcommand_gets_its_own_page_named_after_its_parent() {
+        let program = Program {
+            name: "prog",
+            section: "1",
+            command: clap::Command::new("prog")
+                .about("a program")
+                .subcommand(clap::Command::new("status").about("show it"))
+                .subcommand(clap::Command::new("secret").hide(true)),
+            extra: ".SH SEE ALSO\nnothing\n",
+        };
+        let dir = std::env::temp_dir().join(format!("xtask-pages-{}", std::process::id()));
+        let mut files: Vec<String> = generate(&program, &dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+            .collect();
+        files.sort();
+        let page = cmd::output(
+            Command::new("gzip")
+                .arg("-dc")
+                .arg(dir.join("man/man1/prog-status.1.gz")),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            files,
+            [
+                "bash/prog",
+                "fish/prog.fish",
+                "man/man1/prog-status.1.gz",
+                "man/man1/prog.1.gz",
+                "zsh/_prog",
+            ]
+        );
+        assert!(page.contains(".TH PROG-STATUS 1"), "{page}");
+        assert!(page.contains("prog status"), "{page}");
+        assert!(page.contains(".BR prog (1)"), "{page}");
+    }
+}
