@@ -245,9 +245,29 @@ fn package(
 /// manifest can depend on the proto crate by version before either is on
 /// crates.io. A tree with uncommitted changes is packaged too (cargo marks it
 /// `"dirty"` in the crate's `.cargo_vcs_info.json`).
+///
+/// cargo verifies the relay against the proto crate through a temporary local
+/// registry, and takes a registry crate of one name and version for immutable:
+/// it neither unpacks it again nor rebuilds it when its contents change. So,
+/// after proto changed, the relay was verified against the old proto and
+/// failed to build (seen here: 41 unresolved imports of modules proto had
+/// gained). The verification therefore builds in a target directory of its own,
+/// from which our two crates' artefacts are cleaned first (the dependencies'
+/// stay), and cargo's unpacked copies of them are removed.
 fn publishable_crates(layout: &Layout) -> Result<Vec<PathBuf>, DistError> {
+    let verify = layout.target.join("crates-verify");
+    if verify.exists() {
+        let mut clean = cargo(layout);
+        clean.arg("clean").arg("--target-dir").arg(&verify);
+        for name in CRATES {
+            clean.args(["-p", name]);
+        }
+        cmd::output(&mut clean)?;
+    }
+    forget_unpacked_crates()?;
     let mut cmd = cargo(layout);
-    cmd.args(["package", "--allow-dirty"]);
+    cmd.args(["package", "--allow-dirty", "--target-dir"])
+        .arg(&verify);
     for name in CRATES {
         cmd.args(["-p", name]);
     }
@@ -259,12 +279,45 @@ fn publishable_crates(layout: &Layout) -> Result<Vec<PathBuf>, DistError> {
     Ok(CRATES
         .iter()
         .map(|name| {
-            layout
-                .target
+            verify
                 .join("package")
                 .join(format!("{name}-{version}.crate"))
         })
         .collect())
+}
+
+/// Removes cargo's unpacked copies of our crates from earlier `cargo package`
+/// runs: the temporary registry's crates are unpacked under
+/// `$CARGO_HOME/registry/src/-HASH/` (a local registry's name starts with
+/// `-`). Only those directories go; crates.io's (`index.crates.io-...`) are
+/// never touched.
+fn forget_unpacked_crates() -> Result<(), DistError> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    for registry in registries.filter_map(Result::ok) {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for name in CRATES {
+            let stale = registry.path().join(format!("{name}-{version}"));
+            if stale.is_dir() {
+                std::fs::remove_dir_all(&stale).map_err(|source| DistError::Io {
+                    what: "removing cargo's stale unpacked copy",
+                    path: stale.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn copy(binary: &Path, dir: &Path) -> Result<PathBuf, DistError> {
