@@ -1,5 +1,10 @@
-//! sockfwd-bench: measures direct, socat ×2 and sockfwd side by side over
-//! Unix sockets (issue 5) and prints a Markdown table with ratios to direct.
+//! sockfwd-bench: measures sockfwd against the paths it replaces and prints a
+//! Markdown table of ratios. Two modes:
+//!
+//! - over Unix sockets on the host (default, [`unix`]): direct, socat ×2 and
+//!   sockfwd side by side (issue 5), plus real clients (redis-benchmark, pgbench);
+//! - inside a microVM (`--vm`, [`vm`]): raw vsock, a minimal in-guest relay and
+//!   sockfwd from a guest client to a host server, in one boot (issue 12).
 //!
 //! Run `cargo run --release -p sockfwd-bench -- --help`; see bench/README.md.
 
@@ -11,44 +16,46 @@ mod server;
 mod suite;
 mod sys;
 mod topology;
+mod unix;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::procs::Bins;
-use crate::suite::{Bench, Config, Figure, MIB};
-use crate::sys::Res;
+use crate::suite::Figure;
 use crate::topology::PathKind;
+use crate::vm::KernelChoice;
 
-/// Descriptors the bench asks for (each daemon inherits the limit).
-const WANT_NOFILE: u64 = 262_144;
-
-/// Benchmark: direct vs socat ×2 vs sockfwd over Unix sockets, as ratios to direct.
+/// Benchmark: sockfwd against direct and socat ×2 over Unix sockets, or against
+/// raw vsock and a minimal relay inside a microVM (--vm); ratios to the first path.
 #[derive(Parser, Debug)]
 #[command(version)]
-struct Cli {
-    /// CI smoke mode: small sizes, few runs, well under a minute; no thresholds.
+pub struct Cli {
+    /// CI smoke mode: small sizes, few runs; no thresholds (Unix: ~20 s; --vm: a couple of minutes).
     #[arg(long)]
     short: bool,
-    /// Runs per figure (default: 5, or 2 with --short).
-    #[arg(long, value_name = "N")]
+    /// Runs (reps) per figure (default: 5, or 2 with --short).
+    #[arg(long, visible_alias = "reps", value_name = "N")]
     runs: Option<usize>,
     /// Pin the bench, both ends and every daemon to one CPU (default: the last one).
-    #[arg(long, value_name = "CPU", num_args = 0..=1)]
+    #[arg(long, value_name = "CPU", num_args = 0..=1, conflicts_with = "vm")]
     pin: Option<Option<usize>>,
-    /// Only these figures (repeatable or comma-separated).
+    /// Only these figures (repeatable or comma-separated); --vm knows throughput, latency, rate.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Figure>,
     /// Only these paths (direct is needed for the ratios).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL.to_vec())]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL.to_vec(), conflicts_with = "vm")]
     paths: Vec<PathKind>,
-    /// MiB per transfer and direction (default: 1024, or 64 with --short).
-    #[arg(long, value_name = "MIB")]
+    /// MiB per transfer and direction (default: 1024, or 64 with --short; --vm: 256, or 16).
+    #[arg(long, visible_alias = "bytes-mib", value_name = "MIB")]
     size_mib: Option<usize>,
-    /// Idle connections for the memory figure (default: 10000, or 300 with --short).
+    /// Sequential connections per latency run (default: 5000, or 300 with --short; --vm: 500, or 50).
     #[arg(long, value_name = "N")]
+    connections: Option<usize>,
+    /// Idle connections for the memory figure (default: 10000, or 300 with --short).
+    #[arg(long, value_name = "N", conflicts_with = "vm")]
     idle: Option<usize>,
     /// Run the relay with its default admission limits (rate, connections at once).
     #[arg(long)]
@@ -56,13 +63,29 @@ struct Cli {
     /// Keep the temp dir with the daemons' logs (its path is printed).
     #[arg(long)]
     keep: bool,
-    /// Directory holding release builds of sockfwd-agent and sockfwd-relay.
-    #[arg(long, value_name = "DIR")]
+    /// Directory holding release builds of sockfwd-agent and sockfwd-relay (Unix mode).
+    #[arg(long, value_name = "DIR", conflicts_with = "vm")]
     bin_dir: Option<PathBuf>,
+    /// Measure inside a microVM (QEMU + vhost-device-vsock): raw vsock, a minimal
+    /// in-guest relay and sockfwd, from a guest client to a host server.
+    #[arg(long)]
+    vm: bool,
+    /// Guest kernel (--vm): Debian bookworm's 6.1 cloud kernel, or 6.12 from bookworm-backports.
+    #[arg(long, value_enum, default_value_t = KernelChoice::V6_1, requires = "vm")]
+    vm_kernel: KernelChoice,
+    /// Guest vCPUs (--vm).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "vm")]
+    vm_vcpus: u32,
+    /// Guest memory in MiB (--vm).
+    #[arg(long, value_name = "MIB", default_value_t = 512, requires = "vm")]
+    vm_mem: u32,
+    /// Concurrent guest clients of the connection-rate figure (--vm).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "vm")]
+    vm_clients: usize,
 }
 
 /// `git describe --always --dirty` of the workspace, if git is there.
-fn git_describe() -> Option<String> {
+pub fn git_describe() -> Option<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(procs::workspace_dir())
@@ -75,7 +98,20 @@ fn git_describe() -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    let result = procs::install_guards().and_then(|()| {
+        if cfg!(debug_assertions) {
+            eprintln!(
+                "warning: this is a debug build of the bench; use cargo run --release -p sockfwd-bench"
+            );
+        }
+        if cli.vm {
+            vm::run(&cli)
+        } else {
+            unix::run(&cli)
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sockfwd-bench: {e}");
@@ -83,120 +119,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run() -> Res<()> {
-    let cli = Cli::parse();
-    procs::install_guards()?;
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: this is a debug build of the bench; use cargo run --release -p sockfwd-bench"
-        );
-    }
-    let mut paths = cli.paths.clone();
-    paths.sort();
-    paths.dedup();
-    let cfg = Config::new(cli.short, cli.runs, cli.size_mib, cli.idle);
-    let bins = if paths.contains(&PathKind::Sockfwd) {
-        Some(Bins::find(cli.bin_dir.as_deref())?)
-    } else {
-        None
-    };
-    let socat = procs::which("socat");
-    if paths.contains(&PathKind::Socat) && socat.is_none() {
-        return Err("socat is not installed (apt-get install socat); or leave it out: --paths direct,sockfwd".into());
-    }
-    let mut bench = Bench::new(cfg, paths, cli.only.clone(), bins, socat);
-    bench.keep = cli.keep;
-
-    let (model, cores, kernel) = sys::machine();
-    let pinned = match cli.pin {
-        None => None,
-        Some(cpu) => {
-            let cpu = cpu.unwrap_or(cores.saturating_sub(1));
-            sys::pin_to_cpu(cpu)?;
-            Some(cpu)
-        }
-    };
-    let nofile = sys::raise_nofile(WANT_NOFILE)?;
-    if nofile < WANT_NOFILE {
-        bench.notes.add(format!(
-            "RLIMIT_NOFILE could only be raised to {nofile} here (no CAP_SYS_RESOURCE for a higher hard limit)"
-        ));
-    }
-    if let Some(b) = &bench.bins {
-        let stale = b.stale();
-        if !stale.is_empty() {
-            let msg = format!(
-                "{} older than the sources in the tree; cargo build --release -p sockfwd-agent -p sockfwd-relay",
-                stale.join(" and ")
-            );
-            eprintln!("warning: {msg}");
-            bench.notes.add(msg);
-        }
-    }
-    if let Some(b) = bench.bins.as_mut().filter(|_| !cli.default_limits) {
-        let set = b.raise_relay_limits()?;
-        if !set.is_empty() {
-            bench.notes.add(format!(
-                "relay started with its admission limits raised ({}): its defaults are policy (new connections \
-                 per second and connections at once, per forward and in all) and can cap the rate and \
-                 idle-connection figures; --default-limits measures the shipped defaults",
-                set.join(", ")
-            ));
-        }
-    }
-    if !bench.paths.contains(&PathKind::Direct) {
-        bench
-            .notes
-            .add("direct path not measured: no ratios".into());
-    }
-
-    bench.run_all()?;
-
-    let rows = bench.rows();
-    let (met, missed) = bench.res.tally(&rows);
-    let mode = if cli.short {
-        "short (smoke test: small sizes, figures are rough)"
-    } else {
-        "full"
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    println!("### sockfwd benchmark, {}", sys::utc_now());
-    println!();
-    println!("- machine: {model}, {cores} CPUs, Linux {kernel}");
-    println!(
-        "- sockfwd {}; command: `sockfwd-bench {}`",
-        git_describe().map_or_else(|| "(commit unknown)".into(), |c| format!("commit {c}")),
-        args.join(" ")
-    );
-    println!(
-        "- mode: {mode}; {} runs; {} MiB per transfer and direction; {}",
-        bench.cfg.runs,
-        bench.cfg.size / MIB,
-        match pinned {
-            Some(c) => format!("bench, both ends and all daemons pinned to CPU {c}"),
-            None => "not pinned".into(),
-        }
-    );
-    println!(
-        "- cells: median (min–max) over runs; ratios are taken per run against direct in the same run; \
-         the socat path is two chained `socat -b 262144 UNIX-LISTEN:..,fork UNIX-CONNECT:..`"
-    );
-    println!();
-    print!("{}", bench.res.table(&rows));
-    println!();
-    println!(
-        "Targets (issue 5): {met} met, {missed} missed. Reference (nerdbox over Unix sockets on this machine): \
-         throughput 0.28 up / 0.17 down of direct, connect-to-first-byte ≈ 12× direct, two thirds of a \
-         200-connection burst dropped."
-    );
-    if !bench.notes.0.is_empty() {
-        println!();
-        for n in &bench.notes.0 {
-            println!("- {n}");
-        }
-    }
-    eprintln!("done in {:.0} s", bench.elapsed());
-    Ok(())
 }

@@ -66,6 +66,38 @@ pub fn install_guards() -> Res<()> {
     Ok(())
 }
 
+/// Registers a process group that [`kill_all`] must kill if the bench is
+/// interrupted (for groups not led by a [`Daemon`], such as the VM's).
+pub fn register_group(pg: i32) {
+    groups().push(pg);
+}
+
+/// Forgets a group registered with [`register_group`].
+pub fn unregister_group(pg: i32) {
+    groups().retain(|&g| g != pg);
+}
+
+/// Makes `cmd`'s child start with no blocked signals (the bench blocks
+/// SIGINT/SIGTERM/SIGHUP for its signal thread, and exec keeps the mask),
+/// and with `die_with_bench`, get SIGKILL when the bench's spawning thread ends.
+pub fn unblock_signals_in_child(cmd: &mut Command, die_with_bench: bool) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls sigemptyset(3), sigprocmask(2) and prctl(2), which are
+    // async-signal-safe; it touches only its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(empty.as_mut_ptr()) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0
+                || (die_with_bench && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// One started process, killed (with its process group) when dropped.
 pub struct Daemon {
     /// Short name for messages.
@@ -87,24 +119,7 @@ impl Daemon {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls sigemptyset(3), sigprocmask(2) and prctl(2), which are
-        // async-signal-safe; it touches only its own stack.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The bench blocks SIGINT/SIGTERM/SIGHUP for its signal thread;
-                // exec keeps the mask and std does not reset it.
-                let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-                if libc::sigemptyset(empty.as_mut_ptr()) != 0
-                    || libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut())
-                        != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        unblock_signals_in_child(&mut cmd, true);
         let child = cmd
             .spawn()
             .with_ctx(|| format!("start {name} ({})", program.display()))?;
@@ -298,8 +313,8 @@ impl Bins {
     }
 
     /// Raises the relay's admission limits, for the flags its `--help` lists;
-    /// returns the flags set, as text for the report.
-    pub fn raise_relay_limits(&mut self) -> Res<Vec<String>> {
+    /// returns the note for under the table saying so, if any was raised.
+    pub fn raise_relay_limits(&mut self) -> Res<Option<String>> {
         let out = Command::new(&self.relay)
             .arg("--help")
             .stdin(Stdio::null())
@@ -314,7 +329,14 @@ impl Bins {
                 set.push(format!("{flag} {value}"));
             }
         }
-        Ok(set)
+        Ok((!set.is_empty()).then(|| {
+            format!(
+                "relay started with its admission limits raised ({}): its defaults are policy (new connections \
+                 per second and connections at once, per forward and in all) and can cap the rate and \
+                 idle-connection figures; --default-limits measures the shipped defaults",
+                set.join(", ")
+            )
+        }))
     }
 }
 

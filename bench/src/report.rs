@@ -3,7 +3,18 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::topology::PathKind;
+/// The three columns of a table: the baseline every ratio is taken against,
+/// a reference, and the subject (sockfwd) whose targets are checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Columns {
+    /// Column titles: baseline, reference, subject.
+    pub titles: [&'static str; 3],
+}
+
+/// Index of the baseline column.
+pub const BASELINE: usize = 0;
+/// Index of the subject column (sockfwd).
+pub const SUBJECT: usize = 2;
 
 /// Median of an already sorted, non-empty slice (0 if empty).
 pub fn median_sorted(v: &[f64]) -> f64 {
@@ -73,7 +84,7 @@ fn format_num(x: f64, prec: usize) -> String {
     }
 }
 
-/// A target from issue 5, checked against the sockfwd column.
+/// A target, checked against the subject (sockfwd) column.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
     /// Median ratio to direct at least this.
@@ -100,11 +111,11 @@ pub struct Row {
     pub prec: usize,
     /// Whether the ratio columns apply.
     pub ratio: bool,
-    /// The target, if issue 5 sets one.
+    /// The target, if an issue sets one.
     pub target: Option<Target>,
 }
 
-/// Per-run values of every figure, per path, and the per-run ratios to direct.
+/// Per-run values of every figure, per column, and the per-run ratios to the baseline.
 #[derive(Default)]
 pub struct Results {
     values: HashMap<&'static str, [Vec<f64>; 3]>,
@@ -112,12 +123,12 @@ pub struct Results {
 }
 
 impl Results {
-    /// Records one run of a figure for the paths measured; the ratios use the
-    /// direct value of this same run.
+    /// Records one run of a figure for the columns measured; the ratios use the
+    /// baseline value of this same run.
     pub fn record(&mut self, key: &'static str, run: [Option<f64>; 3]) {
         let values = self.values.entry(key).or_default();
         let ratios = self.ratios.entry(key).or_default();
-        let direct = run[PathKind::Direct.index()];
+        let direct = run[BASELINE];
         for (i, v) in run.iter().enumerate() {
             if let Some(v) = *v {
                 values[i].push(v);
@@ -128,20 +139,16 @@ impl Results {
         }
     }
 
-    /// Stats of one path's values of a figure.
-    pub fn stats(&self, key: &str, path: PathKind) -> Option<Stats> {
-        self.values
-            .get(key)
-            .and_then(|v| Stats::of(&v[path.index()]))
+    /// Stats of one column's values of a figure.
+    pub fn stats(&self, key: &str, col: usize) -> Option<Stats> {
+        self.values.get(key).and_then(|v| Stats::of(v.get(col)?))
     }
 
-    fn ratio(&self, key: &str, path: PathKind) -> Option<Stats> {
-        self.ratios
-            .get(key)
-            .and_then(|v| Stats::of(&v[path.index()]))
+    fn ratio(&self, key: &str, col: usize) -> Option<Stats> {
+        self.ratios.get(key).and_then(|v| Stats::of(v.get(col)?))
     }
 
-    fn verdict(&self, row: &Row) -> (String, &'static str) {
+    fn verdict(&self, row: &Row, base: &str) -> (String, &'static str) {
         let Some(t) = row.target else {
             return (String::new(), "");
         };
@@ -150,11 +157,11 @@ impl Results {
         } else {
             format!(" {}", row.unit)
         };
-        let ratio = self.ratio(row.key, PathKind::Sockfwd);
-        let value = self.stats(row.key, PathKind::Sockfwd);
+        let ratio = self.ratio(row.key, SUBJECT);
+        let value = self.stats(row.key, SUBJECT);
         let (text, met) = match t {
-            Target::RatioAtLeast(x) => (format!("≥ {x}× direct"), ratio.map(|r| r.median >= x)),
-            Target::RatioAtMost(x) => (format!("≤ {x}× direct"), ratio.map(|r| r.median <= x)),
+            Target::RatioAtLeast(x) => (format!("≥ {x}× {base}"), ratio.map(|r| r.median >= x)),
+            Target::RatioAtMost(x) => (format!("≤ {x}× {base}"), ratio.map(|r| r.median <= x)),
             Target::AtMost(x) => (format!("≤ {x}{unit}"), value.map(|v| v.median <= x)),
             Target::Below(x) => (format!("< {x}{unit}"), value.map(|v| v.median < x)),
             Target::Exactly(x) => (
@@ -173,15 +180,16 @@ impl Results {
     }
 
     /// The Markdown table for `rows` (rows without any value are left out).
-    pub fn table(&self, rows: &[Row]) -> String {
+    pub fn table(&self, rows: &[Row], cols: &Columns) -> String {
+        let [base, reference, subject] = cols.titles;
         let mut out = String::new();
-        out.push_str("| figure | direct | socat ×2 | sockfwd | socat ÷ direct | sockfwd ÷ direct | target (sockfwd) | met |\n");
+        let _ = writeln!(
+            out,
+            "| figure | {base} | {reference} | {subject} | {reference} ÷ {base} | {subject} ÷ {base} | target ({subject}) | met |"
+        );
         out.push_str("|---|---:|---:|---:|---:|---:|---|:-:|\n");
         for row in rows {
-            let cells: Vec<Option<Stats>> = PathKind::ALL
-                .iter()
-                .map(|p| self.stats(row.key, *p))
-                .collect();
+            let cells: Vec<Option<Stats>> = (0..3).map(|c| self.stats(row.key, c)).collect();
             if cells.iter().all(Option::is_none) {
                 continue;
             }
@@ -194,7 +202,7 @@ impl Results {
                     "—".into()
                 }
             };
-            let (target, met) = self.verdict(row);
+            let (target, met) = self.verdict(row, base);
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -202,8 +210,8 @@ impl Results {
                 cell(&cells[0], row.prec),
                 cell(&cells[1], row.prec),
                 cell(&cells[2], row.prec),
-                ratio(PathKind::Socat),
-                ratio(PathKind::Sockfwd),
+                ratio(1),
+                ratio(SUBJECT),
                 target,
                 met
             );
@@ -214,7 +222,7 @@ impl Results {
     /// (met, missed) target counts for the rows shown.
     pub fn tally(&self, rows: &[Row]) -> (usize, usize) {
         rows.iter()
-            .fold((0, 0), |(m, x), row| match self.verdict(row).1 {
+            .fold((0, 0), |(m, x), row| match self.verdict(row, "").1 {
                 "yes" => (m + 1, x),
                 "**no**" => (m, x + 1),
                 _ => (m, x),
@@ -249,9 +257,12 @@ mod tests {
             ratio: true,
             target: Some(Target::RatioAtLeast(0.29)),
         };
-        assert!((r.ratio("x", PathKind::Sockfwd).unwrap().median - 0.3).abs() < 1e-9);
-        assert_eq!(r.verdict(&row).1, "yes");
-        let t = r.table(&[row]);
+        assert!((r.ratio("x", SUBJECT).unwrap().median - 0.3).abs() < 1e-9);
+        assert_eq!(r.verdict(&row, "direct").1, "yes");
+        let cols = Columns {
+            titles: ["direct", "socat", "sockfwd"],
+        };
+        let t = r.table(&[row], &cols);
         assert!(t.contains("| 0.30 (0.20–0.40) |"), "{t}");
     }
 }

@@ -69,13 +69,14 @@ impl Config {
         runs: Option<usize>,
         size_mib: Option<usize>,
         idle: Option<usize>,
+        connections: Option<usize>,
     ) -> Self {
         let full = !short;
         let idle = idle.unwrap_or(if full { 10_000 } else { 300 });
         Self {
             runs: runs.unwrap_or(if full { 5 } else { 2 }).max(1),
             size: size_mib.unwrap_or(if full { 1024 } else { 64 }).max(1) * MIB,
-            latency_conns: if full { 5000 } else { 300 },
+            latency_conns: connections.unwrap_or(if full { 5000 } else { 300 }).max(1),
             rate_clients: 32,
             rate_time: Duration::from_millis(if full { 3000 } else { 500 }),
             burst: if full { 1000 } else { 200 },
