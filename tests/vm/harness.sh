@@ -1,6 +1,7 @@
 # tests/vm/harness.sh - what the VM tests (run.sh, systemd.sh) share: timing,
 # result bookkeeping, stopping our own children, the overall budget. Sourced, not
-# run; the caller defines log(), finish() and BUDGET before sourcing.
+# run; the caller defines log(), finish(), BUDGET, MICROVM, RUN and VMRUN
+# before sourcing.
 # shellcheck shell=bash
 
 now_ms() { date +%s%3N; }
@@ -43,10 +44,14 @@ show_tail() { # title file [lines]
     printf -- '--- %s (%s, last %s lines)\n' "$1" "$2" "${3:-40}"
     tail -n "${3:-40}" "$2" | sed 's/\r$//'
 }
-qemu_alive() { # running and not a zombie (see microvm.sh: orphans are reaped lazily here)
-    local st
-    st=$(sed 's/^.*) //' "/proc/${MVM_QEMU_PID:-0}/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+# wait_console MARKER TIMEOUT_S [PID that must stay alive] [TEXT that ends the wait]:
+# microvm.sh wait on the caller's VM (MICROVM, VMRUN); 0 seen, 1 timeout,
+# 2 qemu exited, 3 PID exited, 4 TEXT seen first
+wait_console() {
+    local extra=()
+    [ -z "${3:-}" ] || extra+=(--while-pid "$3")
+    [ -z "${4:-}" ] || extra+=(--unless "$4")
+    "$MICROVM" wait --run-dir "$VMRUN" --marker "$1" --timeout "$2" "${extra[@]}" 2>> "$RUN/microvm.log"
 }
 
 # shellcheck disable=SC2317  # invoked by the INT/TERM trap

@@ -386,6 +386,11 @@ recorded_running() { # file: true while the recorded process runs (zombies do no
     exe_now=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
     [ "${exe_now% (deleted)}" = "$exe" ]
 }
+pid_running() { # pid: exists and is no zombie
+    local fields
+    fields=$(proc_field "$1") || return 1
+    case ${fields%% *} in Z|X|x) return 1;; esac
+}
 recorded_pid() { local pid _; read -r pid _ < "$1" 2>/dev/null && echo "$pid"; }
 wait_exec() { # file: until the forked child has exec'd its program (or died)
     for _ in $(seq 100); do
@@ -599,7 +604,7 @@ cmd_wait() {
             console_has "$OPT_MARKER" && return 0
             log "wait: qemu is not running ('$OPT_MARKER' never came)"; return 2
         fi
-        if [ -n "$OPT_PID" ] && ! kill -0 "$OPT_PID" 2>/dev/null; then
+        if [ -n "$OPT_PID" ] && ! pid_running "$OPT_PID"; then
             log "wait: pid $OPT_PID exited first"; return 3
         fi
         if [ "$(now_ms)" -ge "$deadline" ]; then

@@ -7,12 +7,10 @@
 #   tests/vm/run.sh            (as root: it apt-installs; about 1 min of installs on a
 #                               fresh machine, a release build of the agent, ~1 min of VM)
 #
-# VM recipe: this calls ../shared/tools/microvm/microvm.sh (install, build-initramfs,
-# start, stop) rather than a copy of it: CI has shared/ beside its clone, the recipe
-# (kernel modules, KVM/TCG choice, PID-checked stop) stays maintained in one place,
-# and everything project-specific lives here (guest.sh, check/). SOCKFWD_MICROVM
-# points elsewhere if needed. Downloads and installs are cached under the project's
-# ignored .cache/ (MVM_HOME=.cache/microvm); the run dir is under /tmp so the Unix
+# The VM comes from tests/vm/microvm.sh (install, initramfs, start, wait, stop);
+# what is particular to this test lives here, in guest.sh and in check/.
+# Downloads and installs are cached in microvm.sh's cache (the project's ignored
+# .cache/microvm, or SOCKFWD_VM_CACHE); the run dir is under /tmp so the Unix
 # socket paths stay short.
 #
 # Output: one line per case (PASS name / FAIL name: reason / XFAIL name: reason),
@@ -22,7 +20,8 @@
 # Environment: SOCKFWD_VM_BUDGET (1200 s: hard stop for the whole script),
 # SOCKFWD_VM_BYTES (4 MiB per direction), SOCKFWD_VM_KEEP=1 (keep the run dir on
 # success), SOCKFWD_VM_STRICT=1 (a lost half-close is a FAIL, never an XFAIL),
-# SOCKFWD_VM_ACCEL (auto|kvm|tcg), SOCKFWD_MICROVM, CARGO_TARGET_DIR,
+# SOCKFWD_VM_ACCEL (auto|kvm|tcg), SOCKFWD_VM_KERNEL (stable|backports),
+# SOCKFWD_VM_CACHE (see microvm.sh help), CARGO_TARGET_DIR,
 # SOCKFWD_VM_RELAY_ARGS (extra relay flags: '--framing raw' shows the half-close
 # that vhost-device-vsock loses without the EOF-frame extension); for debugging
 # the harness itself: SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries,
@@ -31,8 +30,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VMDIR=$ROOT/tests/vm
-MICROVM=${SOCKFWD_MICROVM:-$ROOT/../shared/tools/microvm/microvm.sh}
-export MVM_HOME=$ROOT/.cache/microvm
+MICROVM=$VMDIR/microvm.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TRIPLE=x86_64-unknown-linux-gnu
 BUDGET=${SOCKFWD_VM_BUDGET:-1200}
@@ -138,9 +136,8 @@ finish() { # prints the results and exits
 
 
 # ------------------------------------------------------------------ install
-[ -x "$MICROVM" ] || { record FAIL vm-boot "microvm recipe not found at $MICROVM (set SOCKFWD_MICROVM)"; abort "no microvm recipe"; }
 t=$(now_ms)
-log "install (apt: qemu-system-x86 busybox-static; kernel .deb; cargo install vhost-device-vsock) into $MVM_HOME"
+log "install: microvm.sh install (apt: qemu-system-x86 busybox-static; kernel .deb; cargo install vhost-device-vsock)"
 timeout 600 "$MICROVM" install >> "$RUN/microvm.log" 2>&1 || { record FAIL vm-boot "microvm.sh install failed"; abort "install failed"; }
 T_INSTALL=$(secs $(( $(now_ms) - t )))
 log "install: $T_INSTALL s ($("$MICROVM" versions | tr '\n' ' '))"
@@ -191,23 +188,11 @@ FORWARD_PATH=$FORWARD_PATH
 CHECK_BYTES=$BYTES
 CHECK_WAIT=${SOCKFWD_VM_GUEST_WAIT:-120}
 EOF
-"$MICROVM" build-initramfs --out "$RUN/initramfs.cpio" \
+"$MICROVM" initramfs --out "$RUN/initramfs.cpio" \
     --payload "$AGENT" --payload "$CHECK" \
     --file "$RUN/guest-env:/etc/sockfwd-vm/env" --file "$VMDIR/guest.sh:/etc/sockfwd-vm/guest.sh" \
     --cmd 'sh /etc/sockfwd-vm/guest.sh' >> "$RUN/microvm.log" 2>&1 \
     || { record FAIL vm-boot "initramfs build failed"; abort "initramfs build failed"; }
-
-# wait_console MARKER TIMEOUT_S [PID that must stay alive]; 0 found, 1 timeout, 2 qemu died, 3 pid died
-wait_console() {
-    local marker=$1 deadline=$(( $(now_ms) + $2 * 1000 )) watch=${3:-}
-    while [ "$(now_ms)" -lt "$deadline" ]; do
-        grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0
-        qemu_alive || { grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0; return 2; }
-        if [ -n "$watch" ] && ! kill -0 "$watch" 2>/dev/null; then return 3; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 log "boot: $MICROVM start (run dir $VMRUN, kernel args: $KERNEL_ARGS)"
 VM_STARTED=1
@@ -217,14 +202,14 @@ VM_STARTED=1
 # shellcheck disable=SC1091
 . "$VMRUN/env"
 rc=0; wait_console "SOCKFWD-VM: agent started" 180 || rc=$?
-T_BOOT=$(secs $(( $(now_ms) - MVM_START_MS )))
-VM_INFO="accel=$MVM_ACCEL, $(grep -o 'MVM: vsock ready.*' "$CONSOLE" | tr -d '\r' | head -n 1 || true)"
+T_BOOT=$(secs $(( $(now_ms) - MICROVM_START_MS )))
+VM_INFO="accel=$MICROVM_ACCEL, kernel $MICROVM_KERNEL_RELEASE, $(grep -o 'microvm: ready.*' "$CONSOLE" | tr -d '\r' | head -n 1 || true)"
 if [ $rc != 0 ]; then
     record FAIL vm-boot "no 'agent started' on the console (rc $rc: 1 timeout, 2 qemu exited) after $T_BOOT s"
     abort "VM did not boot"
 fi
-record PASS vm-boot "agent started $T_BOOT s after qemu start, $MVM_ACCEL"
-log "boot: $T_BOOT s; hybrid vsock socket $MVM_UDS"
+record PASS vm-boot "agent started $T_BOOT s after qemu start, $MICROVM_ACCEL, $MICROVM_KERNEL_RELEASE"
+log "boot: $T_BOOT s; hybrid vsock socket $MICROVM_HVSOCK"
 T_TESTS_START=$(now_ms)
 
 # ------------------------------------------------------------------ stream-port probes
@@ -232,7 +217,7 @@ T_TESTS_START=$(now_ms)
 # every forwarded connection below also shows that the agent kept serving.
 probe() { # mode [extra vm-check flags...]
     local mode=$1 out; shift
-    out=$(timeout 90 "$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode "$mode" "$@" 2>&1) || true
+    out=$(timeout 90 "$CHECK" stream-probe --uds "$MICROVM_HVSOCK" --port "$STREAMS_PORT" --mode "$mode" "$@" 2>&1) || true
     echo "$out" >> "$RUN/probes.log"
     if grep -q '^VMCHECK: ' <<< "$out"; then
         record_vmcheck "$(grep '^VMCHECK: ' <<< "$out" | head -n 1)"
@@ -249,10 +234,10 @@ probe truncated
 # These two stay open while the guest runs its cases (a stalled handshake must not
 # hold up anyone else): the agent must close them at its handshake (5 s) and claim
 # (10 s) deadlines.
-"$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode silent --close-within 20 \
+"$CHECK" stream-probe --uds "$MICROVM_HVSOCK" --port "$STREAMS_PORT" --mode silent --close-within 20 \
     > "$RUN/probe-silent.log" 2>&1 &
 PIDS+=($!); PROBE_SILENT=$!
-"$CHECK" stream-probe --uds "$MVM_UDS" --port "$STREAMS_PORT" --mode unclaimed --close-within 30 \
+"$CHECK" stream-probe --uds "$MICROVM_HVSOCK" --port "$STREAMS_PORT" --mode unclaimed --close-within 30 \
     > "$RUN/probe-unclaimed.log" 2>&1 &
 PIDS+=($!); PROBE_UNCLAIMED=$!
 
@@ -262,9 +247,9 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -S "$RUN/host.sock" ] && break; sleep 0.05; done
 [ -S "$RUN/host.sock" ] || abort "host server did not start: $(tail -n 2 "$RUN/host-server.log")"
 
-log "relay: $RELAY --control hvsock://$MVM_UDS:$CONTROL_PORT --streams hvsock://$MVM_UDS:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock ${SOCKFWD_VM_RELAY_ARGS:-}"
+log "relay: $RELAY --control hvsock://$MICROVM_HVSOCK:$CONTROL_PORT --streams hvsock://$MICROVM_HVSOCK:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock ${SOCKFWD_VM_RELAY_ARGS:-}"
 # shellcheck disable=SC2086 # SOCKFWD_VM_RELAY_ARGS is a list of flags
-NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MVM_UDS:$CONTROL_PORT" --streams "hvsock://$MVM_UDS:$STREAMS_PORT" \
+NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MICROVM_HVSOCK:$CONTROL_PORT" --streams "hvsock://$MICROVM_HVSOCK:$STREAMS_PORT" \
     --forward "$FORWARD_PATH:$RUN/host.sock" ${SOCKFWD_VM_RELAY_ARGS:-} > "$RUN/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")

@@ -22,14 +22,15 @@
 # watchdog-keepalive, clean-stop. Output: one line per case (PASS name / FAIL name:
 # reason), the times, then exactly "N passed, N failed"; exit status 1 on any FAIL.
 #
-# The mmdebstrap bootstrap (minbase + systemd-sysv + iproute2 for ss --vsock) is
-# cached as a tarball in the project's ignored .cache/sockfwd-systemd/, keyed by
-# its recipe; the ext4 image is made from it each run with the current binaries.
+# The root fs comes from `microvm.sh rootfs` (mmdebstrap minbase + systemd-sysv +
+# iproute2 for ss --vsock, a tarball cached under its recipe's hash); the ext4
+# image is made from it each run with the current binaries.
 #
 # Environment: SOCKFWD_SD_BUDGET (600 s: hard stop for the whole script),
 # SOCKFWD_SD_BYTES (256 KiB per direction), SOCKFWD_SD_KEEP=1 (keep the run dir),
 # SOCKFWD_SD_REBUILD=1 (bootstrap again), SOCKFWD_VM_ACCEL (auto|kvm|tcg),
-# SOCKFWD_MICROVM, CARGO_TARGET_DIR; for debugging the harness:
+# SOCKFWD_VM_KERNEL (stable|backports), SOCKFWD_VM_CACHE (see microvm.sh help),
+# CARGO_TARGET_DIR; for debugging the harness:
 # SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries, no build),
 # SOCKFWD_SD_APPEND (extra kernel arguments), SOCKFWD_SD_DROPIN (text of a drop-in
 # for sockfwd-agent.service). Both show the checks fail when they should:
@@ -40,9 +41,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VMDIR=$ROOT/tests/vm
 SDDIR=$VMDIR/systemd
-MICROVM=${SOCKFWD_MICROVM:-$ROOT/../shared/tools/microvm/microvm.sh}
-export MVM_HOME=$ROOT/.cache/microvm
-CACHE=$ROOT/.cache/sockfwd-systemd
+MICROVM=$VMDIR/microvm.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TRIPLE=x86_64-unknown-linux-gnu
 BUDGET=${SOCKFWD_SD_BUDGET:-600}
@@ -58,12 +57,9 @@ STOP_LIMIT_S=15         # the unit's TimeoutStopSec=
 # file (the boot-time forward, pending_timeout): two layers at work.
 KERNEL_ARGS="sockfwd.control_port=$CONTROL_PORT sockfwd.streams_port=$STREAMS_PORT sockfwd.log=debug${SOCKFWD_SD_APPEND:+ $SOCKFWD_SD_APPEND}"
 
-# The bootstrap recipe; its hash names the cached tarball.
+# The root fs recipe (microvm.sh rootfs caches one tarball per recipe).
 SUITE=bookworm
 INCLUDE=systemd-sysv,iproute2
-BOOTSTRAP_ARGS=(--variant=minbase "--include=$INCLUDE"
-    '--dpkgopt=path-exclude=/usr/share/doc/*' '--dpkgopt=path-exclude=/usr/share/man/*'
-    '--dpkgopt=path-exclude=/usr/share/locale/*' '--dpkgopt=path-exclude=/usr/share/info/*')
 # Units of the minbase image this test has no use for; masked so the boot is
 # shorter under TCG. No udev in the image: the root disk is mounted by the
 # initramfs and the agent needs no device units.
@@ -110,8 +106,6 @@ RELAY_PID="" VM_STARTED=0 WATCHDOG=""
 T0=$(now_ms) T_INSTALL="" T_BOOTSTRAP="" T_BUILD="" T_IMAGE="" T_READY="" T_TEST=""
 READY_GUEST=""
 
-# shellcheck disable=SC2317  # invoked by cleanup (the EXIT trap)
-
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$? p
@@ -121,7 +115,7 @@ cleanup() {
         "$MICROVM" stop --run-dir "$VMRUN" --timeout 10 >> "$RUN/microvm.log" 2>&1 || log "microvm.sh stop failed (see $RUN/microvm.log)"
     fi
     if [ -n "$WATCHDOG" ]; then kill -TERM "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; fi
-    rm -rf "$RUN/rootfs" "$RUN/disk.img" "$CACHE/rootfs-$SUITE-${KEY:-none}.tar.tmp.$$"
+    rm -rf "$RUN/rootfs" "$RUN/disk.img"
     rm -rf "$ROOT/.cache/vm-systemd-last-run"; mkdir -p "$ROOT/.cache/vm-systemd-last-run"
     cp "$RUN"/*.log "$VMRUN"/*.log "$ROOT/.cache/vm-systemd-last-run/" 2>/dev/null || true
     if [ "$rc" = 0 ] && [ "${SOCKFWD_SD_KEEP:-0}" != 1 ]; then
@@ -179,37 +173,23 @@ finish() {
 
 
 # ------------------------------------------------------------------ install
-[ -x "$MICROVM" ] || { record FAIL rootfs "microvm recipe not found at $MICROVM (set SOCKFWD_MICROVM)"; abort "no microvm recipe"; }
 t=$(now_ms)
-log "install: microvm.sh install, mmdebstrap"
-timeout 600 "$MICROVM" install >> "$RUN/microvm.log" 2>&1 || { record FAIL rootfs "microvm.sh install failed"; abort "install failed"; }
-if ! dpkg-query -W -f='${Status}' mmdebstrap 2>/dev/null | grep -q 'install ok installed'; then
-    { timeout 300 apt-get update -qq \
-        && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends mmdebstrap; } \
-        >> "$RUN/microvm.log" 2>&1 || { record FAIL rootfs "apt-get install mmdebstrap failed"; abort "install failed"; }
-fi
+log "install: microvm.sh install --rootfs (the VM tooling and mmdebstrap)"
+timeout 600 "$MICROVM" install --rootfs >> "$RUN/microvm.log" 2>&1 || { record FAIL rootfs "microvm.sh install failed"; abort "install failed"; }
 T_INSTALL=$(secs $(( $(now_ms) - t )))
 
-# ------------------------------------------------------------------ bootstrap (cached)
+# ------------------------------------------------------------------ root fs (cached)
 t=$(now_ms)
-KEY=$(printf '%s\n' "$SUITE" "${BOOTSTRAP_ARGS[@]}" | sha256sum | cut -c1-16)
-TARBALL=$CACHE/rootfs-$SUITE-$KEY.tar
-mkdir -p "$CACHE"
-if [ -s "$TARBALL" ] && [ "${SOCKFWD_SD_REBUILD:-0}" != 1 ]; then
-    log "bootstrap: cached $TARBALL"
-    BOOTSTRAP_NOTE=cached
-else
-    log "bootstrap: mmdebstrap ${BOOTSTRAP_ARGS[*]} $SUITE (about a minute)"
-    rm -f "$CACHE"/rootfs-*.tar
-    if ! timeout 600 mmdebstrap --quiet --mode=root --format=tar "${BOOTSTRAP_ARGS[@]}" "$SUITE" "$TARBALL.tmp.$$" \
-            >> "$RUN/microvm.log" 2>&1; then
-        rm -f "$TARBALL.tmp.$$"
-        record FAIL rootfs "mmdebstrap failed: $(tail -n 1 "$RUN/microvm.log")"
-        abort "bootstrap failed"
-    fi
-    mv "$TARBALL.tmp.$$" "$TARBALL"
-    BOOTSTRAP_NOTE="bootstrapped"
+log "rootfs: microvm.sh rootfs --suite $SUITE --include $INCLUDE (a minute when not cached)"
+rootfs_args=(--suite "$SUITE" --include "$INCLUDE")
+[ "${SOCKFWD_SD_REBUILD:-0}" != 1 ] || rootfs_args+=(--rebuild)
+if ! TARBALL=$(timeout 600 "$MICROVM" rootfs "${rootfs_args[@]}" 2> "$RUN/rootfs.log"); then
+    cat "$RUN/rootfs.log" >> "$RUN/microvm.log"
+    record FAIL rootfs "microvm.sh rootfs failed: $(tail -n 1 "$RUN/rootfs.log")"
+    abort "bootstrap failed"
 fi
+cat "$RUN/rootfs.log" >> "$RUN/microvm.log"
+if grep -q 'rootfs: cached' "$RUN/rootfs.log"; then BOOTSTRAP_NOTE=cached; else BOOTSTRAP_NOTE=bootstrapped; fi
 T_BOOTSTRAP=$(secs $(( $(now_ms) - t )))
 
 # ------------------------------------------------------------------ build
@@ -288,27 +268,16 @@ EOF
 make_image >> "$RUN/microvm.log" 2>&1 || { record FAIL rootfs "image build failed: $(tail -n 1 "$RUN/microvm.log")"; abort "image build failed"; }
 # The initramfs only loads the modules (vsock_diag for ss --vsock in the guest;
 # the root fs has no /lib/modules for this kernel) and switches to the disk.
-"$MICROVM" build-initramfs --out "$RUN/initramfs.cpio" --modules "virtio_blk vsock_diag" \
+"$MICROVM" initramfs --out "$RUN/initramfs.cpio" --modules vsock_diag \
     --switch-root /dev/vda >> "$RUN/microvm.log" 2>&1 \
     || { record FAIL rootfs "initramfs build failed"; abort "initramfs build failed"; }
 T_IMAGE=$(secs $(( $(now_ms) - t )))
 record PASS rootfs "$SUITE minbase + $INCLUDE, $BOOTSTRAP_NOTE in $T_BOOTSTRAP s, $(du -m "$TARBALL" | cut -f1) MB; ext4 image in $T_IMAGE s"
 
 # ------------------------------------------------------------------ boot
-# wait_console MARKER TIMEOUT_S [PID that must stay alive]; 0 found, 1 timeout, 2 qemu died, 3 pid died
-wait_console() {
-    local marker=$1 deadline=$(( $(now_ms) + $2 * 1000 )) watch=${3:-}
-    while [ "$(now_ms)" -lt "$deadline" ]; do
-        grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0
-        qemu_alive || { grep -qF -- "$marker" "$CONSOLE" 2>/dev/null && return 0; return 2; }
-        if [ -n "$watch" ] && ! kill -0 "$watch" 2>/dev/null; then return 3; fi
-        # an agent that never becomes ready: the stop-check unit still reports
-        if [ "$marker" != "MVM-CHECK: guest done" ] && grep -qF 'MVM-CHECK: guest done' "$CONSOLE" 2>/dev/null; then return 4; fi
-        sleep 0.1
-    done
-    return 1
-}
-
+# An agent that never becomes ready: the stop-check unit still reports, which
+# ends the earlier waits at once (wait_console's status 4).
+GUEST_DONE="MVM-CHECK: guest done"
 log "boot: $MICROVM start --disk (run dir $VMRUN, kernel args: $KERNEL_ARGS)"
 VM_STARTED=1
 "$MICROVM" start --run-dir "$VMRUN" --initramfs "$RUN/initramfs.cpio" --disk "$RUN/disk.img" --cid 3 --mem 512 \
@@ -316,9 +285,9 @@ VM_STARTED=1
     || { record FAIL systemd-boot "microvm.sh start failed: $(tail -n 1 "$RUN/microvm.log")"; abort "VM did not start"; }
 # shellcheck disable=SC1091
 . "$VMRUN/env"
-rc=0; wait_console "MVM-CHECK: ready-after-listeners" 240 || rc=$?
-T_READY=$(secs $(( $(now_ms) - MVM_START_MS )))
-VM_INFO="accel=$MVM_ACCEL, $(grep -o 'MVM: vsock ready.*' "$CONSOLE" | tr -d '\r' | head -n 1 || true)"
+rc=0; wait_console "MVM-CHECK: ready-after-listeners" 240 "" "$GUEST_DONE" || rc=$?
+T_READY=$(secs $(( $(now_ms) - MICROVM_START_MS )))
+VM_INFO="accel=$MICROVM_ACCEL, kernel $MICROVM_KERNEL_RELEASE, $(grep -o 'microvm: ready.*' "$CONSOLE" | tr -d '\r' | head -n 1 || true)"
 if [ $rc != 0 ]; then
     record FAIL systemd-boot "no verdict from sockfwd-ready-check.service after $T_READY s (rc $rc: 1 timeout, 2 qemu exited, 4 the guest finished without it)"
     record_guest watchdog-keepalive
@@ -333,7 +302,7 @@ ready_us=$(sed -n 's/.*ready_us=\([0-9]*\).*/\1/p' <<< "$timing")
 if [ -n "$exec_us" ] && [ -n "$ready_us" ]; then
     READY_GUEST="guest: kernel start -> READY=1 $(secs $((ready_us / 1000))) s, agent exec -> READY=1 $((ready_us / 1000 - exec_us / 1000)) ms"
 fi
-record PASS systemd-boot "systemd as PID 1 reached sockfwd-ready-check.service $T_READY s after qemu start, $MVM_ACCEL"
+record PASS systemd-boot "systemd as PID 1 reached sockfwd-ready-check.service $T_READY s after qemu start, $MICROVM_ACCEL, $MICROVM_KERNEL_RELEASE"
 log "boot: ready verdict $T_READY s after qemu start (${READY_GUEST:-?})"
 record_guest ready-after-listeners
 
@@ -374,15 +343,15 @@ fi
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$RUN/host.sock" ] && break; sleep 0.05; done
 [ -S "$RUN/host.sock" ] || abort "host server did not start: $(tail -n 2 "$RUN/host-server.log")"
-log "relay: --forward $FORWARD_ID=$FORWARD_PATH:$RUN/host.sock over hvsock://$MVM_UDS"
-NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MVM_UDS:$CONTROL_PORT" --streams "hvsock://$MVM_UDS:$STREAMS_PORT" \
+log "relay: --forward $FORWARD_ID=$FORWARD_PATH:$RUN/host.sock over hvsock://$MICROVM_HVSOCK"
+NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MICROVM_HVSOCK:$CONTROL_PORT" --streams "hvsock://$MICROVM_HVSOCK:$STREAMS_PORT" \
     --forward "$FORWARD_ID=$FORWARD_PATH:$RUN/host.sock" > "$RUN/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 
 # ------------------------------------------------------------------ guest cases
 log "guest: waiting for sockfwd-forward-check.service"
-rc=0; wait_console "MVM-CHECK: forward done" 180 "$RELAY_PID" || rc=$?
+rc=0; wait_console "MVM-CHECK: forward done" 180 "$RELAY_PID" "$GUEST_DONE" || rc=$?
 while IFS= read -r line; do
     record_vmcheck "$line"
 done < <(guest_lines "VMCHECK: ")
@@ -390,11 +359,11 @@ if [ "$rc" = 0 ] && kill -0 "$RELAY_PID" 2>/dev/null; then
     record PASS relay-alive "still running after the guest's cases"
 else
     st=""; kill -0 "$RELAY_PID" 2>/dev/null || { st=0; wait "$RELAY_PID" 2>/dev/null || st=$?; }
-    record FAIL relay-alive "${st:+the relay exited (status $st): $(tail -n 1 "$RUN/relay.log"); }forward-check rc $rc (1 timeout, 2 qemu exited, 3 relay exited)"
+    record FAIL relay-alive "${st:+the relay exited (status $st): $(tail -n 1 "$RUN/relay.log"); }forward-check rc $rc (1 timeout, 2 qemu exited, 3 relay exited, 4 the guest finished without it)"
 fi
 
 log "guest: waiting for sockfwd-stop-check.service (watchdog hold ${WATCHDOG_HOLD_S} s, systemctl stop)"
-rc=0; wait_console "MVM-CHECK: guest done" 120 || rc=$?
+rc=0; wait_console "$GUEST_DONE" 120 || rc=$?
 [ "$rc" = 0 ] || ABORT_REASON="no 'guest done' from sockfwd-stop-check.service (rc $rc: 1 timeout, 2 qemu exited)"
 record_guest watchdog-keepalive
 record_guest clean-stop
