@@ -65,7 +65,9 @@ if [ -s /etc/microvm/root ]; then
     done
     mkdir -p /newroot
     mount -o rw "$dev" /newroot || give_up "mount $dev failed"
-    [ -x /newroot/sbin/init ] || give_up "$dev has no /sbin/init"
+    # usually an absolute symlink (to /lib/systemd/systemd), which resolves
+    # only inside the new root
+    [ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || give_up "$dev has no /sbin/init"
     mark "switch-root $dev"
     # The disk's init mounts its own API file systems; /dev moves over so the
     # disk's device nodes exist before (or without) udev.
