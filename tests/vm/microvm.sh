@@ -90,7 +90,8 @@ Environment: SOCKFWD_VM_CACHE (default: the project's .cache/microvm; share
 it between checkouts), SOCKFWD_VM_KERNEL (stable: bookworm's cloud kernel;
 backports: bookworm-backports' 6.12 cloud kernel, fetched through a private
 apt state in the cache), SOCKFWD_VM_ACCEL, SOCKFWD_VM_MIRROR (backports),
-SOCKFWD_VM_VHOST_VERSION, SOCKFWD_VM_KVM_BOOT_TIMEOUT.
+SOCKFWD_VM_VHOST_VERSION, SOCKFWD_VM_KVM_BOOT_TIMEOUT, SOCKFWD_VM_CPU (QEMU's
+-cpu; default max,-cx16 under TCG, host under KVM).
 EOF
 }
 
@@ -443,8 +444,11 @@ launch_vhost() {
 }
 
 launch_qemu() { # accel
-    local accel=$1 cpu=max qemu
-    [ "$accel" = tcg ] || cpu=host
+    local accel=$1 cpu qemu
+    # QEMU 7.2's TCG gets the 6.12 kernel's per-CPU cmpxchg16b (SLUB) wrong: a
+    # double fault within seconds of systemd starting. Without cx16 the kernel
+    # takes its other path; 6.1 does not mind either way.
+    if [ "$accel" = tcg ]; then cpu=${SOCKFWD_VM_CPU:-max,-cx16}; else cpu=${SOCKFWD_VM_CPU:-host}; fi
     qemu=$(readlink -f "$(command -v qemu-system-x86_64)") || fail_start "qemu-system-x86_64 not found: run 'microvm.sh install'"
     # shellcheck disable=SC2054 # commas inside QEMU option values
     local args=(
