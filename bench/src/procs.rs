@@ -111,18 +111,23 @@ impl Daemon {
     /// Starts `program` in its own process group, output to `log`. Call from
     /// the main thread: PR_SET_PDEATHSIG fires when the spawning thread ends.
     pub fn spawn(name: &str, program: &Path, args: &[OsString], log: &Path) -> Res<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::spawn_command(name, cmd, log)
+    }
+
+    /// [`Daemon::spawn`] for a prepared command (another user, environment).
+    pub fn spawn_command(name: &str, mut cmd: Command, log: &Path) -> Res<Self> {
         let out = File::create(log).with_ctx(|| format!("create {}", log.display()))?;
         let err = out.try_clone().ctx("dup log fd")?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0);
         unblock_signals_in_child(&mut cmd, true);
         let child = cmd
             .spawn()
-            .with_ctx(|| format!("start {name} ({})", program.display()))?;
+            .with_ctx(|| format!("start {name} ({})", cmd.get_program().to_string_lossy()))?;
         let pid = i32::try_from(child.id()).ctx("pid")?;
         groups().push(pid);
         Ok(Self {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 
 use crate::figures::burst::BurstMisses;
+use crate::figures::clients::{ClientPeers, ClientsConfig};
 use crate::figures::throughput::Dir;
 use crate::pattern::Pattern;
 use crate::procs::Bins;
@@ -36,6 +37,8 @@ pub enum Figure {
     Startup,
     /// Agent binary size.
     Size,
+    /// Real clients: redis-benchmark and pgbench -S.
+    Clients,
 }
 
 /// Sizes and counts of one bench invocation.
@@ -60,6 +63,8 @@ pub struct Config {
     pub startup_runs: usize,
     /// A transfer read or write blocked this long has stalled.
     pub stall: Duration,
+    /// The real clients' parameters.
+    pub clients: ClientsConfig,
 }
 
 impl Config {
@@ -84,6 +89,12 @@ impl Config {
             socat_idle: idle.min(if full { 1000 } else { 100 }),
             startup_runs: if full { 20 } else { 3 },
             stall: Duration::from_secs(if full { 10 } else { 4 }),
+            clients: ClientsConfig {
+                redis_clients: 50,
+                redis_requests: if full { 200_000 } else { 20_000 },
+                pg_clients: 16,
+                pg_secs: if full { 5 } else { 2 },
+            },
         }
     }
 }
@@ -125,6 +136,9 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
         r(Startup, "startup_fwd", "relay exec to forward bound (ms)", "ms", 2, false, None),
         r(Startup, "fresh_agent", "fresh agent RSS (MiB)", "MiB", 2, false, None),
         r(Size, "size", "agent binary size (MiB)", "MiB", 2, false, Some(Below(6.0))),
+        r(Clients, "redis_set", &format!("redis-benchmark -c {} SET (requests/s)", cfg.clients.redis_clients), "", 0, true, Some(RatioAtLeast(0.7))),
+        r(Clients, "redis_get", &format!("redis-benchmark -c {} GET (requests/s)", cfg.clients.redis_clients), "", 0, true, Some(RatioAtLeast(0.7))),
+        r(Clients, "pgbench", &format!("pgbench -S -c {} (transactions/s)", cfg.clients.pg_clients), "", 0, true, Some(RatioAtLeast(0.7))),
     ]
 }
 
@@ -228,8 +242,19 @@ impl Bench {
             Figure::Burst,
         ];
         let needs_topology = shared.into_iter().any(|f| self.selected(f));
-        if !needs_topology && !self.selected(Figure::Memory) {
+        if !needs_topology && !self.selected(Figure::Memory) && !self.selected(Figure::Clients) {
             return Ok(());
+        }
+        let mut peers = None;
+        if self.selected(Figure::Clients) {
+            let p = ClientPeers::start(
+                &self.paths,
+                self.bins.as_ref(),
+                self.socat.as_deref(),
+                self.keep,
+            )?;
+            eprintln!("redis and postgres up in {}", p.dir().display());
+            peers = Some(p);
         }
         let mut topo = None;
         if needs_topology {
@@ -266,6 +291,9 @@ impl Bench {
             }
             if self.selected(Figure::Memory) {
                 self.memory(run + 1 == self.cfg.runs)?;
+            }
+            if let Some(p) = &peers {
+                self.clients(p)?;
             }
         }
         self.closing_notes();

@@ -106,7 +106,7 @@ pub fn run(cli: &Cli) -> Res<()> {
     print!("{}", bench.res.table(&rows, &COLUMNS));
     println!();
     println!(
-        "Targets (issue 5): {met} met, {missed} missed. Reference (nerdbox over Unix sockets on this machine): \
+        "Targets (issue 5; real clients: issue 13): {met} met, {missed} missed. Reference (nerdbox over Unix sockets on this machine): \
          throughput 0.28 up / 0.17 down of direct, connect-to-first-byte ≈ 12× direct, two thirds of a \
          200-connection burst dropped."
     );

@@ -1,8 +1,8 @@
 //! The project's microVM tooling (`tests/vm/microvm.sh`) as the bench uses it:
 //! install, an initramfs, start, the run dir's `env` file, stop. The script
 //! owns the recipe (kernel, modules, QEMU and vhost-device-vsock flags, the
-//! KVM/TCG choice); this module only calls its verbs and keeps the VM from
-//! outliving the bench.
+//! KVM/TCG choice, its cache: `SOCKFWD_VM_CACHE`, default `.cache/microvm`);
+//! this module only calls its verbs and keeps the VM from outliving the bench.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,13 +15,10 @@ use super::KernelChoice;
 use crate::procs;
 use crate::sys::{Ctx, Res};
 
-/// Overrides where the tooling is (for development against another copy).
-pub const TOOLING_ENV: &str = "SOCKFWD_MICROVM";
-
-/// The tooling script and where its downloads are cached.
+/// The tooling script, the kernel it boots, and where its output goes.
 pub struct Tooling {
     script: PathBuf,
-    cache: PathBuf,
+    kernel: &'static str,
     log: PathBuf,
 }
 
@@ -37,6 +34,8 @@ pub struct VmEnv {
     pub vdv_pid: i32,
     /// kvm or tcg.
     pub accel: String,
+    /// The guest kernel's release.
+    pub kernel_release: String,
 }
 
 fn parse_env(text: &str) -> HashMap<String, String> {
@@ -55,38 +54,28 @@ fn parse_env(text: &str) -> HashMap<String, String> {
 }
 
 impl Tooling {
-    /// The script (`$SOCKFWD_MICROVM`, else the workspace's `tests/vm/microvm.sh`);
-    /// its output goes to `log`.
+    /// The workspace's `tests/vm/microvm.sh`, booting `kernel`; its output goes to `log`.
     pub fn locate(log: &Path, kernel: KernelChoice) -> Res<Self> {
-        let ws = procs::workspace_dir();
-        let script = std::env::var_os(TOOLING_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| ws.join("tests/vm/microvm.sh"));
+        let script = procs::workspace_dir().join("tests/vm/microvm.sh");
         if !script.is_file() {
             return Err(format!(
-                "the microVM tooling {} is missing (set {TOOLING_ENV} to another copy)",
-                script.display()
-            ));
-        }
-        if kernel != KernelChoice::V6_1 {
-            return Err(format!(
-                "the guest kernel {kernel} is not offered by {}",
+                "the microVM tooling {} is missing",
                 script.display()
             ));
         }
         Ok(Self {
             script,
-            cache: ws.join(".cache/microvm"),
+            kernel: match kernel {
+                KernelChoice::V6_1 => "stable",
+                KernelChoice::V6_12 => "backports",
+            },
             log: log.to_path_buf(),
         })
     }
 
     fn command(&self, verb: &str) -> Command {
         let mut cmd = Command::new("bash");
-        cmd.arg(&self.script)
-            .arg(verb)
-            .env("MVM_HOME", &self.cache)
-            .stdin(Stdio::null());
+        cmd.arg(&self.script).arg(verb).stdin(Stdio::null());
         cmd
     }
 
@@ -128,33 +117,54 @@ impl Tooling {
 
     /// Installs (or checks, when cached) QEMU, the kernel and vhost-device-vsock.
     pub fn install(&self) -> Res<()> {
-        self.run("install", &[])
+        self.run("install", &["--kernel".as_ref(), self.kernel.as_ref()])
     }
 
-    /// The versions line of the tooling (QEMU, kernel package, vhost-device-vsock).
+    /// What the header names of the tooling's `versions`: QEMU,
+    /// vhost-device-vsock and the booted kernel's package.
     pub fn versions(&self) -> String {
         let out = self.command("versions").stderr(Stdio::null()).output();
-        out.map(|o| {
-            String::from_utf8_lossy(&o.stdout)
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let kernel_key = format!("kernel.{}", self.kernel);
+        let mut parts = Vec::new();
+        for (key, label) in [
+            ("qemu-system-x86", "qemu-system-x86"),
+            ("vhost-device-vsock", "vhost-device-vsock"),
+            (kernel_key.as_str(), "kernel"),
+        ] {
+            if let Some(v) = text
                 .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            {
+                // "1:7.2+dfsg-7 (QEMU emulator version 7.2.22 (...))" -> the package version
+                let v = if key == "qemu-system-x86" {
+                    v.split_whitespace().next().unwrap_or(v)
+                } else {
+                    v
+                };
+                parts.push(format!("{label} {v}"));
+            }
+        }
+        parts.join(", ")
     }
 
     /// Packs `payloads` into a busybox initramfs whose init runs `cmd`.
     pub fn initramfs(&self, out: &Path, payloads: &[&Path], cmd: &str) -> Res<()> {
-        let mut args: Vec<&OsStr> = vec!["--out".as_ref(), out.as_os_str()];
+        let mut args: Vec<&OsStr> = vec![
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--kernel".as_ref(),
+            self.kernel.as_ref(),
+        ];
         for p in payloads {
             args.push("--payload".as_ref());
             args.push(p.as_os_str());
         }
         args.push("--cmd".as_ref());
         args.push(cmd.as_ref());
-        self.run("build-initramfs", &args)
+        self.run("initramfs", &args)
     }
 
     /// Boots the VM; it is stopped when the returned [`Machine`] is dropped.
@@ -174,7 +184,9 @@ impl Tooling {
             initramfs.as_os_str(),
             "--cid".as_ref(),
             "3".as_ref(),
-            "--smp".as_ref(),
+            "--kernel".as_ref(),
+            self.kernel.as_ref(),
+            "--cpus".as_ref(),
             smp.as_ref(),
             "--mem".as_ref(),
             mem.as_ref(),
@@ -211,10 +223,11 @@ impl Tooling {
                 .with_ctx(|| format!("{k} in {}", env_path.display()))
         };
         machine.env = Some(VmEnv {
-            uds: PathBuf::from(get("MVM_UDS")?),
-            qemu_pid: pid("MVM_QEMU_PID")?,
-            vdv_pid: pid("MVM_VDV_PID")?,
-            accel: get("MVM_ACCEL")?,
+            uds: PathBuf::from(get("MICROVM_HVSOCK")?),
+            qemu_pid: pid("MICROVM_QEMU_PID")?,
+            vdv_pid: pid("MICROVM_VHOST_PID")?,
+            accel: get("MICROVM_ACCEL")?,
+            kernel_release: get("MICROVM_KERNEL_RELEASE")?,
         });
         Ok(machine)
     }
@@ -258,6 +271,11 @@ impl Machine<'_> {
     pub fn console(&self) -> PathBuf {
         self.run_dir.join("console.log")
     }
+
+    /// The guest's console output so far, for a failure message.
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail(&self.console(), lines)
+    }
 }
 
 impl Drop for Machine<'_> {
@@ -296,9 +314,9 @@ mod tests {
 
     #[test]
     fn env_file_values_lose_their_quotes() {
-        let env = parse_env("MVM_UDS=/tmp/r/vsock.sock\nMVM_ACCEL='tcg'\nX=\"a=b\"\n\n");
-        assert_eq!(env["MVM_UDS"], "/tmp/r/vsock.sock");
-        assert_eq!(env["MVM_ACCEL"], "tcg");
+        let env = parse_env("MICROVM_HVSOCK=/tmp/r/hvsock\nMICROVM_ACCEL='tcg'\nX=\"a=b\"\n\n");
+        assert_eq!(env["MICROVM_HVSOCK"], "/tmp/r/hvsock");
+        assert_eq!(env["MICROVM_ACCEL"], "tcg");
         assert_eq!(env["X"], "a=b");
     }
 }

@@ -20,8 +20,18 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 256 * 1024;
 
 /// Sends `bytes` pattern bytes to the server; the time from the first byte
-/// written to the server's answer that all of them arrived right.
-pub fn upload(target: &Target, bytes: u64, pattern: &Pattern) -> Result<Duration, String> {
+/// written to the server's answer that all of them arrived right. Writes to
+/// a vsock target are at most `vsock_write_max` bytes each (see guest.rs).
+pub fn upload(
+    target: &Target,
+    bytes: u64,
+    pattern: &Pattern,
+    vsock_write_max: usize,
+) -> Result<Duration, String> {
+    let chunk = match target {
+        Target::Vsock(..) => CHUNK.min(vsock_write_max),
+        Target::Unix(_) => CHUNK,
+    };
     let mut c = target
         .connect(IO_TIMEOUT)
         .map_err(|e| format!("connect: {e}"))?;
@@ -30,7 +40,7 @@ pub fn upload(target: &Target, bytes: u64, pattern: &Pattern) -> Result<Duration
     let t0 = Instant::now();
     let mut pos = 0u64;
     while pos < bytes {
-        let want = usize::try_from(bytes - pos).unwrap_or(CHUNK).min(CHUNK);
+        let want = usize::try_from(bytes - pos).unwrap_or(chunk).min(chunk);
         let n = c
             .write(pattern.chunk(pos, want))
             .map_err(|e| format!("write at byte {pos}: {e}"))?;

@@ -40,6 +40,12 @@ pub struct GuestOpts {
     pub relay_listen: String,
     /// Where the minimal relay connects.
     pub relay_to: String,
+    /// Largest write to a vsock socket. Guest kernels that build vsock
+    /// packets from non-linear skbs (6.12 from bookworm-backports) split a
+    /// packet over 32 KiB across several descriptors, which
+    /// vhost-device-vsock 0.3.0 does not take: the connection stalls. The
+    /// bench's own writers stay under it there.
+    pub vsock_write_max: usize,
     /// The agent's command line.
     pub agent: Vec<String>,
 }
@@ -68,6 +74,7 @@ pub fn run(o: &GuestOpts) -> Result<(), String> {
         .map_err(|e| format!("start {prog}: {e}"))?;
     let mut relay = Command::new("/proc/self/exe")
         .args(["relay", "--listen", &o.relay_listen, "--to", &o.relay_to])
+        .args(["--vsock-write-max", &o.vsock_write_max.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("start the minimal relay: {e}"))?;
@@ -130,7 +137,7 @@ fn serve_host(o: &GuestOpts, agent: &Child, relay: &Child) -> Result<(), String>
             let _ = writeln!(out, "ok");
             return Ok(());
         }
-        let answer = match command(&words, &pattern, agent, relay) {
+        let answer = match command(&words, &pattern, agent, relay, o.vsock_write_max) {
             Ok(a) => format!("ok {a}"),
             Err(e) => format!("err {e}"),
         };
@@ -173,6 +180,7 @@ fn command(
     pattern: &Pattern,
     agent: &Child,
     relay: &Child,
+    vsock_write_max: usize,
 ) -> Result<String, String> {
     let target =
         || -> Result<Target, String> { Target::parse(&arg::<String>(words, 1, "target")?) };
@@ -202,7 +210,7 @@ fn command(
         "up" | "down" => {
             let bytes: u64 = arg(words, 2, "bytes")?;
             let t = if words[0] == "up" {
-                client::upload(&target()?, bytes, pattern)?
+                client::upload(&target()?, bytes, pattern, vsock_write_max)?
             } else {
                 client::download(&target()?, bytes, pattern)?
             };

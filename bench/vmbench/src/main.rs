@@ -5,10 +5,11 @@
 //! ```text
 //! vmbench serve PATH...
 //!     (host) the server every path ends at, on each Unix socket PATH (wire.rs)
-//! vmbench guest --control-port P --echo-port P --relay-listen PATH --relay-to TARGET -- AGENT ARGS...
+//! vmbench guest --control-port P --echo-port P --relay-listen PATH --relay-to TARGET
+//!               [--vsock-write-max BYTES] -- AGENT ARGS...
 //!     (guest, the initramfs payload) starts the agent and the minimal relay, then
 //!     runs the host's commands (guest.rs)
-//! vmbench relay --listen PATH --to TARGET
+//! vmbench relay --listen PATH --to TARGET [--vsock-write-max BYTES]
 //!     (guest) the minimal Unix-to-vsock relay (relay.rs); `guest` starts it
 //! ```
 //!
@@ -63,6 +64,14 @@ impl Args {
             .ok_or(format!("--{key} is required"))
     }
 
+    /// A byte count; no flag: no limit.
+    fn size(&self, key: &str) -> Result<usize, String> {
+        match self.flags.get(key) {
+            None => Ok(usize::MAX),
+            Some(v) => v.parse().map_err(|_| format!("--{key}: bad size {v:?}")),
+        }
+    }
+
     fn port(&self, key: &str) -> Result<u32, String> {
         let v = self.str(key)?;
         v.parse().map_err(|_| format!("--{key}: bad port {v:?}"))
@@ -79,12 +88,14 @@ fn run(argv: &[String]) -> Result<(), String> {
         "relay" => relay::run(
             &args.str("listen")?,
             &wire::Target::parse(&args.str("to")?)?,
+            args.size("vsock-write-max")?,
         ),
         "guest" => guest::run(&guest::GuestOpts {
             control_port: args.port("control-port")?,
             echo_port: args.port("echo-port")?,
             relay_listen: args.str("relay-listen")?,
             relay_to: args.str("relay-to")?,
+            vsock_write_max: args.size("vsock-write-max")?,
             agent: args.rest,
         }),
         other => Err(format!("unknown subcommand {other:?}")),

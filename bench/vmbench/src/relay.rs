@@ -53,8 +53,10 @@ enum Flow {
     End,
 }
 
-/// Moves bytes from side `from` to side `1 - from` until a socket would block.
-fn flow(conn: &mut Conn, from: usize, scratch: &mut [u8]) -> Flow {
+/// Moves bytes from side `from` to side `1 - from` until a socket would block;
+/// writes to the target (side 1) are at most `vsock_max` bytes each.
+fn flow(conn: &mut Conn, from: usize, scratch: &mut [u8], vsock_max: usize) -> Flow {
+    let cap = if from == 0 { vsock_max } else { usize::MAX };
     let to = 1 - from;
     let (src, dst) = (conn.fds[from].as_raw_fd(), conn.fds[to].as_raw_fd());
     loop {
@@ -63,7 +65,8 @@ fn flow(conn: &mut Conn, from: usize, scratch: &mut [u8]) -> Flow {
             if !conn.sides[to].writable {
                 return Flow::Wait;
             }
-            match sys::write_fd(dst, &conn.sides[to].pending) {
+            let len = conn.sides[to].pending.len().min(cap);
+            match sys::write_fd(dst, &conn.sides[to].pending[..len]) {
                 Ok(n) => {
                     conn.sides[to].pending.drain(..n);
                     continue;
@@ -88,7 +91,7 @@ fn flow(conn: &mut Conn, from: usize, scratch: &mut [u8]) -> Flow {
             Err(_) => return Flow::End,
         };
         let written = if conn.sides[to].writable {
-            match sys::write_fd(dst, &scratch[..n]) {
+            match sys::write_fd(dst, &scratch[..n.min(cap)]) {
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.sides[to].writable = false;
@@ -112,6 +115,7 @@ struct Relay {
     epoll: OwnedFd,
     listener: UnixListener,
     to: (u32, u32),
+    vsock_max: usize,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     scratch: Vec<u8>,
@@ -189,9 +193,12 @@ impl Relay {
             }
             conn.connected = true;
         }
-        let ended = [0, 1]
-            .into_iter()
-            .any(|from| matches!(flow(conn, from, &mut self.scratch), Flow::End));
+        let ended = [0, 1].into_iter().any(|from| {
+            matches!(
+                flow(conn, from, &mut self.scratch, self.vsock_max),
+                Flow::End
+            )
+        });
         if ended {
             self.close(slot);
         }
@@ -205,8 +212,8 @@ impl Relay {
     }
 }
 
-/// Serves forever.
-pub fn run(listen: &str, to: &Target) -> Result<(), String> {
+/// Serves forever; writes to the target are at most `vsock_max` bytes each.
+pub fn run(listen: &str, to: &Target, vsock_max: usize) -> Result<(), String> {
     let Target::Vsock(cid, port) = *to else {
         return Err("relay: the target must be vsock:CID:PORT".into());
     };
@@ -227,6 +234,7 @@ pub fn run(listen: &str, to: &Target) -> Result<(), String> {
         epoll,
         listener,
         to: (cid, port),
+        vsock_max: vsock_max.max(1),
         conns: Vec::new(),
         free: Vec::new(),
         scratch: vec![0u8; BUF],
