@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{Ctx, Res};
 
-/// Host port the guest dials for commands.
-pub const CONTROL_PORT: u32 = 5100;
+/// Host port the guest dials for commands (high: see `RAW_PORT`'s comment).
+pub const CONTROL_PORT: u32 = 2_000_000_100;
 
 /// One answer's `key=value` fields; `first_error=` takes the rest of the line.
 #[derive(Debug, Default)]

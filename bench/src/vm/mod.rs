@@ -35,10 +35,16 @@ use crate::suite::{Figure, Notes};
 use crate::sys::{self, Res};
 use crate::Cli;
 
+// The host ports the guest dials are far above anything vhost-device-vsock
+// 0.3.0 hands out to host-initiated connections: it numbers those from 0 up,
+// and once its counter reaches a port that a guest-initiated connection holds
+// open, it refuses every further hybrid CONNECT (its allocate_local_port gives
+// up at the first taken number without moving on). With the control channel
+// on port 5100, sockfwd's streams all failed after ~5,100 connections.
 /// Host port of the raw path's server socket.
-pub const RAW_PORT: u32 = 5000;
+pub const RAW_PORT: u32 = 2_000_000_000;
 /// Host port the minimal relay connects to.
-pub const MINRELAY_PORT: u32 = 5001;
+pub const MINRELAY_PORT: u32 = 2_000_000_001;
 /// Guest port of the echo listener for host-initiated connections.
 pub const GUEST_ECHO_PORT: u32 = 5200;
 /// The sockfwd forward's guest listener.
@@ -172,10 +178,24 @@ pub fn run(cli: &Cli) -> Res<()> {
         .disable_cleanup(cli.keep)
         .tempdir_in("/tmp")
         .map_err(|e| format!("temp dir: {e}"))?;
-    let d = dir.path();
     if cli.keep {
-        eprintln!("run dir (kept): {}", d.display());
+        eprintln!("run dir (kept): {}", dir.path().display());
     }
+    match measure(cli, &cfg, dir.path(), began, load_before) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The VM and the daemons are stopped by now; their logs stay.
+            let kept = dir.keep();
+            Err(format!(
+                "{e}\n(console, QEMU, relay and server logs kept in {})",
+                kept.display()
+            ))
+        }
+    }
+}
+
+/// Everything between the run dir's creation and the table.
+fn measure(cli: &Cli, cfg: &VmConfig, d: &Path, began: Instant, load_before: String) -> Res<()> {
     let tooling = Tooling::locate(&d.join("microvm.log"), cli.vm_kernel)?;
     eprintln!(
         "VM tooling: install / check (log {})",
@@ -296,7 +316,7 @@ pub fn run(cli: &Cli) -> Res<()> {
             vdv: env.vdv_pid,
             relay: relay.pid(),
         },
-        cfg: &cfg,
+        cfg,
         only: &cli.only,
         uds: env.uds.clone(),
         res: Results::default(),
@@ -337,7 +357,7 @@ pub fn run(cli: &Cli) -> Res<()> {
         load_before,
     };
     closing_notes(&mut notes);
-    print_table(cli, &cfg, &setup, &res, &notes);
+    print_table(cli, cfg, &setup, &res, &notes);
     eprintln!("done in {:.0} s", began.elapsed().as_secs_f64());
     Ok(())
 }
