@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 
 use crate::figures::burst::BurstMisses;
-use crate::figures::clients::{ClientPeers, ClientsConfig};
+use crate::figures::client_servers::ClientPeers;
+use crate::figures::clients::ClientsConfig;
 use crate::figures::throughput::Dir;
 use crate::pattern::Pattern;
 use crate::procs::Bins;

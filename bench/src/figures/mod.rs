@@ -4,6 +4,7 @@
 //! the values.
 
 pub mod burst;
+pub mod client_servers;
 pub mod clients;
 pub mod latency;
 pub mod memory;
