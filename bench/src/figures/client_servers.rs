@@ -29,7 +29,7 @@ pub fn find_tool(name: &str, package: &str) -> Res<PathBuf> {
     })
 }
 
-/// A PostgreSQL program from /usr/lib/postgresql/<newest>/bin.
+/// A PostgreSQL program from `/usr/lib/postgresql/<newest>/bin`.
 pub fn pg_bin(name: &str) -> Res<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
