@@ -58,6 +58,22 @@ pub enum AgentError {
     BootForward(#[source] remote::bind::BindError),
 }
 
+impl AgentError {
+    /// Whether another process already listens where the agent should: the
+    /// control or stream port's socket, or a boot-time forward's.
+    pub fn is_address_in_use(&self) -> bool {
+        match self {
+            AgentError::Control(e) | AgentError::Streams(e) => {
+                matches!(e, ListenerError::InUse { .. })
+            }
+            AgentError::BootForward(e) => matches!(
+                e.cause,
+                remote::bind::BindCause::Path(remote::paths::PathError::LiveSocket)
+            ),
+        }
+    }
+}
+
 enum ControlStart {
     Listen(Listener),
     Dial(Address),

@@ -37,7 +37,10 @@ enum MainError {
 impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
+            // A listener another agent (or anything) already serves: a
+            // configuration problem, like a bad value.
             MainError::Config(_) => ExitCode::from(2),
+            MainError::Agent(e) if e.is_address_in_use() => ExitCode::from(2),
             MainError::Print(_)
             | MainError::Runtime(_)
             | MainError::Signals(_)

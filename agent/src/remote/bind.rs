@@ -13,16 +13,14 @@ use crate::forwards::{Existing, TableError, Tokens};
 use crate::remote::client;
 use crate::remote::paths::{self, PathError};
 use crate::state::AgentState;
-use nix::unistd::{fchownat, Gid, Uid};
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::Socket;
-use sockfwd_proto::transport::{Address, Listener, ListenerError};
+use sockfwd_proto::transport::{Listener, ListenerError, SocketFileError, SocketFileOptions};
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use thiserror::Error;
@@ -63,29 +61,23 @@ pub enum BindCause {
     /// `Socket.mode` has bits beyond 0o7777.
     #[error("mode {0:#o} is not a file mode")]
     Mode(u32),
-    /// bind/listen failed.
-    #[error("creating the socket")]
-    Listen(#[source] io::Error),
-    /// chmod failed.
-    #[error("setting mode {mode:#o}")]
-    Chmod {
-        /// The mode asked for.
-        mode: u32,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// lchown failed.
-    #[error("setting owner uid {uid:?} gid {gid:?}")]
-    Chown {
-        /// The owner asked for.
-        uid: Option<u32>,
-        /// The group asked for.
-        gid: Option<u32>,
-        /// The OS error.
-        #[source]
-        source: nix::Error,
-    },
+    /// Creating the socket failed: bind/listen, its mode or owner.
+    #[error(transparent)]
+    Socket(SocketFileError),
+}
+
+impl From<ListenerError> for BindCause {
+    fn from(e: ListenerError) -> BindCause {
+        match e {
+            ListenerError::NotASocket { .. } => BindCause::Path(PathError::NotASocket),
+            ListenerError::InUse { .. } => BindCause::Path(PathError::LiveSocket),
+            ListenerError::File { source, .. } => BindCause::Socket(source),
+            ListenerError::Bind { source, .. } => BindCause::Socket(SocketFileError::Bind(source)),
+            other @ ListenerError::NotListenable(_) => {
+                BindCause::Socket(SocketFileError::Bind(io::Error::other(other)))
+            }
+        }
+    }
 }
 
 /// A failed Unbind.
@@ -136,28 +128,13 @@ fn bind_one(state: &AgentState, s: &Socket, created: &mut Vec<Created>) -> Resul
         return Err(BindCause::Mode(mode));
     }
     paths::prepare_parent(&checked)?;
-    paths::check_target(&checked.path)?;
-    let listener = Listener::bind(&Address::Unix(checked.path.clone())).map_err(|e| match e {
-        ListenerError::NotASocket { .. } => BindCause::Path(PathError::NotASocket),
-        ListenerError::Bind { source, .. } => BindCause::Listen(source),
-        other @ ListenerError::NotListenable(_) => BindCause::Listen(io::Error::other(other)),
-    })?;
-    // From here on, dropping `listener` on an error unlinks the socket.
-    std::fs::set_permissions(&checked.path, std::fs::Permissions::from_mode(mode))
-        .map_err(|source| BindCause::Chmod { mode, source })?;
-    // Unset: the configured default, else the agent's own (no chown).
-    let uid = s.uid.or(state.config.socket_uid);
-    let gid = s.gid.or(state.config.socket_gid);
-    if uid.is_some() || gid.is_some() {
-        fchownat(
-            None,
-            &checked.path,
-            uid.map(Uid::from_raw),
-            gid.map(Gid::from_raw),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|source| BindCause::Chown { uid, gid, source })?;
-    }
+    // Unset owner: the configured default, else the agent's own (no chown).
+    let options = SocketFileOptions {
+        mode: Some(mode),
+        uid: s.uid.or(state.config.socket_uid),
+        gid: s.gid.or(state.config.socket_gid),
+    };
+    let listener = Listener::bind_unix(&checked.path, &options).map_err(BindCause::from)?;
     created.push(Created {
         forward_id: s.forward_id.clone(),
         path: checked.path,

@@ -8,12 +8,9 @@
 //! the guest that can rename directories under the root while Bind runs could
 //! still race it; the agent never creates anything through a symlink it saw.
 
-use nix::errno::Errno;
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use sockfwd_proto::transport::SUN_PATH_MAX;
 use std::io;
-use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 use thiserror::Error;
 
@@ -183,46 +180,6 @@ fn make_dir(dir: &Path) -> Result<(), PathError> {
     }
 }
 
-/// Whether `path` may be bound: nothing there, or a socket nobody listens on
-/// (left by an earlier agent; the listener replaces it).
-pub fn check_target(path: &Path) -> Result<(), PathError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if socket_is_live(path) {
-                Err(PathError::LiveSocket)
-            } else {
-                Ok(())
-            }
-        }
-        Ok(_) => Err(PathError::NotASocket),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(PathError::Inspect {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// A nonblocking connect: refused means stale; accepted or a full backlog
-/// means someone listens.
-fn socket_is_live(path: &Path) -> bool {
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    matches!(
-        connect(fd.as_raw_fd(), &addr),
-        Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,22 +261,5 @@ mod tests {
         let checked = check_path(link.join("x/s.sock").to_str().unwrap(), &[link]).unwrap();
         prepare_parent(&checked).unwrap();
         assert!(real.join("x").is_dir());
-    }
-
-    #[test]
-    fn targets_stale_live_and_other_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.sock");
-        check_target(&p).unwrap();
-        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
-        assert!(matches!(check_target(&p), Err(PathError::LiveSocket)));
-        drop(live); // the file stays: stale
-        check_target(&p).unwrap();
-        std::fs::remove_file(&p).unwrap();
-        std::fs::write(&p, b"x").unwrap();
-        assert!(matches!(check_target(&p), Err(PathError::NotASocket)));
-        std::fs::remove_file(&p).unwrap();
-        std::os::unix::fs::symlink(dir.path(), &p).unwrap();
-        assert!(matches!(check_target(&p), Err(PathError::NotASocket)));
     }
 }

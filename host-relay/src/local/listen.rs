@@ -70,8 +70,20 @@ fn bind(spec: &LocalSpec) -> std::io::Result<Bound> {
             })
         }
         Listen::Unix(path) => {
+            // The listen address is named by the caller's error: keep the cause only.
             let l = Listener::bind(&Address::Unix(path.clone())).map_err(|e| match e {
                 ListenerError::Bind { source, .. } => source,
+                ListenerError::InUse { .. } => std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is listening on it",
+                ),
+                ListenerError::NotASocket { .. } => std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ),
+                ListenerError::File { source, .. } => {
+                    std::io::Error::other(sockfwd_proto::report::chain(&source))
+                }
                 other => std::io::Error::other(other.to_string()),
             })?;
             Ok(Bound {

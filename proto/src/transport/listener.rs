@@ -1,11 +1,15 @@
-//! Guest-side listeners for the control and stream ports.
+//! Listeners of both daemons: the agent's control and stream ports and
+//! remote forwards, the relay's admin socket, control listener and local
+//! forwards. Unix ones go through [`socket_file`](super::socket_file): a socket
+//! in use is never taken over, and only our own file is removed.
 
+use super::socket_file::{open_parent, SocketFile, SocketFileError, SocketFileOptions};
 use super::{Address, Stream};
 use nix::sys::socket::SockFlag;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
@@ -29,11 +33,26 @@ pub enum ListenerError {
     /// Hybrid vsock is a host-side dialing scheme; nothing listens on it.
     #[error("cannot listen on {0}: hvsock:// is for dialing from the host")]
     NotListenable(Address),
+    /// Another process listens on the Unix socket at that path: it is left alone.
+    #[error("cannot listen on {addr}: another process is listening on it")]
+    InUse {
+        /// The requested address.
+        addr: Address,
+    },
     /// A non-socket file is where the socket should go.
     #[error("cannot listen on {addr}: a file that is not a socket is in the way")]
     NotASocket {
         /// The requested address.
         addr: Address,
+    },
+    /// The Unix socket file could not be made (see [`SocketFileError`]).
+    #[error("cannot listen on {addr}")]
+    File {
+        /// The requested address.
+        addr: Address,
+        /// What failed.
+        #[source]
+        source: SocketFileError,
     },
     /// bind/listen failed.
     #[error("cannot listen on {addr}")]
@@ -46,6 +65,17 @@ pub enum ListenerError {
     },
 }
 
+impl ListenerError {
+    fn unix(addr: &Address, source: SocketFileError) -> ListenerError {
+        let addr = addr.clone();
+        match source {
+            SocketFileError::InUse => ListenerError::InUse { addr },
+            SocketFileError::NotASocket => ListenerError::NotASocket { addr },
+            source => ListenerError::File { addr, source },
+        }
+    }
+}
+
 enum Inner {
     /// A listening Unix socket registered with the runtime directly: accept4
     /// hands a nonblocking socket straight to [`Stream`] with one registration
@@ -55,63 +85,80 @@ enum Inner {
     Vsock(tokio_vsock::VsockListener),
 }
 
-/// A bound listener; a Unix one unlinks its socket file when dropped.
+/// A bound listener. A Unix one never replaces a socket another process
+/// listens on, and removes its socket file when dropped only if the file is
+/// still its own (see [`socket_file`](super::socket_file)).
 pub struct Listener {
     inner: Inner,
-    /// Where the socket file is, for removal on drop (Unix only).
-    path: Option<PathBuf>,
+    /// The socket file it made, removed on drop (Unix only).
+    _file: Option<SocketFile>,
     addr: Address,
 }
 
-/// Removes a stale socket file at `path`; refuses any other kind of file.
-fn clear_stale_socket(path: &Path) -> Result<(), io::ErrorKind> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| e.kind()),
-        Ok(_) => Err(io::ErrorKind::AlreadyExists),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.kind()),
-    }
-}
-
 impl Listener {
-    /// Binds `addr`. A stale Unix socket file is replaced; any other file is refused.
+    /// Binds `addr`. A Unix socket gets the mode the umask gives; a stale
+    /// socket file is replaced, a live one or any other file refused.
     pub fn bind(addr: &Address) -> Result<Self, ListenerError> {
-        let bind_err = |source| ListenerError::Bind {
-            addr: addr.clone(),
-            source,
-        };
         match addr {
-            Address::Unix(path) => {
-                match clear_stale_socket(path) {
-                    Ok(()) => {}
-                    Err(io::ErrorKind::AlreadyExists) => {
-                        return Err(ListenerError::NotASocket { addr: addr.clone() })
-                    }
-                    Err(kind) => return Err(bind_err(kind.into())),
-                }
-                let l = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
-                l.set_nonblocking(true).map_err(bind_err)?;
-                // SAFETY: the listener's descriptor is moved into the AsyncFd, which
-                // owns it from here on; nothing else closes or replaces it.
-                let fd = unsafe { AsyncFd::register(OwnedFd::from(l)) }
-                    .map_err(|e| bind_err(io::Error::from(e)))?;
-                Ok(Listener {
-                    inner: Inner::Unix(fd),
-                    path: Some(path.clone()),
-                    addr: addr.clone(),
-                })
-            }
+            Address::Unix(path) => Self::bind_unix(path, &SocketFileOptions::default()),
             Address::Vsock { cid, port } => {
                 let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))
-                    .map_err(bind_err)?;
+                    .map_err(|source| ListenerError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
                 Ok(Listener {
                     inner: Inner::Vsock(l),
-                    path: None,
+                    _file: None,
                     addr: addr.clone(),
                 })
             }
             Address::Hybrid { .. } => Err(ListenerError::NotListenable(addr.clone())),
         }
+    }
+
+    /// Binds a Unix socket at `path` (its directory found by following
+    /// symlinks: an operator's path), made as `options` say.
+    pub fn bind_unix(path: &Path, options: &SocketFileOptions) -> Result<Self, ListenerError> {
+        let addr = Address::Unix(path.to_path_buf());
+        let len = path.as_os_str().len();
+        if len > super::SUN_PATH_MAX {
+            return Err(ListenerError::Bind {
+                addr,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the path is {len} bytes; a Unix socket address holds at most {}",
+                        super::SUN_PATH_MAX
+                    ),
+                ),
+            });
+        }
+        let (dir, name) = open_parent(path).map_err(|e| ListenerError::unix(&addr, e))?;
+        Self::bind_in(dir, &name, addr, options)
+    }
+
+    /// Binds a Unix socket at `name` inside the directory `dir` (already
+    /// opened and checked by the caller); `addr` is how it is shown.
+    pub fn bind_in(
+        dir: OwnedFd,
+        name: &OsStr,
+        addr: Address,
+        options: &SocketFileOptions,
+    ) -> Result<Self, ListenerError> {
+        let (fd, file) =
+            SocketFile::create(dir, name, options).map_err(|e| ListenerError::unix(&addr, e))?;
+        // SAFETY: the listener's descriptor is moved into the AsyncFd, which
+        // owns it from here on; nothing else closes or replaces it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| ListenerError::Bind {
+            addr: addr.clone(),
+            source: io::Error::from(e),
+        })?;
+        Ok(Listener {
+            inner: Inner::Unix(fd),
+            _file: Some(file),
+            addr,
+        })
     }
 
     /// The address this listener was bound to.
@@ -155,21 +202,12 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some(path) = &self.path {
-            // Best effort: the file may already be gone or replaced by an operator.
-            let _ = clear_stale_socket(path);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn replaces_stale_socket_refuses_regular_file_and_unlinks_on_drop() {
+    async fn replaces_stale_refuses_live_and_other_files_and_unlinks_only_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let addr = Address::Unix(path.clone());
@@ -177,6 +215,13 @@ mod tests {
         // The std listener leaves its file behind: a stale socket.
         let l = Listener::bind(&addr).unwrap();
         assert!(path.exists());
+        // A second listener on the same path is refused, and removes nothing.
+        let err = Listener::bind(&addr).err().unwrap();
+        assert!(matches!(err, ListenerError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
         drop(l);
         assert!(!path.exists());
 
@@ -184,5 +229,14 @@ mod tests {
         let err = Listener::bind(&addr).err().unwrap();
         assert!(matches!(err, ListenerError::NotASocket { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        std::fs::remove_file(&path).unwrap();
+
+        // Replaced under it: the replacement survives the listener's end.
+        let l = Listener::bind(&addr).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(l);
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        drop(other);
     }
 }

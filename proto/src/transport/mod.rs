@@ -8,11 +8,13 @@
 mod address;
 mod dial;
 mod listener;
+pub mod socket_file;
 mod stream;
 
 pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
 pub use dial::{dial, dial_with_retry, DialError, HYBRID_REPLY_MAX};
 pub use listener::{Listener, ListenerError, Peer};
+pub use socket_file::{SocketFileError, SocketFileOptions};
 pub use stream::Stream;
 
 /// Longest Unix socket path in bytes: `sockaddr_un.sun_path` holds 108 with the NUL.
