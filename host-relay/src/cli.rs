@@ -136,9 +136,31 @@ pub struct Cli {
     #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     pub auto_forward_bind: IpAddr,
 
-    /// Admin socket (mode 0600) for the status, add and remove subcommands.
+    /// Admin socket (mode 0600) for the status, add and remove subcommands;
+    /// only root and the relay's own user may use it.
     #[arg(long, value_name = "PATH")]
     pub admin: Option<PathBuf>,
+
+    /// Members of GROUP (a name or a GID) may use the admin socket too; the
+    /// socket is then mode 0660, owned by that group.
+    #[arg(long, value_name = "GROUP", requires = "admin", value_parser = group_id)]
+    pub admin_group: Option<u32>,
+}
+
+/// A group that does not exist, said without the name: clap's message quotes it.
+#[derive(Debug, Error)]
+#[error("no such group")]
+pub struct GroupValueError;
+
+/// The value parser of `--admin-group`: a numeric GID, or a group name.
+fn group_id(s: &str) -> Result<u32, GroupValueError> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(GroupValueError),
+    }
 }
 
 /// A malformed ADDR, said without the address: clap's message quotes it already.
@@ -217,6 +239,7 @@ impl TryFrom<Cli> for Config {
             auto_forward: cli.auto_forward,
             auto_forward_bind: cli.auto_forward_bind,
             admin: cli.admin,
+            admin_group: cli.admin_group,
         };
         config.validate()?;
         Ok(config)

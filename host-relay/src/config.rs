@@ -70,6 +70,9 @@ pub struct Config {
     pub auto_forward_bind: std::net::IpAddr,
     /// `--admin`: the admin socket (mode 0600).
     pub admin: Option<std::path::PathBuf>,
+    /// `--admin-group`: a group whose members may use the admin socket too
+    /// (root and the relay's own user always may).
+    pub admin_group: Option<u32>,
 }
 
 /// A configuration that cannot work.
@@ -172,6 +175,7 @@ impl Config {
             auto_forward: None,
             auto_forward_bind: std::net::Ipv4Addr::LOCALHOST.into(),
             admin: None,
+            admin_group: None,
         }
     }
 

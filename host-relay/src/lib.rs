@@ -70,7 +70,7 @@ pub use remote_table::ForwardTable;
 pub use rpc::CallError;
 pub use streams::StreamError;
 
-use admin::server::{self, Admin};
+use admin::server::{self, Admin, AdminAccess};
 use control::channel::{self, ChannelError};
 use control::connector::{Connector, ReachError};
 use control::session::SessionParts;
@@ -209,7 +209,7 @@ pub async fn run_with_table(
     let admin_listener = config
         .admin
         .as_deref()
-        .map(server::bind)
+        .map(|path| server::bind(path, config.admin_group))
         .transpose()
         .map_err(RelayError::Admin)?;
     let listeners = Arc::new(ListenerTable::default());
@@ -228,6 +228,7 @@ pub async fn run_with_table(
     });
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
+            access: AdminAccess::for_this_process(shared.config.admin_group),
             shared: Arc::clone(&shared),
             guest: guest.clone(),
             listeners: Arc::clone(&listeners),

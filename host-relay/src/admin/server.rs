@@ -3,6 +3,15 @@
 //! [`crate::admin::request`]; each connection is served in its own task, the
 //! request read there within its bounds. Every way a request can fail is an
 //! [`AdminError`], answered as one `error:` line.
+//!
+//! Who may use it is checked twice. The socket is born with its final mode
+//! (0600, or 0660 for `--admin-group`: see `sockfwd_proto::transport::socket_file`),
+//! so no client can connect in a window before a chmod; and every connection's
+//! peer credentials (`SO_PEERCRED`, `SO_PEERGROUPS`, which the kernel records
+//! and the peer cannot forge) must be root, the relay's own user, or a member
+//! of `--admin-group`, whatever the file's mode has become since. Anyone else
+//! gets `error: permission denied` before a byte of the request is read, and
+//! a log line with its uid and pid.
 
 use crate::admin::request::{answer, AdminRequest, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
 use crate::admin::status::{self, Row};
@@ -17,18 +26,49 @@ use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::log_text::{escape, escape_clipped};
 use sockfwd_proto::report::chain;
 use sockfwd_proto::rpc::{BindRequest, ListForwardsRequest, UnbindRequest};
-use sockfwd_proto::transport::{Address, Listener, ListenerError, Stream};
-use std::os::unix::fs::PermissionsExt as _;
+use sockfwd_proto::transport::{
+    peer_credentials, Listener, ListenerError, PeerCredentials, SocketFileOptions, Stream,
+};
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The answer to a caller who may not use the admin socket.
+pub const PERMISSION_DENIED: &str = "permission denied";
+
 /// How long `status` waits for the agent's `ListForwards`.
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Who may use the admin socket: root, the relay's own user, and the members
+/// of the `--admin-group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AdminAccess {
+    /// The relay's effective uid.
+    pub(crate) own_uid: u32,
+    /// `--admin-group`.
+    pub(crate) group: Option<u32>,
+}
+
+impl AdminAccess {
+    /// Access for this process, with `--admin-group`.
+    pub(crate) fn for_this_process(group: Option<u32>) -> AdminAccess {
+        AdminAccess {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            group,
+        }
+    }
+
+    fn allows(&self, peer: &PeerCredentials) -> bool {
+        peer.uid == 0 || peer.uid == self.own_uid || self.group.is_some_and(|g| peer.in_group(g))
+    }
+}
+
 /// What the admin socket works on.
 pub(crate) struct Admin {
+    /// Who may use it.
+    pub(crate) access: AdminAccess,
     /// The remote forwards, the settings, the tasks.
     pub(crate) shared: Arc<Shared>,
     /// Opens local forwards and reaches the current session.
@@ -102,14 +142,16 @@ pub enum AdminError {
     NotFound(String),
 }
 
-/// Creates the admin socket with mode 0600 (a stale socket file is replaced;
-/// the file is removed when the listener is dropped).
-pub(crate) fn bind(path: &Path) -> Result<Listener, ListenerError> {
-    let addr = Address::Unix(path.to_path_buf());
-    let l = Listener::bind(&addr)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| ListenerError::Bind { addr, source })?;
-    Ok(l)
+/// Creates the admin socket, born with mode 0600 (0660 and owned by the
+/// group with `group`); a stale socket file is replaced, one in use refused,
+/// and the file is removed when the listener is dropped.
+pub(crate) fn bind(path: &Path, group: Option<u32>) -> Result<Listener, ListenerError> {
+    let options = SocketFileOptions {
+        mode: Some(if group.is_some() { 0o660 } else { 0o600 }),
+        uid: None,
+        gid: group,
+    };
+    Listener::bind_unix(path, &options)
 }
 
 /// Serves admin connections until shutdown, each in a task on the relay's tracker.
@@ -148,7 +190,42 @@ async fn read_line(s: &Stream) -> Result<String, AdminError> {
     String::from_utf8(line.to_vec()).map_err(|_| AdminError::NotUtf8)
 }
 
+/// Whether `s`'s peer may use the admin socket; a refusal is logged (throttled).
+fn permitted(admin: &Admin, s: &Stream) -> bool {
+    let peer = match peer_credentials(s.as_fd()) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!(cause = %e, "admin connection refused: its credentials cannot be read");
+            return false;
+        }
+    };
+    if admin.access.allows(&peer) {
+        return true;
+    }
+    if let Some(pass) = admin.shared.log_throttle.allow("admin refused") {
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            suppressed = pass.suppressed,
+            "admin connection refused: permission denied"
+        );
+    }
+    false
+}
+
 async fn handle(admin: &Admin, s: Stream) {
+    if !permitted(admin, &s) {
+        let text = answer(Err(PERMISSION_DENIED.to_owned()));
+        if let Err(e) = s.write_all(text.as_bytes()).await {
+            tracing::debug!(cause = %e, "refused admin client left before the answer");
+        }
+        // The request is read (within its bounds) and dropped, never parsed:
+        // closing before the client has written it would break its pipe
+        // before it reads the answer.
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&s)).await;
+        return;
+    }
     let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&s)).await {
         Err(_) => Err(AdminError::NoRequest(REQUEST_TIMEOUT)),
         Ok(Err(e)) => Err(e),

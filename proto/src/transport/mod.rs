@@ -8,12 +8,14 @@
 mod address;
 mod dial;
 mod listener;
+mod peer_cred;
 pub mod socket_file;
 mod stream;
 
 pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
 pub use dial::{dial, dial_with_retry, DialError, HYBRID_REPLY_MAX};
 pub use listener::{Listener, ListenerError, Peer};
+pub use peer_cred::{peer_credentials, PeerCredentials};
 pub use socket_file::{SocketFileError, SocketFileOptions};
 pub use stream::Stream;
 
