@@ -1,31 +1,70 @@
-//! The forward table: which remote forward listens at which path, with its
-//! counters and the tokens that end its accept loop.
+//! The forward table: which remote forward listens where (a socket path or a
+//! TCP address, [`ListenAt`]), with its counters and the tokens that end its
+//! accept loop.
 //!
 //! Plain data under a lock; Bind and Unbind (`remote::bind`) decide what goes
 //! in. Each update is a pair of map changes made under one lock, so a forward
-//! ID and its path never disagree.
+//! ID and its listener never disagree.
 
 use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+/// Where a remote forward listens in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAt {
+    /// A Unix socket file.
+    Unix(PathBuf),
+    /// A TCP address. Asked for, port 0 means any free port; in the table it is
+    /// the bound address.
+    Tcp(SocketAddr),
+}
+
+impl ListenAt {
+    /// Whether a forward bound at `self` is what `asked` asks for: the same
+    /// place, or for port 0 the same address with whichever port it got.
+    pub fn answers(&self, asked: &ListenAt) -> bool {
+        match (self, asked) {
+            (ListenAt::Tcp(bound), ListenAt::Tcp(a)) if a.port() == 0 => bound.ip() == a.ip(),
+            _ => self == asked,
+        }
+    }
+}
+
+impl fmt::Display for ListenAt {
+    /// The path, or `IP:PORT` (`[IPV6]:PORT`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAt::Unix(p) => write!(f, "{}", p.display()),
+            ListenAt::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// Why the table refuses a forward.
 #[derive(Debug, Error)]
 pub enum TableError {
-    /// The forward ID is bound at another path.
-    #[error("forward ID {id:?} is already bound at {path}")]
+    /// The forward ID is bound elsewhere.
+    #[error("forward ID {id:?} is already bound at {at}")]
     IdBoundElsewhere {
         /// The forward ID.
         id: String,
         /// Where it is bound.
-        path: PathBuf,
+        at: ListenAt,
     },
-    /// The path is bound to another forward ID.
-    #[error("the path is already bound to forward ID {0:?}")]
-    PathTaken(String),
+    /// The path or address is bound to another forward ID.
+    #[error("the {} is already bound to forward ID {id:?}", kind(.at))]
+    PathTaken {
+        /// Where.
+        at: ListenAt,
+        /// The forward bound there.
+        id: String,
+    },
     /// The table was closed (shutdown).
     #[error("the agent is shutting down")]
     Closed,
@@ -36,8 +75,15 @@ pub enum TableError {
 pub enum Existing {
     /// Nothing: the forward may be created.
     Free,
-    /// This forward ID at this very path: nothing to create.
+    /// This forward ID at this very place: nothing to create.
     Same,
+}
+
+fn kind(at: &ListenAt) -> &'static str {
+    match at {
+        ListenAt::Unix(_) => "path",
+        ListenAt::Tcp(_) => "address",
+    }
 }
 
 /// How a forward's accept loop is ended, and how it says it has ended.
@@ -51,7 +97,9 @@ pub struct Tokens {
 }
 
 struct Entry {
-    path: PathBuf,
+    at: ListenAt,
+    /// A TCP listener's socket inode: the guest's port list leaves it out.
+    inode: Option<u64>,
     stats: Arc<ForwardCounters>,
     tokens: Tokens,
 }
@@ -59,7 +107,7 @@ struct Entry {
 #[derive(Default)]
 struct Table {
     by_id: HashMap<String, Entry>,
-    by_path: HashMap<PathBuf, String>,
+    by_place: HashMap<ListenAt, String>,
     closed: bool,
 }
 
@@ -67,7 +115,7 @@ struct Table {
 #[derive(Default)]
 pub struct Forwards {
     table: Mutex<Table>,
-    /// Held by a whole Bind or Unbind, so two calls cannot race for one path.
+    /// Held by a whole Bind or Unbind, so two calls cannot race for one place.
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -79,8 +127,8 @@ pub struct Open<'a> {
 /// A forward removed by Unbind.
 #[derive(Debug)]
 pub struct Removed {
-    /// Where its socket was.
-    pub path: PathBuf,
+    /// Where it listened.
+    pub at: ListenAt,
     /// Its accept loop's tokens.
     pub tokens: Tokens,
 }
@@ -96,26 +144,35 @@ impl Forwards {
         self.serial.lock().await
     }
 
-    /// Whether `id` at `path` may be created, is already there, or clashes.
-    pub fn check(&self, id: &str, path: &Path) -> Result<Existing, TableError> {
+    /// Whether `id` at `asked` may be created, is already there, or clashes.
+    pub fn check(&self, id: &str, asked: &ListenAt) -> Result<Existing, TableError> {
         let t = self.lock();
         if t.closed {
             return Err(TableError::Closed);
         }
         if let Some(e) = t.by_id.get(id) {
-            return if e.path == path {
+            return if e.at.answers(asked) {
                 Ok(Existing::Same)
             } else {
                 Err(TableError::IdBoundElsewhere {
                     id: id.to_owned(),
-                    path: e.path.clone(),
+                    at: e.at.clone(),
                 })
             };
         }
-        match t.by_path.get(path) {
-            Some(other) => Err(TableError::PathTaken(other.clone())),
+        // Port 0 never clashes here: the kernel picks a free one.
+        match t.by_place.get(asked) {
+            Some(other) => Err(TableError::PathTaken {
+                at: asked.clone(),
+                id: other.clone(),
+            }),
             None => Ok(Existing::Free),
         }
+    }
+
+    /// The socket inodes of the agent's own TCP listeners.
+    pub fn tcp_inodes(&self) -> HashSet<u64> {
+        self.lock().by_id.values().filter_map(|e| e.inode).collect()
     }
 
     /// The table locked for inserting; refused once it is closed.
@@ -131,9 +188,9 @@ impl Forwards {
     pub fn remove(&self, id: &str) -> Option<Removed> {
         let mut t = self.lock();
         let e = t.by_id.remove(id)?;
-        t.by_path.remove(&e.path);
+        t.by_place.remove(&e.at);
         Some(Removed {
-            path: e.path,
+            at: e.at,
             tokens: e.tokens,
         })
     }
@@ -143,13 +200,13 @@ impl Forwards {
         self.lock().closed = true;
     }
 
-    /// Every forward with its path and counters, by forward ID.
-    pub fn snapshot(&self) -> Vec<(String, PathBuf, CounterSnapshot)> {
+    /// Every forward with where it listens and its counters, by forward ID.
+    pub fn snapshot(&self) -> Vec<(String, ListenAt, CounterSnapshot)> {
         let t = self.lock();
         let mut v: Vec<_> = t
             .by_id
             .iter()
-            .map(|(id, e)| (id.clone(), e.path.clone(), e.stats.snapshot()))
+            .map(|(id, e)| (id.clone(), e.at.clone(), e.stats.snapshot()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -157,12 +214,14 @@ impl Forwards {
 }
 
 impl Open<'_> {
-    /// Commits `id` at `path`, its accept loop stopping with `parent`; returns
-    /// its counters and tokens for the loop.
+    /// Commits `id` at `at` (a TCP listener with its socket `inode`), its
+    /// accept loop stopping with `parent`; returns its counters and tokens for
+    /// the loop.
     pub fn insert(
         &mut self,
         id: &str,
-        path: &Path,
+        at: &ListenAt,
+        inode: Option<u64>,
         parent: &CancellationToken,
     ) -> (Arc<ForwardCounters>, Tokens) {
         let stats = Arc::new(ForwardCounters::default());
@@ -170,15 +229,51 @@ impl Open<'_> {
             stop: parent.child_token(),
             done: CancellationToken::new(),
         };
-        self.table.by_path.insert(path.to_path_buf(), id.to_owned());
+        self.table.by_place.insert(at.clone(), id.to_owned());
         self.table.by_id.insert(
             id.to_owned(),
             Entry {
-                path: path.to_path_buf(),
+                at: at.clone(),
+                inode,
                 stats: stats.clone(),
                 tokens: tokens.clone(),
             },
         );
         (stats, tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_answered_by_the_forward_bound_on_that_address() {
+        let tcp = |s: &str| ListenAt::Tcp(s.parse().unwrap());
+        let bound = tcp("127.0.0.1:41233");
+        assert!(bound.answers(&tcp("127.0.0.1:0")));
+        assert!(bound.answers(&tcp("127.0.0.1:41233")));
+        assert!(!bound.answers(&tcp("127.0.0.1:41234")));
+        assert!(!bound.answers(&tcp("[::1]:0")));
+        assert!(!bound.answers(&ListenAt::Unix("127.0.0.1:0".into())));
+
+        let f = Forwards::default();
+        let stop = CancellationToken::new();
+        f.open().unwrap().insert("db", &bound, Some(7), &stop);
+        assert_eq!(f.check("db", &tcp("127.0.0.1:0")).unwrap(), Existing::Same);
+        let err = f.check("db", &tcp("[::1]:0")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            r#"forward ID "db" is already bound at 127.0.0.1:41233"#
+        );
+        let err = f.check("other", &bound).unwrap_err().to_string();
+        assert_eq!(err, r#"the address is already bound to forward ID "db""#);
+        assert_eq!(
+            f.check("other", &tcp("127.0.0.1:0")).unwrap(),
+            Existing::Free
+        );
+        assert_eq!(f.tcp_inodes(), [7].into());
+        assert_eq!(f.remove("db").unwrap().at, bound);
+        assert!(f.tcp_inodes().is_empty());
     }
 }

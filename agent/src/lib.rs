@@ -163,7 +163,7 @@ pub async fn run_notifying(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use config::BootForward;
+    use config::{BootForward, BootListen};
     use notify::Notifier;
     use std::time::Duration;
 
@@ -189,7 +189,7 @@ mod tests {
             streams: Address::Unix(streams.clone()),
             forwards: vec![BootForward {
                 id: "web".into(),
-                path: boot.clone(),
+                listen: BootListen::Path(boot.clone()),
                 mode: Some(0o600),
                 uid: None,
                 gid: None,
@@ -262,7 +262,7 @@ mod tests {
             streams: Address::Unix(dir.path().join("s.sock")),
             forwards: vec![BootForward {
                 id: "f".into(),
-                path: taken,
+                listen: BootListen::Path(taken),
                 mode: None,
                 uid: None,
                 gid: None,

@@ -14,6 +14,10 @@
 //! and one more snapshot, so a burst (a server opening several ports, a
 //! restart) reaches the host as one diff. A subscriber gets the current set
 //! first, as OPENED events.
+//!
+//! The agent's own TCP listeners (remote forwards) are left out, by socket
+//! inode: a host that forwards every guest port back (`--auto-forward all`)
+//! must not forward the port of its own remote forward in a loop.
 
 use nix::sys::socket::{
     recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
@@ -272,20 +276,28 @@ pub fn diff(old: &Snapshot, new: &Snapshot, pids: &mut HashMap<Key, u32>) -> Vec
     events
 }
 
-async fn take_snapshot() -> io::Result<Snapshot> {
-    tokio::task::spawn_blocking(snapshot)
+/// A snapshot without the listeners whose inodes `own` gives.
+async fn take_snapshot(own: &impl Fn() -> HashSet<u64>) -> io::Result<Snapshot> {
+    let mut s = tokio::task::spawn_blocking(snapshot)
         .await
-        .map_err(io::Error::other)?
+        .map_err(io::Error::other)??;
+    let own = own();
+    s.retain(|_, inode| !own.contains(inode));
+    Ok(s)
 }
 
 /// Streams listener changes to one subscriber until sending fails (the host
 /// closed the stream); the caller ends it on its connection's end or shutdown.
-pub async fn watch(sender: &ServerStreamSender<PortEvent>) -> Result<(), ttrpc::Error> {
+/// `own` gives the socket inodes of the agent's own listeners, left out.
+pub async fn watch(
+    sender: &ServerStreamSender<PortEvent>,
+    own: impl Fn() -> HashSet<u64>,
+) -> Result<(), ttrpc::Error> {
     let mut current = Snapshot::new();
     let mut pids = HashMap::new();
     let mut first = true;
     loop {
-        let mut next = match take_snapshot().await {
+        let mut next = match take_snapshot(&own).await {
             Ok(s) => s,
             Err(err) => {
                 tracing::warn!(cause = %err, "cannot list the guest's TCP listeners");
@@ -295,7 +307,7 @@ pub async fn watch(sender: &ServerStreamSender<PortEvent>) -> Result<(), ttrpc::
         };
         if !first && next != current {
             tokio::time::sleep(SETTLE).await;
-            if let Ok(settled) = take_snapshot().await {
+            if let Ok(settled) = take_snapshot(&own).await {
                 next = settled;
             }
         }

@@ -2,7 +2,7 @@
 //! from the kernel command line exist when READY=1 arrives, before any host
 //! attaches; a guest connection made then waits for the host and is served
 //! once a (fake) host attaches; without a host it is closed after
-//! `--pending-timeout`. Unix sockets only.
+//! `--pending-timeout`. Unix sockets, and a TCP listener (`ID:tcp:IP:PORT`).
 
 #[cfg(test)]
 mod boot_forwards {
@@ -115,6 +115,21 @@ mod boot_forwards {
                 sockets: vec![Socket {
                     forward_id: id.to_owned(),
                     socket_path: path.to_str().unwrap().to_owned(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            self.client
+                .bind(ttrpc::context::with_timeout(LONG_NANOS), &req)
+                .await
+                .map(|_| ())
+        }
+
+        async fn bind_tcp(&self, id: &str, addr: &str) -> ttrpc::Result<()> {
+            let req = BindRequest {
+                sockets: vec![Socket {
+                    forward_id: id.to_owned(),
+                    tcp_listen: addr.to_owned(),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -305,5 +320,56 @@ mod boot_forwards {
             .await
             .unwrap();
         assert_eq!(code, Some(0), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_boot_time_tcp_forward_listens_at_ready_and_a_host_takes_it_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify = dir.path().join("notify.sock");
+        let notifications = UnixDatagram::bind(&notify).unwrap();
+        let control = dir.path().join("control.sock");
+        let streams = dir.path().join("streams.sock");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(&cmdline, format!("sockfwd.forward=db:tcp:{addr}\n")).unwrap();
+        let agent = Agent::spawn(
+            dir,
+            &[
+                "--control",
+                &unix(&control),
+                "--streams",
+                &unix(&streams),
+                "--cmdline-file",
+                cmdline.to_str().unwrap(),
+            ],
+            &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        );
+        assert!(next(&notifications).await.starts_with("READY=1\n"));
+        let mut guest = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        guest.write_all(b"early").await.unwrap();
+        guest.shutdown().await.unwrap();
+
+        let host = Host::attach(&control).await;
+        host.bind_tcp("db", &addr).await.unwrap();
+        let err = host.bind_tcp("db", "[::1]:0").await.unwrap_err();
+        assert!(format!("{err:?}").contains("already bound at"), "{err:?}");
+        host.serve(streams.clone(), "host:").await;
+        let mut reply = String::new();
+        timeout(LONG, guest.read_to_string(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, "host:early");
+        let (code, log) = tokio::task::spawn_blocking(move || agent.terminate())
+            .await
+            .unwrap();
+        assert_eq!(code, Some(0), "{log}");
+        let closed = tokio::net::TcpStream::connect(&addr).await;
+        assert!(closed.is_err(), "closed at exit");
     }
 }

@@ -5,10 +5,12 @@
 
 #[cfg(test)]
 mod end_to_end {
+    use sockfwd_agent::config::AllowList;
     use sockfwd_agent::{run_with_ready, AgentConfig, AgentError, ControlMode};
     use sockfwd_proto::handshake;
     use sockfwd_proto::rpc::{
-        BindRequest, ConnectRequest, ConnectResult, ShutdownRequest, Socket, SocketForwardClient,
+        BindRequest, ConnectRequest, ConnectResult, ListForwardsRequest, PortEventKind,
+        ShutdownRequest, Socket, SocketForwardClient, UnbindRequest, WatchPortsRequest,
     };
     use sockfwd_proto::transport::{dial, Address, Stream};
     use std::path::{Path, PathBuf};
@@ -117,6 +119,41 @@ mod end_to_end {
                 .bind(ttrpc::context::with_timeout(LONG_NANOS), &req)
                 .await
                 .map(|_| ())
+        }
+
+        /// Binds TCP listeners: (forward ID, `Socket.tcp_listen`).
+        async fn bind_tcp(&self, sockets: &[(&str, &str)]) -> ttrpc::Result<()> {
+            let req = BindRequest {
+                sockets: sockets
+                    .iter()
+                    .map(|(id, addr)| Socket {
+                        forward_id: id.to_string(),
+                        tcp_listen: addr.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            self.client
+                .bind(ttrpc::context::with_timeout(LONG_NANOS), &req)
+                .await
+                .map(|_| ())
+        }
+
+        /// Each bound forward's ID with its socket path or TCP address.
+        async fn listed(&self) -> Vec<(String, String, String)> {
+            let list = self
+                .client
+                .list_forwards(
+                    ttrpc::context::with_timeout(LONG_NANOS),
+                    &ListForwardsRequest::new(),
+                )
+                .await
+                .unwrap();
+            list.forwards
+                .into_iter()
+                .map(|f| (f.forward_id, f.socket_path, f.tcp_listen))
+                .collect()
         }
 
         /// Opens an Accept stream answering each request with `answer(forward_id)`.
@@ -518,6 +555,154 @@ mod end_to_end {
             host.accept(move |_| Answer::Serve(round)).await;
             assert_eq!(guest(&f, "x").await, format!("{round}x"));
             host.crash();
+        }
+        agent.stop().await;
+    }
+
+    /// A guest process on TCP: sends `msg`, half-closes, reads the reply to the end.
+    async fn tcp_guest(addr: &str, msg: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(msg.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut reply = String::new();
+        let _ = timeout(LONG, s.read_to_string(&mut reply)).await.unwrap();
+        reply
+    }
+
+    #[tokio::test]
+    async fn tcp_listeners_bind_list_relay_and_unbind() {
+        let agent = Agent::start(|_| {}).await;
+        let host = agent.host().await;
+        host.bind_tcp(&[("db", "127.0.0.1:0"), ("v6", "[::1]:0")])
+            .await
+            .unwrap();
+        let listed = host.listed().await;
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let (db, v6) = (&listed[0], &listed[1]);
+        assert_eq!((db.0.as_str(), db.1.as_str()), ("db", ""));
+        assert!(
+            db.2.starts_with("127.0.0.1:") && !db.2.ends_with(":0"),
+            "{db:?}"
+        );
+        assert!(v6.2.starts_with("[::1]:"), "{v6:?}");
+        // Binding again with port 0 is the same forward on the port it got.
+        host.bind_tcp(&[("db", "127.0.0.1:0")]).await.unwrap();
+        assert_eq!(host.listed().await[0].2, db.2);
+
+        host.accept(|f| match f {
+            "db" => Answer::Serve("pg:"),
+            _ => Answer::Serve("six:"),
+        })
+        .await;
+        assert_eq!(tcp_guest(&db.2, "select 1").await, "pg:select 1");
+        assert_eq!(tcp_guest(&v6.2, "x").await, "six:x");
+
+        let unbind = UnbindRequest {
+            forward_id: "db".into(),
+            ..Default::default()
+        };
+        host.client
+            .unbind(ttrpc::context::with_timeout(LONG_NANOS), &unbind)
+            .await
+            .unwrap();
+        let refused = tokio::net::TcpStream::connect(db.2.as_str()).await;
+        assert!(
+            refused.is_err(),
+            "the port is closed by the time Unbind answers"
+        );
+        let v6_addr = v6.2.clone();
+        agent.stop().await;
+        let closed = tokio::net::TcpStream::connect(v6_addr.as_str()).await;
+        assert!(closed.is_err(), "the port is closed at shutdown");
+    }
+
+    #[tokio::test]
+    async fn tcp_listeners_are_confined_to_loopback_unless_allowed() {
+        let agent = Agent::start(|_| {}).await;
+        let host = agent.host().await;
+        let (code, msg) = status(host.bind_tcp(&[("pub", "0.0.0.0:0")]).await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::UNKNOWN);
+        assert_eq!(
+            msg,
+            "binding socket forward listener at 0.0.0.0:0: 0.0.0.0:0 is not allowed: the agent \
+             listens on loopback addresses unless --allow-listen allows more"
+        );
+        let (_, msg) = status(host.bind_tcp(&[("n", "localhost:80")]).await.unwrap_err());
+        assert!(
+            msg.ends_with("expected IP:PORT ([IPV6]:PORT), not a name"),
+            "{msg}"
+        );
+        // All or nothing: the loopback listener of a refused request is closed.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = taken.local_addr().unwrap().to_string();
+        let (_, msg) = status(
+            host.bind_tcp(&[("ok", "127.0.0.1:0"), ("busy", &taken)])
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            msg.contains(&format!("at {taken}: listening on {taken}")),
+            "{msg}"
+        );
+        assert!(host.listed().await.is_empty());
+        agent.stop().await;
+
+        let agent = Agent::start(|c| {
+            c.allow_listen = AllowList(vec!["0.0.0.0:*".parse().unwrap()]);
+        })
+        .await;
+        let host = agent.host().await;
+        host.bind_tcp(&[("pub", "0.0.0.0:0")]).await.unwrap();
+        assert!(host.listed().await[0].2.starts_with("0.0.0.0:"));
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn watch_ports_leaves_out_the_agent_s_own_listeners() {
+        let agent = Agent::start(|_| {}).await;
+        let host = agent.host().await;
+        host.bind_tcp(&[("own", "127.0.0.1:0")]).await.unwrap();
+        let own = host.listed().await[0].2.clone();
+        // A guest service, in this process but not the agent's.
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let service = service.local_addr().unwrap().port();
+        let mut events = host
+            .client
+            .watch_ports(
+                ttrpc::context::Context::default(),
+                &WatchPortsRequest::new(),
+            )
+            .await
+            .unwrap();
+        let mut opened = Vec::new();
+        timeout(LONG, async {
+            while !opened.contains(&u32::from(service)) {
+                let e = events.recv().await.unwrap().unwrap();
+                if e.kind == PortEventKind::OPENED.into() && e.address == "127.0.0.1" {
+                    opened.push(e.port);
+                }
+            }
+        })
+        .await
+        .unwrap();
+        // Another own listener opened while the watch runs is left out too.
+        host.bind_tcp(&[("later", "127.0.0.1:0")]).await.unwrap();
+        let later = host.listed().await[0].2.clone();
+        let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let second = second.local_addr().unwrap().port();
+        timeout(LONG, async {
+            while !opened.contains(&u32::from(second)) {
+                let e = events.recv().await.unwrap().unwrap();
+                if e.kind == PortEventKind::OPENED.into() && e.address == "127.0.0.1" {
+                    opened.push(e.port);
+                }
+            }
+        })
+        .await
+        .unwrap();
+        for addr in [&own, &later] {
+            let port: u32 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(!opened.contains(&port), "{addr} reported in {opened:?}");
         }
         agent.stop().await;
     }

@@ -33,6 +33,10 @@ pub const UNBIND: &str = "unbind";
 /// The `ListForwards` method (8.8). Informational.
 pub const LIST_FORWARDS: &str = "list-forwards";
 
+/// TCP listeners for remote forwards: `Socket.tcp_listen` and
+/// `ForwardInfo.tcp_listen` (8.10). Used only when listed.
+pub const TCP_LISTEN: &str = "tcp-listen";
+
 /// Every extension this build of the agent supports, in the order `Info` lists them.
 pub const SUPPORTED: &[&str] = &[
     SOCKET_OWNER,
@@ -43,6 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     WATCH_PORTS,
     UNBIND,
     LIST_FORWARDS,
+    TCP_LISTEN,
 ];
 
 /// Most extension names a host keeps from one answer; the rest are ignored.

@@ -123,8 +123,16 @@ pub struct Keys {
     #[arg(long, value_name = "SPEC")]
     pub allow_target: Option<Vec<Val<Allow>>>,
 
+    /// A TCP address the host may have a remote forward listen on, besides
+    /// loopback (repeatable): IP:PORT with * for any address or port and A-B
+    /// for a range (0.0.0.0:8080, *:3000-3999; an IPv6 address in square
+    /// brackets) [default: loopback only]
+    #[arg(long, value_name = "SPEC")]
+    pub allow_listen: Option<Vec<Val<Allow>>>,
+
     /// Bind this socket at start, before any host attaches (repeatable);
-    /// MODE is octal, an empty field keeps the default
+    /// MODE is octal, an empty field keeps the default; ID:tcp:IP:PORT is a
+    /// TCP listener (an IPv6 address in square brackets)
     #[arg(long, value_name = "ID:PATH[:MODE[:UID:GID]]")]
     pub forward: Option<Vec<Val<Forward>>>,
 
@@ -170,6 +178,7 @@ impl From<Keys> for AgentConfig {
             max_sockets_per_bind: any(k.max_sockets_per_bind).unwrap_or(1024),
             allow_any_cid: any(k.allow_any_cid).unwrap_or(false),
             allow_targets: AllowList(list(k.allow_target).collect()),
+            allow_listen: AllowList(list(k.allow_listen).collect()),
             forwards: list(k.forward).collect(),
         }
     }
@@ -287,7 +296,10 @@ mod tests {
             .filter(|k| k.list)
             .map(|k| k.name.clone())
             .collect();
-        assert_eq!(lists, ["allow_dir", "allow_target", "forward"]);
+        assert_eq!(
+            lists,
+            ["allow_dir", "allow_target", "allow_listen", "forward"]
+        );
     }
 
     #[test]

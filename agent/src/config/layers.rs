@@ -513,6 +513,14 @@ mod tests {
             ("socket_mode = 0o10000", "octal mode"),
             ("[[forward]]\nid = \"a\"", "missing field `path`"),
             (
+                "[[forward]]\nid = \"a\"\npath = \"/a\"\ntcp = \"127.0.0.1:1\"",
+                "`path` or `tcp`, not both",
+            ),
+            (
+                "[[forward]]\nid = \"a\"\ntcp = \"127.0.0.1:1\"\nmode = 0o600",
+                "mode, uid and gid apply to a path",
+            ),
+            (
                 "[[forward]]\nid = \"a\"\npath = \"/a\"\nuser = 1",
                 "unknown field `user`",
             ),
@@ -571,7 +579,12 @@ mod tests {
         );
         assert_eq!(f.forwards[0].to_string(), "web:/run/a:b.sock:0600:0:5");
         let f = file(r#"forward = "web:/run/w.sock""#);
-        assert_eq!(f.forwards[0].path, PathBuf::from("/run/w.sock"));
+        assert_eq!(
+            f.forwards[0].listen,
+            crate::config::BootListen::Path(PathBuf::from("/run/w.sock"))
+        );
+        let f = file(r#"forward = { id = "db", tcp = "[::1]:5432" }"#);
+        assert_eq!(f.forwards[0].to_string(), "db:tcp:[::1]:5432");
     }
 
     #[test]
@@ -692,7 +705,7 @@ mod tests {
             "socket_uid" | "socket_gid" => "7",
             "allow_dir" => "/run",
             "allow_any_cid" => "true",
-            "allow_target" => "*:80",
+            "allow_target" | "allow_listen" => "*:80",
             "forward" => "f:/run/f.sock",
             "log" => "debug",
             other => panic!("no sample value for the new key {other}: add one here"),

@@ -38,6 +38,7 @@ use serde::Serialize;
 use sockfwd_proto::rpc::Socket;
 use sockfwd_proto::transport::{Address, VMADDR_CID_ANY, VMADDR_CID_HOST};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -158,6 +159,10 @@ pub struct AgentConfig {
     /// Targets the host may reach with `Connect` (`--allow-target`); empty: any.
     #[serde(rename = "allow_target")]
     pub allow_targets: AllowList,
+    /// TCP addresses a remote forward may listen on besides loopback
+    /// (`--allow-listen`, the `--allow-target` patterns); empty: loopback only.
+    #[serde(rename = "allow_listen")]
+    pub allow_listen: AllowList,
     /// Sockets bound at start, before any host attaches, owned by no control
     /// connection; a host's Bind of the same ID and path later takes them over.
     #[serde(rename = "forward")]
@@ -189,8 +194,9 @@ fn octal_some<S: Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error
 pub struct BootForward {
     /// The forward ID the host will use for it.
     pub id: String,
-    /// Where the socket is created.
-    pub path: PathBuf,
+    /// Where it listens.
+    #[serde(flatten)]
+    pub listen: BootListen,
     /// Its mode; `None`: [`AgentConfig::socket_mode`].
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "octal_some")]
     pub mode: Option<u32>,
@@ -202,12 +208,27 @@ pub struct BootForward {
     pub gid: Option<u32>,
 }
 
+/// Where a boot-time forward listens; the file's key says which (`path` or `tcp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootListen {
+    /// A Unix socket file.
+    Path(PathBuf),
+    /// A TCP address (port 0: any free port).
+    Tcp(SocketAddr),
+}
+
 impl BootForward {
     /// The Bind request entry for this forward.
     pub fn to_socket(&self) -> Socket {
+        let (socket_path, tcp_listen) = match &self.listen {
+            BootListen::Path(p) => (p.to_string_lossy().into_owned(), String::new()),
+            BootListen::Tcp(a) => (String::new(), a.to_string()),
+        };
         Socket {
             forward_id: self.id.clone(),
-            socket_path: self.path.to_string_lossy().into_owned(),
+            socket_path,
+            tcp_listen,
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,
@@ -217,9 +238,13 @@ impl BootForward {
 }
 
 impl fmt::Display for BootForward {
-    /// The `ID:PATH[:MODE[:UID:GID]]` form of the kernel command line.
+    /// The `ID:PATH[:MODE[:UID:GID]]` or `ID:tcp:ADDRESS` form of the kernel
+    /// command line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.id, self.path.display())?;
+        match &self.listen {
+            BootListen::Path(p) => write!(f, "{}:{}", self.id, p.display())?,
+            BootListen::Tcp(a) => return write!(f, "{}:tcp:{a}", self.id),
+        }
         if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() {
             f.write_str(":")?;
             if let Some(mode) = self.mode {
@@ -241,7 +266,7 @@ mod tests {
     fn boot(id: &str, path: &str) -> BootForward {
         BootForward {
             id: id.into(),
-            path: path.into(),
+            listen: BootListen::Path(path.into()),
             mode: None,
             uid: None,
             gid: None,
@@ -262,5 +287,17 @@ mod tests {
         let s = f.to_socket();
         assert_eq!(s.socket_path, "/run/web.sock");
         assert_eq!((s.mode, s.uid, s.gid), (None, Some(0), Some(5)));
+        assert_eq!(s.tcp_listen, "");
+
+        let tcp = BootForward {
+            listen: BootListen::Tcp("[::1]:5432".parse().unwrap()),
+            ..boot("db", "/unused")
+        };
+        assert_eq!(tcp.to_string(), "db:tcp:[::1]:5432");
+        let s = tcp.to_socket();
+        assert_eq!(
+            (s.socket_path.as_str(), s.tcp_listen.as_str()),
+            ("", "[::1]:5432")
+        );
     }
 }

@@ -9,13 +9,14 @@
 //! mode is the mode itself (`socket_mode = 0o660`); a `[[forward]]` table is a
 //! [`Forward`].
 
-use crate::config::{AllowTarget, AllowTargetError, BootForward, ControlMode};
+use crate::config::{AllowTarget, AllowTargetError, BootForward, BootListen, ControlMode};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use sockfwd_proto::duration::MAX_DURATION;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::transport::{Address, AddressError, VMADDR_CID_ANY};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -193,7 +194,8 @@ const UID: &str = "a numeric user ID from 0 to 4294967295";
 const GID: &str = "a numeric group ID from 0 to 4294967295";
 const LOG: &str = "a tracing filter like info or info,sockfwd_agent=debug";
 const MODE: &str = "an octal mode like 0660, at most 07777";
-const FORWARD: &str = "ID:PATH[:MODE[:UID:GID]]";
+const FORWARD: &str = "ID:PATH[:MODE[:UID:GID]] or ID:tcp:IP:PORT";
+const TCP: &str = "IP:PORT, an IPv6 address in brackets";
 const SINGLE: &str = "a single value, not a list or a table";
 
 fn duration(s: &str) -> Result<Duration, ValueError> {
@@ -257,8 +259,9 @@ impl Kind for Mode {
 }
 
 /// A boot-time forward: `ID:PATH[:MODE[:UID:GID]]` (an empty MODE, UID or GID
-/// keeps the default; PATH holds no `:`), or the file's table of `id`, `path`,
-/// `mode`, `uid` and `gid`.
+/// keeps the default; PATH holds no `:`) or `ID:tcp:IP:PORT` (a TCP listener;
+/// `[IPV6]:PORT`), or the file's table of `id` and `path` (with `mode`, `uid`,
+/// `gid`) or `tcp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forward {}
 
@@ -267,7 +270,8 @@ pub enum Forward {}
 #[serde(deny_unknown_fields)]
 struct ForwardTable {
     id: String,
-    path: String,
+    path: Option<String>,
+    tcp: Option<String>,
     mode: Option<Val<Mode>>,
     uid: Option<Val<Uid>>,
     gid: Option<Val<Gid>>,
@@ -292,13 +296,27 @@ fn forward(
     if !Path::new(path).is_absolute() {
         return Err(field("PATH", ValueError::Expected("an absolute path")));
     }
-    let path = PathBuf::from(path);
     Ok(BootForward {
         id: id.to_owned(),
-        path,
+        listen: BootListen::Path(PathBuf::from(path)),
         mode,
         uid,
         gid,
+    })
+}
+
+/// The check of a TCP forward's fields (no mode or owner: those are a file's).
+fn tcp_forward(id: &str, addr: &str) -> Result<BootForward, ValueError> {
+    forward_id::check(id).map_err(|e| field("ID", e.into()))?;
+    let addr = addr
+        .parse::<SocketAddr>()
+        .map_err(|_| field("tcp", ValueError::Expected(TCP)))?;
+    Ok(BootForward {
+        id: id.to_owned(),
+        listen: BootListen::Tcp(addr),
+        mode: None,
+        uid: None,
+        gid: None,
     })
 }
 
@@ -308,6 +326,13 @@ impl Kind for Forward {
         fn opt<K: Kind>(name: &'static str, v: &str) -> Result<Option<K::Value>, ValueError> {
             let parsed = (!v.is_empty()).then(|| K::parse(v)).transpose();
             parsed.map_err(|e| field(name, e))
+        }
+        // A PATH is absolute, so `tcp:` after the ID can only mean TCP.
+        if let Some((id, addr)) = s
+            .split_once(':')
+            .and_then(|(id, rest)| Some((id, rest.strip_prefix("tcp:")?)))
+        {
+            return tcp_forward(id, addr);
         }
         let parts: Vec<&str> = s.split(':').collect();
         let (id, path, mode, uid, gid) = match parts[..] {
@@ -332,7 +357,19 @@ impl Kind for Forward {
         let t = ForwardTable::deserialize(toml::Value::Table(t))
             .map_err(|e| ValueError::Table(e.message().to_owned()))?;
         let (mode, uid, gid) = (t.mode.map(|m| m.0), t.uid.map(|u| u.0), t.gid.map(|g| g.0));
-        forward(&t.id, &t.path, mode, uid, gid)
+        match (&t.path, &t.tcp) {
+            (Some(path), None) => forward(&t.id, path, mode, uid, gid),
+            (None, Some(addr)) if mode.is_none() && uid.is_none() && gid.is_none() => {
+                tcp_forward(&t.id, addr)
+            }
+            (None, Some(_)) => Err(ValueError::Table(
+                "mode, uid and gid apply to a path, not to tcp".into(),
+            )),
+            (None, None) => Err(ValueError::Table(
+                "missing field `path` (or `tcp`, for a TCP listener)".into(),
+            )),
+            (Some(_), Some(_)) => Err(ValueError::Table("`path` or `tcp`, not both".into())),
+        }
     }
 }
 
@@ -347,6 +384,8 @@ mod tests {
             ("a:/r/a.sock:660", "a:/r/a.sock:0660"),
             ("a:/r/a.sock:0660:1:2", "a:/r/a.sock:0660:1:2"),
             ("a:/r/a.sock::1:", "a:/r/a.sock::1:"),
+            ("db:tcp:127.0.0.1:5432", "db:tcp:127.0.0.1:5432"),
+            ("db:tcp:[::1]:0", "db:tcp:[::1]:0"),
         ] {
             let f: Val<Forward> = spec.parse().unwrap();
             assert_eq!(f.to_string(), want);
@@ -354,7 +393,11 @@ mod tests {
         }
         for bad in ["a", "a:/r:1:2", "a:/r/a.sock:1:2:3:4"] {
             let err = bad.parse::<Val<Forward>>().unwrap_err().to_string();
-            assert_eq!(err, "expected ID:PATH[:MODE[:UID:GID]]");
+            assert_eq!(err, "expected ID:PATH[:MODE[:UID:GID]] or ID:tcp:IP:PORT");
+        }
+        for bad in ["db:tcp:localhost:5432", "db:tcp:::1:5432", "db:tcp:1.2.3.4"] {
+            let err = bad.parse::<Val<Forward>>().unwrap_err().to_string();
+            assert_eq!(err, "tcp: expected IP:PORT, an IPv6 address in brackets");
         }
     }
 
@@ -378,5 +421,6 @@ mod tests {
         again::<Log>("info,a=debug");
         again::<Allow>("[::1]:80-90");
         again::<Forward>("a:/r.sock:0600:1:2");
+        again::<Forward>("a:tcp:0.0.0.0:80");
     }
 }

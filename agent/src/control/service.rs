@@ -7,6 +7,7 @@
 //! the extensions of this build ([`sockfwd_proto::info::SUPPORTED`]).
 
 use crate::dispatch::{AcceptId, ConnId};
+use crate::forwards::ListenAt;
 use crate::local::connect::{self, ConnectError};
 use crate::local::target::TargetError;
 use crate::remote::bind::{self, BindError, UnbindError};
@@ -213,7 +214,7 @@ impl SocketForward for Service {
         let stop = self.conn_token.clone();
         let shutdown = self.state.shutdown.stop.clone();
         tokio::select! {
-            r = crate::ports::watch(&sender) => {
+            r = crate::ports::watch(&sender, || self.state.forwards.tcp_inodes()) => {
                 if let Err(err) = r {
                     tracing::debug!(conn = self.conn, cause = %err, "WatchPorts stream ended");
                 }
@@ -242,10 +243,13 @@ impl SocketForward for Service {
             .forwards
             .snapshot()
             .into_iter()
-            .map(|(id, path, s)| {
+            .map(|(id, at, s)| {
                 let mut f = ForwardInfo::new();
                 f.forward_id = id;
-                f.socket_path = path.display().to_string();
+                match at {
+                    ListenAt::Unix(path) => f.socket_path = path.display().to_string(),
+                    ListenAt::Tcp(addr) => f.tcp_listen = addr.to_string(),
+                }
                 f.active = s.active;
                 f.total = s.total;
                 f.refused = s.refused;

@@ -1,19 +1,23 @@
-//! Bind and Unbind: one Unix listener per remote forward, each with its own
-//! accept loop that hands the clients it accepts to [`crate::remote::client`].
+//! Bind and Unbind: one listener per remote forward, a Unix socket file or a
+//! TCP address ([`crate::remote::listener`]), each with its own accept loop
+//! that hands the clients it accepts to [`crate::remote::client`].
 //!
 //! Bind is all or nothing: every socket of a request is validated and created
 //! before any is committed to the forward table ([`crate::forwards`]), and when
 //! one fails the listeners this call created are dropped (which unlinks their
-//! files). Binding the same forward ID to the same path again is a no-op that
-//! moves ownership to the calling control connection (a restarted relay binds
-//! again); any other reuse of an ID or a path is refused. Binds run one at a time.
+//! files and closes their ports). Binding the same forward ID to the same place
+//! again (for TCP port 0: the same address, whatever port it got) is a no-op
+//! that moves ownership to the calling control connection (a restarted relay
+//! binds again); any other reuse of an ID, a path or an address is refused.
+//! Binds run one at a time.
 
 use crate::dispatch::ConnId;
-use crate::forwards::{Existing, TableError, Tokens};
+use crate::forwards::{Existing, ListenAt, TableError, Tokens};
 use crate::remote::client;
+use crate::remote::listener::{self, ForwardListener, TcpListenError};
 use crate::remote::paths::{self, PathError};
 use crate::state::AgentState;
-use sockfwd_proto::accept::accept_next;
+use sockfwd_proto::accept::{accept_next, Accept as _};
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
@@ -21,16 +25,17 @@ use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::Socket;
 use sockfwd_proto::transport::{Listener, ListenerError, SocketFileError, SocketFileOptions};
 use std::io;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
 
 /// A failed Bind; its text with the cause chain is the contract's
-/// `binding socket forward listener at <path>: <cause>`.
+/// `binding socket forward listener at <path>: <cause>` (for a TCP listener,
+/// its address in place of the path).
 #[derive(Debug, Error)]
 #[error("binding socket forward listener at {path}")]
 pub struct BindError {
-    /// The socket path as the request gave it.
+    /// The socket path (or TCP address) as the request gave it.
     pub path: String,
     /// What went wrong.
     #[source]
@@ -46,6 +51,9 @@ pub enum BindCause {
     /// The path failed a check, or its directories could not be made.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// The TCP address was refused, or could not be listened on.
+    #[error(transparent)]
+    Tcp(#[from] TcpListenError),
     /// The forward table refuses it: the ID or the path is taken, or the agent
     /// is shutting down.
     #[error(transparent)]
@@ -94,53 +102,115 @@ const UNBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A listener created by the current Bind, not yet committed.
 struct Created {
     forward_id: String,
-    path: PathBuf,
-    listener: Listener,
+    at: ListenAt,
+    /// A TCP listener's socket inode.
+    inode: Option<u64>,
+    listener: ForwardListener,
+}
+
+/// What one socket of the request asks for, checked.
+enum Asked {
+    /// A socket file at this path.
+    Unix(paths::CheckedPath),
+    /// A TCP listener at this address (port 0: any).
+    Tcp(SocketAddr),
+}
+
+impl Asked {
+    fn at(&self) -> ListenAt {
+        match self {
+            Asked::Unix(checked) => ListenAt::Unix(checked.path.clone()),
+            Asked::Tcp(addr) => ListenAt::Tcp(*addr),
+        }
+    }
+}
+
+/// Checks where a socket of the request asks to listen.
+fn asked(state: &AgentState, s: &Socket) -> Result<Asked, BindCause> {
+    if s.tcp_listen.is_empty() {
+        let checked = paths::check_path(&s.socket_path, &state.config.allow_dirs)?;
+        return Ok(Asked::Unix(checked));
+    }
+    if !s.socket_path.is_empty() {
+        return Err(TcpListenError::Both.into());
+    }
+    if s.mode.is_some() || s.uid.is_some() || s.gid.is_some() {
+        return Err(TcpListenError::Owner.into());
+    }
+    let addr = listener::parse(&s.tcp_listen)?;
+    if !listener::allowed(addr, &state.config.allow_listen) {
+        return Err(TcpListenError::NotAllowed(addr).into());
+    }
+    Ok(Asked::Tcp(addr))
 }
 
 /// Checks and creates one socket; a no-op for a forward already bound there.
 fn bind_one(state: &AgentState, s: &Socket, created: &mut Vec<Created>) -> Result<(), BindCause> {
     forward_id::check(&s.forward_id)?;
-    let checked = paths::check_path(&s.socket_path, &state.config.allow_dirs)?;
-    if state.forwards.check(&s.forward_id, &checked.path)? == Existing::Same {
+    let asked = asked(state, s)?;
+    let at = asked.at();
+    if state.forwards.check(&s.forward_id, &at)? == Existing::Same {
         return Ok(());
     }
     // The same checks against what this request already created.
     for c in created.iter() {
-        match (c.forward_id == s.forward_id, c.path == checked.path) {
+        match (c.forward_id == s.forward_id, c.at.answers(&at)) {
             (true, true) => return Ok(()),
             (true, false) => {
                 return Err(BindCause::Table(TableError::IdBoundElsewhere {
                     id: c.forward_id.clone(),
-                    path: c.path.clone(),
+                    at: c.at.clone(),
                 }))
             }
-            (false, true) => {
-                return Err(BindCause::Table(TableError::PathTaken(
-                    c.forward_id.clone(),
-                )))
+            // Port 0 asked again by another forward gets a port of its own.
+            (false, true) if c.at == at => {
+                return Err(BindCause::Table(TableError::PathTaken {
+                    at,
+                    id: c.forward_id.clone(),
+                }))
             }
-            (false, false) => {}
+            _ => {}
         }
     }
+    let made = match asked {
+        Asked::Tcp(addr) => {
+            let bound = listener::bind(addr)?;
+            Created {
+                forward_id: s.forward_id.clone(),
+                at: ListenAt::Tcp(bound.addr),
+                inode: Some(bound.inode),
+                listener: bound.listener,
+            }
+        }
+        Asked::Unix(checked) => Created {
+            forward_id: s.forward_id.clone(),
+            listener: ForwardListener::Unix(bind_file(state, s, &checked)?),
+            at,
+            inode: None,
+        },
+    };
+    created.push(made);
+    Ok(())
+}
+
+/// Creates a socket file with its mode and owner.
+fn bind_file(
+    state: &AgentState,
+    s: &Socket,
+    checked: &paths::CheckedPath,
+) -> Result<Listener, BindCause> {
     let mode = s.mode.unwrap_or(state.config.socket_mode);
     if mode > 0o7777 {
         return Err(BindCause::Mode(mode));
     }
-    paths::prepare_parent(&checked)?;
+    paths::prepare_parent(checked)?;
     // Unset owner: the configured default, else the agent's own (no chown).
     let options = SocketFileOptions {
         mode: Some(mode),
         uid: s.uid.or(state.config.socket_uid),
         gid: s.gid.or(state.config.socket_gid),
     };
-    let listener = Listener::bind_unix(&checked.path, &options).map_err(BindCause::from)?;
-    created.push(Created {
-        forward_id: s.forward_id.clone(),
-        path: checked.path,
-        listener,
-    });
-    Ok(())
+    Listener::bind_unix(&checked.path, &options).map_err(BindCause::from)
 }
 
 /// Bind: creates every listener of `sockets` or none; see the module docs.
@@ -156,7 +226,7 @@ pub async fn bind(
     let max = state.config.max_sockets_per_bind;
     if sockets.len() > max {
         return Err(BindError {
-            path: first.socket_path.clone(),
+            path: place_text(first).to_owned(),
             cause: BindCause::TooMany {
                 count: sockets.len(),
                 max,
@@ -170,7 +240,7 @@ pub async fn bind(
             // Dropping the listeners made so far removes their files.
             drop(created);
             return Err(BindError {
-                path: s.socket_path.clone(),
+                path: place_text(s).to_owned(),
                 cause,
             });
         }
@@ -179,12 +249,13 @@ pub async fn bind(
         // Committed and started under one lock: shutdown's close either comes
         // first (nothing is committed) or finds every loop running.
         let mut open = state.forwards.open().map_err(|e| BindError {
-            path: first.socket_path.clone(),
+            path: place_text(first).to_owned(),
             cause: e.into(),
         })?;
         for c in created {
-            let (stats, tokens) = open.insert(&c.forward_id, &c.path, &state.shutdown.stop);
-            tracing::info!(forward_id = %c.forward_id, path = %escape(&c.path.to_string_lossy()), "forward listening");
+            let (stats, tokens) = open.insert(&c.forward_id, &c.at, c.inode, &state.shutdown.stop);
+            tracing::info!(forward_id = %c.forward_id, listener = %escape(&c.at.to_string()),
+                "forward listening");
             state.listeners.spawn(accept(
                 state.clone(),
                 c.forward_id,
@@ -201,16 +272,25 @@ pub async fn bind(
     Ok(())
 }
 
+/// What names a socket of the request in its error: the path, or the TCP address.
+fn place_text(s: &Socket) -> &str {
+    if s.tcp_listen.is_empty() {
+        &s.socket_path
+    } else {
+        &s.tcp_listen
+    }
+}
+
 /// One forward's accept loop; the listener (and its file) goes when it ends.
 async fn accept(
     state: Arc<AgentState>,
     forward_id: String,
-    listener: Listener,
+    listener: ForwardListener,
     stats: Arc<ForwardCounters>,
     tokens: Tokens,
 ) {
     let mut backoff = Backoff::accept();
-    while let Some((conn, _peer)) = accept_next(&listener, &mut backoff, &tokens.stop).await {
+    while let Some(conn) = accept_next(&listener, &mut backoff, &tokens.stop).await {
         ForwardCounters::bump(&stats.total);
         let Ok(slot) = state.client_slots.clone().try_acquire_owned() else {
             ForwardCounters::bump(&stats.refused);
@@ -227,7 +307,7 @@ async fn accept(
             drop(slot);
         });
     }
-    let listener_text = listener.address().to_string();
+    let listener_text = listener.describe();
     tracing::debug!(%forward_id, listener = %escape(&listener_text), "forward listener closed");
     drop(listener);
     tokens.done.cancel();
@@ -235,8 +315,8 @@ async fn accept(
 
 /// Unbind: closes `forward_id`'s listener and removes its socket file (once the
 /// accept loop has dropped it); connections already accepted run to their end.
-/// Returns the path that was unbound.
-pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<PathBuf, UnbindError> {
+/// Returns where it listened.
+pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<ListenAt, UnbindError> {
     let _serial = state.forwards.serialize().await;
     let Some(removed) = state.forwards.remove(forward_id) else {
         return Err(UnbindError::Unknown(forward_id.to_owned()));
@@ -248,6 +328,6 @@ pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<PathBuf, Unb
     {
         tracing::warn!(%forward_id, "listener still closing; answering Unbind anyway");
     }
-    tracing::info!(%forward_id, path = %escape(&removed.path.to_string_lossy()), "forward unbound");
-    Ok(removed.path)
+    tracing::info!(%forward_id, listener = %escape(&removed.at.to_string()), "forward unbound");
+    Ok(removed.at)
 }
