@@ -16,7 +16,7 @@
 //! - [`ports`]: the guest's listening TCP ports, for `WatchPorts`.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
-//! [`run`]. The wire contract is `shared/docs/wire-protocol.md`.
+//! [`run`]. The wire contract is `docs/wire-protocol.md` in the repository.
 
 pub mod boot;
 pub mod cli;
