@@ -8,8 +8,10 @@
 # Boots a Debian bookworm root file system with systemd as PID 1 in the microVM of
 # tests/vm/run.sh (QEMU, vhost-device-vsock hybrid sockets; a busybox initramfs
 # loads the virtio/vsock modules and switch_roots to /dev/vda). The image holds:
-#   /usr/bin/sockfwd-agent            the static agent of this tree (release)
-#   /etc/systemd/system/sockfwd-agent.service   systemd/'s unit, enabled, unchanged
+#   the sockfwd-agent .deb of this tree (`cargo xtask agent-deb`), installed with
+#   `dpkg -i` in the root fs: /usr/bin/sockfwd-agent (static, release), the unit
+#   systemd/sockfwd-agent.service enabled by the package's postinst, and the
+#   packaged /etc/sockfwd/agent.toml, then replaced (as an admin edits a conffile) by
 #   /etc/sockfwd/agent.toml           a boot-time forward "web" at FORWARD_PATH
 #   kernel command line               sockfwd.control_port/streams_port/log
 #   sockfwd-{ready,forward,stop}-check.service + /usr/local/sbin/sockfwd-vm-check
@@ -31,7 +33,7 @@
 # SOCKFWD_SD_REBUILD=1 (bootstrap again), SOCKFWD_VM_ACCEL (auto|kvm|tcg),
 # SOCKFWD_VM_KERNEL (stable|backports), SOCKFWD_VM_CACHE (see microvm.sh help),
 # CARGO_TARGET_DIR; for debugging the harness:
-# SOCKFWD_VM_AGENT_BIN / SOCKFWD_VM_RELAY_BIN (prebuilt binaries, no build),
+# SOCKFWD_VM_AGENT_DEB / SOCKFWD_VM_RELAY_BIN (a prebuilt package and relay, no build),
 # SOCKFWD_SD_APPEND (extra kernel arguments), SOCKFWD_SD_DROPIN (text of a drop-in
 # for sockfwd-agent.service). Both show the checks fail when they should:
 #   SOCKFWD_SD_DROPIN=$'[Service]\nType=simple'      ready check before READY=1
@@ -194,7 +196,7 @@ T_BOOTSTRAP=$(secs $(( $(now_ms) - t )))
 
 # ------------------------------------------------------------------ build
 t=$(now_ms)
-log "build: static agent (release), vm-check (static), relay"
+log "build: the agent's .deb (cargo xtask agent-deb: static release agent, cargo-deb), vm-check (static), relay"
 build() { # what, then the cargo command
     local what=$1; shift
     if ! timeout 900 "$@" >> "$RUN/build.log" 2>&1; then
@@ -203,15 +205,15 @@ build() { # what, then the cargo command
         abort "build of $what failed"
     fi
 }
-AGENT=$TARGET_DIR/$TRIPLE/release/sockfwd-agent
 CHECK=$TARGET_DIR/vm-check/$TRIPLE/release/vm-check
 RELAY=$TARGET_DIR/debug/sockfwd-relay
-if [ -n "${SOCKFWD_VM_AGENT_BIN:-}" ]; then
-    AGENT=$SOCKFWD_VM_AGENT_BIN
+if [ -n "${SOCKFWD_VM_AGENT_DEB:-}" ]; then
+    AGENT_DEB=$SOCKFWD_VM_AGENT_DEB
 else
-    build agent env RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --manifest-path "$ROOT/Cargo.toml" --release --target "$TRIPLE" -p sockfwd-agent
+    build "the agent's .deb" bash -c "cd '$ROOT' && cargo xtask agent-deb > '$RUN/agent-deb.path'"
+    AGENT_DEB=$(tail -n 1 "$RUN/agent-deb.path")
 fi
+[ -f "$AGENT_DEB" ] || { record FAIL rootfs "no agent package at '$AGENT_DEB'"; abort "no agent package"; }
 build vm-check env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR/vm-check" \
     cargo build --manifest-path "$VMDIR/check/Cargo.toml" --release --target "$TRIPLE"
 if [ -n "${SOCKFWD_VM_RELAY_BIN:-}" ]; then
@@ -223,14 +225,22 @@ T_BUILD=$(secs $(( $(now_ms) - t )))
 
 # ------------------------------------------------------------------ image
 t=$(now_ms)
-log "image: $TARBALL + agent, units, config -> ext4"
+log "image: $TARBALL + dpkg -i $(basename "$AGENT_DEB"), check units, config -> ext4"
 make_image() {
     local fs=$RUN/rootfs unit
     mkdir -p "$fs"
     tar -C "$fs" -xf "$TARBALL"
-    install -m 0755 "$AGENT" "$fs/usr/bin/sockfwd-agent"
+    # The package is what is tested: installed as an image builder installs it
+    # (dpkg in a chroot, where its postinst enables the unit but starts nothing).
+    cp "$AGENT_DEB" "$fs/tmp/sockfwd-agent.deb"
+    chroot "$fs" dpkg -i /tmp/sockfwd-agent.deb
+    rm -f "$fs/tmp/sockfwd-agent.deb"
+    [ -x "$fs/usr/bin/sockfwd-agent" ] || { echo "the package installed no /usr/bin/sockfwd-agent"; return 1; }
+    [ -L "$fs/etc/systemd/system/multi-user.target.wants/sockfwd-agent.service" ] \
+        || { echo "the package's postinst did not enable sockfwd-agent.service"; return 1; }
     install -m 0755 "$CHECK" "$fs/usr/local/bin/vm-check"
     install -m 0755 "$SDDIR/sockfwd-vm-check" "$fs/usr/local/sbin/sockfwd-vm-check"
+    grep -q '^# ' "$fs/etc/sockfwd/agent.toml" || { echo "the package installed no commented /etc/sockfwd/agent.toml"; return 1; }
     install -D -m 0644 "$SDDIR/agent.toml" "$fs/etc/sockfwd/agent.toml"
     install -D -m 0644 "$SDDIR/journald-console.conf" "$fs/etc/systemd/journald.conf.d/50-console.conf"
     mkdir -p "$fs/etc/sockfwd-vm"
@@ -243,10 +253,9 @@ CHECK_BYTES=$BYTES
 WATCHDOG_HOLD_S=$WATCHDOG_HOLD_S
 STOP_LIMIT_S=$STOP_LIMIT_S
 EOF
-    # the unit as shipped, enabled as its [Install] section says
-    install -m 0644 "$ROOT/systemd/sockfwd-agent.service" "$fs/etc/systemd/system/"
-    for unit in sockfwd-agent.service sockfwd-ready-check.service sockfwd-forward-check.service sockfwd-stop-check.service; do
-        [ "$unit" = sockfwd-agent.service ] || install -m 0644 "$SDDIR/$unit" "$fs/etc/systemd/system/"
+    # the test's own units beside the packaged one, enabled as their [Install] says
+    for unit in sockfwd-ready-check.service sockfwd-forward-check.service sockfwd-stop-check.service; do
+        install -m 0644 "$SDDIR/$unit" "$fs/etc/systemd/system/"
         grep -q '^WantedBy=multi-user.target$' "$fs/etc/systemd/system/$unit" || { echo "$unit: not WantedBy=multi-user.target"; return 1; }
         ln -sf "/etc/systemd/system/$unit" "$fs/etc/systemd/system/multi-user.target.wants/$unit"
     done
@@ -272,7 +281,7 @@ make_image >> "$RUN/microvm.log" 2>&1 || { record FAIL rootfs "image build faile
     --switch-root /dev/vda >> "$RUN/microvm.log" 2>&1 \
     || { record FAIL rootfs "initramfs build failed"; abort "initramfs build failed"; }
 T_IMAGE=$(secs $(( $(now_ms) - t )))
-record PASS rootfs "$SUITE minbase + $INCLUDE, $BOOTSTRAP_NOTE in $T_BOOTSTRAP s, $(du -m "$TARBALL" | cut -f1) MB; ext4 image in $T_IMAGE s"
+record PASS rootfs "$SUITE minbase + $INCLUDE, $BOOTSTRAP_NOTE in $T_BOOTSTRAP s, $(du -m "$TARBALL" | cut -f1) MB; $(basename "$AGENT_DEB") installed with dpkg -i, unit enabled by its postinst; ext4 image in $T_IMAGE s"
 
 # ------------------------------------------------------------------ boot
 # An agent that never becomes ready: the stop-check unit still reports, which

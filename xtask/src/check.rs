@@ -124,6 +124,38 @@ pub fn check(built: &Built) -> Result<(), CheckError> {
     for name in crate::dist::CRATES {
         check_crate(&dist, name)?;
     }
+    check_loose_pages(&dist, &[&agent, &relay])?;
+    Ok(())
+}
+
+/// The man pages and completions lie beside the packages too, and are summed.
+fn check_loose_pages(dist: &Path, programs: &[&Program]) -> Result<(), CheckError> {
+    let sums =
+        std::fs::read_to_string(dist.join(crate::sums::SUMS)).map_err(|source| CheckError::Io {
+            path: dist.join(crate::sums::SUMS),
+            source,
+        })?;
+    let mut count = 0;
+    for program in programs {
+        let (name, section) = (program.name, program.section);
+        let mut wanted: Vec<String> = man_pages(program)
+            .iter()
+            .map(|p| format!("man/man{section}/{p}.{section}.gz"))
+            .collect();
+        wanted.push(format!("completions/bash/{name}"));
+        wanted.push(format!("completions/zsh/_{name}"));
+        wanted.push(format!("completions/fish/{name}.fish"));
+        for file in wanted {
+            if !dist.join(&file).is_file() || !sums.contains(&format!("  {file}\n")) {
+                return Err(CheckError::Missing {
+                    deb: dist.to_path_buf(),
+                    missing: format!("{file} (a file listed in SHA256SUMS)"),
+                });
+            }
+            count += 1;
+        }
+    }
+    eprintln!("    {count} man pages and completions beside the packages, in SHA256SUMS");
     Ok(())
 }
 

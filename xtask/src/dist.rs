@@ -87,13 +87,7 @@ pub fn dist() -> Result<Built, DistError> {
     eprintln!("xtask: release artefacts into {}", dist.display());
     reset_dir(&dist)?;
 
-    cmd::step(
-        "static agent (glibc linked in: no runtime dependencies in the guest)",
-        cargo(&layout)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--release", "--target", AGENT_TRIPLE])
-            .args(["-p", "sockfwd-agent", "--bin", "sockfwd-agent"]),
-    )?;
+    build_agent(&layout)?;
     cmd::step(
         "release relay",
         cargo(&layout).args([
@@ -112,8 +106,8 @@ pub fn dist() -> Result<Built, DistError> {
     generate(&relay, &layout.relay_products())?;
 
     ensure_cargo_deb(&layout)?;
-    let agent_deb = package(&layout, "sockfwd-agent", Some(AGENT_TRIPLE))?;
-    let relay_deb = package(&layout, "sockfwd-relay", None)?;
+    let agent_deb = package(&layout, "sockfwd-agent", Some(AGENT_TRIPLE), &dist)?;
+    let relay_deb = package(&layout, "sockfwd-relay", None, &dist)?;
 
     let crates = publishable_crates(&layout)?;
 
@@ -121,6 +115,21 @@ pub fn dist() -> Result<Built, DistError> {
     let relay_bin = copy(&layout.relay_products().join("sockfwd-relay"), &dist)?;
     for krate in &crates {
         copy(krate, &dist)?;
+    }
+    // The pages and completions beside the packages too, for hosts and images
+    // that install the binaries without dpkg.
+    for (program, products) in [
+        (&agent, layout.agent_products()),
+        (&relay, layout.relay_products()),
+    ] {
+        let generated = Layout::generated(&products, program.name);
+        copy_tree(&generated.join("man"), &dist.join("man"))?;
+        for shell in pages::SHELLS {
+            copy_tree(
+                &generated.join(shell),
+                &dist.join("completions").join(shell),
+            )?;
+        }
     }
     let sums = sums::write(&dist).map_err(|source| DistError::Io {
         what: "writing the checksums in",
@@ -139,6 +148,31 @@ pub fn dist() -> Result<Built, DistError> {
         relay_deb,
         sums,
     })
+}
+
+/// Builds only the agent's `.deb` (the static agent, its pages, the package)
+/// into `target/deb/`, and returns its path: what the systemd microVM test
+/// installs with `dpkg -i`, without the relay and the crates `dist` adds.
+pub fn agent_deb() -> Result<PathBuf, DistError> {
+    let layout = Layout::discover();
+    let out = layout.target.join("deb");
+    reset_dir(&out)?;
+    build_agent(&layout)?;
+    generate(&pages::agent(), &layout.agent_products())?;
+    ensure_cargo_deb(&layout)?;
+    package(&layout, "sockfwd-agent", Some(AGENT_TRIPLE), &out)
+}
+
+/// The static agent: glibc linked in, so it runs in any guest.
+fn build_agent(layout: &Layout) -> Result<(), DistError> {
+    cmd::step(
+        "static agent (glibc linked in: no runtime dependencies in the guest)",
+        cargo(layout)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args(["build", "--release", "--target", AGENT_TRIPLE])
+            .args(["-p", "sockfwd-agent", "--bin", "sockfwd-agent"]),
+    )?;
+    Ok(())
 }
 
 fn cargo(layout: &Layout) -> Command {
@@ -215,8 +249,9 @@ fn package(
     layout: &Layout,
     package: &'static str,
     triple: Option<&str>,
+    dist: &Path,
 ) -> Result<PathBuf, DistError> {
-    let dist = layout.dist();
+    let dist = dist.to_path_buf();
     let mut cmd = cargo(layout);
     cmd.args(["deb", "--no-build", "-p", package, "--output"])
         .arg(&dist);
@@ -315,6 +350,25 @@ fn forget_unpacked_crates() -> Result<(), DistError> {
                     source,
                 })?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the files under `from` into `to`, keeping their relative paths.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), DistError> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DistError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(to).map_err(io("creating", to))?;
+    for entry in std::fs::read_dir(from).map_err(io("listing", from))? {
+        let entry = entry.map_err(io("listing", from))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io("inspecting", &path))?.is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()))?;
+        } else {
+            copy(&path, to)?;
         }
     }
     Ok(())

@@ -7,7 +7,9 @@
 //!   default `/etc/sockfwd/agent.toml`), and `SHA256SUMS` over them;
 //! - `cargo xtask dist-check` does that, then checks what it built with the
 //!   system's own tools (`sha256sum -c`, `dpkg-deb`, `man -l`, the packaged
-//!   binaries themselves), as CI does.
+//!   binaries themselves), as CI does;
+//! - `cargo xtask agent-deb` builds only the agent's `.deb` into `target/deb/`
+//!   and prints its path: the systemd microVM test installs it with `dpkg -i`.
 //!
 //! It is Rust rather than a shell script because the man pages and completions
 //! come from the daemons' clap definitions (`sockfwd_agent::cli::Cli`,
@@ -34,6 +36,8 @@ enum Task {
     Dist,
     /// Build the release artefacts, then check them (what CI runs)
     DistCheck,
+    /// Build only the agent's .deb into target/deb/ and print its path (what the systemd microVM test installs)
+    AgentDeb,
 }
 
 /// Why a task failed.
@@ -61,6 +65,10 @@ fn run(task: &Task) -> Result<(), TaskError> {
             tools::ensure(tools::DIST)?;
             tools::ensure(tools::CHECK)?;
             check::check(&dist::dist()?)?;
+        }
+        Task::AgentDeb => {
+            tools::ensure(tools::DIST)?;
+            println!("{}", dist::agent_deb()?.display());
         }
     }
     Ok(())

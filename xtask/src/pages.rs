@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use thiserror::Error;
 
+/// The shells completions are generated for, each in a directory of its name.
+pub const SHELLS: [&str; 3] = ["bash", "zsh", "fish"];
+
 /// Why the pages could not be written.
 #[derive(Debug, Error)]
 pub enum PagesError {

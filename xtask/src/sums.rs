@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 /// The name of the checksum file.
 pub const SUMS: &str = "SHA256SUMS";
 
-/// Writes `dir/SHA256SUMS` over every other file directly in `dir`.
+/// Writes `dir/SHA256SUMS` over every other file under `dir`, named by its
+/// path relative to `dir` (`man/man8/sockfwd-agent.8.gz`).
 pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != SUMS)
-        .collect();
+    let mut names = Vec::new();
+    files(dir, "", &mut names)?;
+    names.retain(|n| n != SUMS);
     names.sort();
     let mut text = String::new();
     for name in names {
@@ -26,6 +24,24 @@ pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join(SUMS);
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The files under `dir`, as paths relative to the top (`prefix` so far).
+fn files(dir: &Path, prefix: &str, names: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let relative = format!("{prefix}{name}");
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            files(&entry.path(), &format!("{relative}/"), names)?;
+        } else if kind.is_file() {
+            names.push(relative);
+        }
+    }
+    Ok(())
 }
 
 fn digest(path: &Path) -> std::io::Result<String> {
@@ -58,12 +74,15 @@ mod tests {
         std::fs::write(dir.join("b"), b"abc").unwrap();
         std::fs::write(dir.join("a"), b"").unwrap();
         std::fs::write(dir.join(SUMS), b"stale").unwrap();
+        std::fs::create_dir_all(dir.join("man/man1")).unwrap();
+        std::fs::write(dir.join("man/man1/c.1"), b"abc").unwrap();
         let text = std::fs::read_to_string(write(&dir).unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             text,
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  a\n\
-             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  b\n"
+             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  b\n\
+             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  man/man1/c.1\n"
         );
     }
 }
