@@ -56,13 +56,28 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => match cli::flag_error(&err) {
             Some(bad) => return fail(&MainError::Config(bad)),
-            None => err.exit(),
+            None => return clap_exit(&err),
         },
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
+}
+
+/// Help and version as clap prints them; a usage error in the one style of
+/// both binaries' messages (`sockfwd-agent: error: ...`), exit status 2.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        // --help, --version: stdout, success. Nowhere to report a failed print.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    eprint!(
+        "{}",
+        report::for_usage("sockfwd-agent", &e.render().to_string())
+    );
+    ExitCode::from(2)
 }
 
 fn fail(err: &MainError) -> ExitCode {

@@ -169,6 +169,18 @@ mod config_layers {
         );
     }
 
+    #[test]
+    fn a_usage_error_is_worded_like_every_other_error() {
+        let out = agent(&["--no-such-flag"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("sockfwd-agent: error: unexpected argument '--no-such-flag'"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty());
+    }
+
     /// Runs with the given layers and expects exit 2 and `message` on stderr.
     fn refused(d: &Dir, file: &str, cmdline: &str, flags: &[&str], message: &str) {
         let file = d.write("agent.toml", file);

@@ -2,7 +2,7 @@
 //! (or, with a subcommand, one request to a running relay's admin socket).
 
 use clap::Parser as _;
-use sockfwd_proto::report::for_main;
+use sockfwd_proto::report::{self, for_main};
 use sockfwd_relay::admin::client::{AdminCommand, ClientError};
 use sockfwd_relay::cli::Cli;
 use sockfwd_relay::{Config, ConfigError, RelayError};
@@ -72,9 +72,7 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
-    let text = e.render().to_string();
-    let text = text.strip_prefix("error: ").unwrap_or(&text);
-    eprint!("{PROGRAM}: error: {text}");
+    eprint!("{}", report::for_usage(PROGRAM, &e.render().to_string()));
     ExitCode::from(2)
 }
 

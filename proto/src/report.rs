@@ -58,6 +58,18 @@ pub fn for_main(program: &str, err: &(dyn Error + 'static)) -> String {
     out
 }
 
+/// What `program` prints for a usage error that a flag parser rendered as
+/// `error: ...` (clap's style): the same `PROGRAM: error: ...` prefix as
+/// [`for_main`], so both binaries word every error alike.
+pub fn for_usage(program: &str, rendered: &str) -> String {
+    let text = rendered.strip_prefix("error: ").unwrap_or(rendered);
+    let mut out = format!("{program}: error: {text}");
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +112,17 @@ mod tests {
         );
         let single = std::io::Error::other("alone");
         assert_eq!(for_main("p", &single), "p: error: alone\n");
+    }
+
+    #[test]
+    fn usage_errors_take_the_same_prefix() {
+        assert_eq!(
+            for_usage(
+                "sockfwd-agent",
+                "error: unexpected argument '--bogus' found\n\nUsage: x\n"
+            ),
+            "sockfwd-agent: error: unexpected argument '--bogus' found\n\nUsage: x\n"
+        );
+        assert_eq!(for_usage("p", "plain"), "p: error: plain\n");
     }
 }
