@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+command -v cargo >/dev/null || { echo "demo needs cargo (Rust from rustup: https://rustup.rs)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "demo needs curl (apt-get install curl)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "demo needs python3 (apt-get install python3)" >&2; exit 1; }
 

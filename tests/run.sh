@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs the real peers the tests use
 # when they are missing, builds the binaries, runs every Rust test, then the
-# microVM test and the benchmark's smoke run. Safe to run repeatedly.
+# two microVM tests (the systemd one installs the agent's .deb, built with
+# `cargo xtask agent-deb`). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
