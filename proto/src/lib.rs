@@ -10,6 +10,8 @@
 //!
 //! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
 //! grammar of host-to-guest connections, [`transport::SUN_PATH_MAX`].
+//! [`tcp_dial`] is how either daemon dials a TCP target (names, `localhost`,
+//! the order of addresses).
 //!
 //! Shared daemon parts: [`duration`] (the one cap on configured durations),
 //! [`backoff`] and [`accept`] (the one accept loop), [`limits`] (descriptor
@@ -33,4 +35,5 @@ pub mod report;
 pub mod rpc;
 pub mod stream_id;
 pub mod target;
+pub mod tcp_dial;
 pub mod transport;

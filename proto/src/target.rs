@@ -8,8 +8,8 @@
 //! characters, and fit a Unix socket address. [`Target`]'s `Display` writes
 //! the canonical form, which parses back to the same value.
 //!
-//! Only the grammar lives here: what a guest allows (`--allow-target`) and how
-//! it connects are the agent's.
+//! Only the grammar lives here: what a guest allows (`--allow-target`) is the
+//! agent's, and how a TCP target is dialed is [`crate::tcp_dial`].
 
 use crate::transport::SUN_PATH_MAX;
 use std::fmt;

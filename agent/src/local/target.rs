@@ -8,8 +8,8 @@
 
 use crate::config::AllowList;
 use sockfwd_proto::target::{Target, TargetParseError};
+use sockfwd_proto::tcp_dial::{self, TcpDialError};
 use std::io;
-use std::net::SocketAddr;
 use thiserror::Error;
 
 /// Why the connection to a target failed.
@@ -76,51 +76,39 @@ pub async fn connect(target: &Target, allow: &AllowList) -> Result<Connected, Ta
                 .map_err(|e| classify(&target.to_string(), true, e))?;
             Ok(s.into())
         }
-        Target::Ip(addr) => {
-            if !allow.allows_tcp(None, *addr) {
-                return Err(TargetError::NotAllowed(target.to_string()));
-            }
-            tcp(*addr).await
-        }
-        Target::Name { host, port } => {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|source| TargetError::Resolve {
-                    host: host.clone(),
-                    source,
-                })?
-                .collect();
-            if addrs.is_empty() {
-                return Err(TargetError::Resolve {
-                    host: host.clone(),
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
-            let mut last = None;
-            for addr in addrs {
-                if !allow.allows_tcp(Some(host), addr) {
-                    last.get_or_insert(TargetError::NotAllowed(format!("{target} ({addr})")));
-                    continue;
-                }
-                match tcp(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| TargetError::NotAllowed(target.to_string())))
-        }
+        Target::Ip(addr) => tcp(target, &addr.ip().to_string(), addr.port(), None, allow).await,
+        Target::Name { host, port } => tcp(target, host, *port, Some(host), allow).await,
     }
 }
 
-async fn tcp(addr: SocketAddr) -> Result<Connected, TargetError> {
-    let s = tokio::net::TcpStream::connect(addr)
+/// Dials a TCP target the shared way ([`tcp_dial`]: `localhost` is both
+/// loopback addresses, each address checked against the allow-list before it
+/// is dialed), in this module's words. `name` is the host's name for it, if
+/// it gave one.
+async fn tcp(
+    target: &Target,
+    host: &str,
+    port: u16,
+    name: Option<&str>,
+    allow: &AllowList,
+) -> Result<Connected, TargetError> {
+    let s = tcp_dial::dial(host, port, |addr| allow.allows_tcp(name, addr))
         .await
-        .map_err(|e| classify(&addr.to_string(), false, e))?;
-    // Small request/response exchanges should not wait for Nagle.
-    let _ = s.set_nodelay(true);
+        .map_err(|e| match e {
+            TcpDialError::Resolve { host, source } => TargetError::Resolve { host, source },
+            TcpDialError::NotAllowed(_) if name.is_none() => {
+                TargetError::NotAllowed(target.to_string())
+            }
+            TcpDialError::NotAllowed(addr) => TargetError::NotAllowed(format!("{target} ({addr})")),
+            TcpDialError::Refused(addr) => TargetError::Refused(addr.to_string()),
+            TcpDialError::Connect { addr, source } => TargetError::Connect {
+                target: addr.to_string(),
+                source,
+            },
+        })?;
     let s = s
         .into_std()
-        .map_err(|e| classify(&addr.to_string(), false, e))?;
+        .map_err(|e| classify(&target.to_string(), false, e))?;
     Ok(s.into())
 }
 
