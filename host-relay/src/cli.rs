@@ -29,7 +29,7 @@ use thiserror::Error;
 
 Runtime control (with --admin PATH on the running relay):
   sockfwd-relay status --admin PATH [--prometheus]
-  sockfwd-relay add --admin PATH (--forward [ID=]GUEST_PATH:HOST_PATH | -L SPEC)
+  sockfwd-relay add --admin PATH (--forward [ID=]GUEST_PATH:HOST_PATH | -R SPEC | -L SPEC)
   sockfwd-relay remove --admin PATH ID|SPEC"
 )]
 #[command(
@@ -60,6 +60,17 @@ pub struct Cli {
     /// sha256(GUEST_PATH); GUEST_PATH is absolute and holds no ':'.
     #[arg(long = "forward", value_name = "[ID=]GUEST_PATH:HOST_PATH")]
     pub forwards: Vec<String>,
+
+    /// Remote forward (repeatable), as ssh -R seen from the guest:
+    /// GUEST_PORT:HOST:HOSTPORT or GUEST_BIND:GUEST_PORT:HOST:HOSTPORT,
+    /// GUEST_PORT:/HOST/PATH or GUEST_BIND:GUEST_PORT:/HOST/PATH,
+    /// /GUEST/PATH:HOST:HOSTPORT, /GUEST/PATH:/HOST/PATH; each may start with
+    /// ID=. GUEST_BIND defaults to 127.0.0.1; GUEST_PORT 0: the agent picks one
+    /// (printed: remote GUEST -> TARGET). HOST is resolved on the host
+    /// (localhost: ::1, then 127.0.0.1). A guest TCP listener needs an agent
+    /// that lists tcp-listen in Info.
+    #[arg(short = 'R', long = "remote", value_name = "SPEC")]
+    pub remotes: Vec<String>,
 
     /// nerdbox form (repeatable): ID = hex sha256("CONTAINER_ID:DEST"), guest
     /// path GUEST_DIR/ID.sock.
@@ -195,11 +206,18 @@ impl TryFrom<Cli> for Config {
             dir: cli.guest_dir.clone(),
             source,
         })?;
-        let mut forwards = Vec::with_capacity(cli.forwards.len() + cli.uds_mounts.len());
+        let mut forwards =
+            Vec::with_capacity(cli.forwards.len() + cli.remotes.len() + cli.uds_mounts.len());
         for spec in cli.forwards {
             match Forward::from_spec(&spec) {
                 Ok(f) => forwards.push(f),
                 Err(source) => return Err(ConfigError::Forward { spec, source }),
+            }
+        }
+        for spec in cli.remotes {
+            match Forward::from_remote_spec(&spec) {
+                Ok(f) => forwards.push(f),
+                Err(source) => return Err(ConfigError::Remote { spec, source }),
             }
         }
         for spec in cli.uds_mounts {
@@ -319,7 +337,7 @@ mod tests {
         .unwrap();
         assert!(matches!(c.control, Control::Listen(_)));
         assert_eq!(
-            c.forwards[0].guest_path,
+            c.forwards[0].listen.to_string(),
             "/g/76b5bc05b57910cdbf23567b806fde2ae3b3ec144f960a4185026e6c9a5f553b.sock"
         );
         assert_eq!(c.dial_timeout, Duration::from_millis(500));
@@ -377,6 +395,56 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err, r#"invalid -L "1:h:0""#);
+        let err = parse(&[
+            "--control",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+            "-R",
+            "x:1:h:2",
+        ])
+        .unwrap_err();
+        assert_eq!(err, r#"invalid -R "x:1:h:2""#);
+    }
+
+    #[test]
+    fn remote_specs_join_the_forwards() {
+        let c = parse(&[
+            "--control",
+            "unix:///a",
+            "--streams",
+            "unix:///b",
+            "--forward",
+            "/g/a.sock:/h/a.sock",
+            "-R",
+            "0:localhost:5432",
+            "--remote",
+            "db=[::1]:5433:/run/pg.sock",
+        ])
+        .unwrap();
+        let specs: Vec<String> = c.forwards.iter().map(|f| f.spec_text()).collect();
+        assert_eq!(
+            specs,
+            [
+                "/g/a.sock:/h/a.sock",
+                "127.0.0.1:0:localhost:5432",
+                "[::1]:5433:/run/pg.sock"
+            ]
+        );
+        assert_eq!(c.forwards[2].id, "db");
+        let cli = Cli::try_parse_from([
+            "sockfwd-relay",
+            "add",
+            "--admin",
+            "/a.sock",
+            "-R",
+            "0:localhost:5432",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.unwrap().request().to_string(),
+            "add remote 0:localhost:5432"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::framing::FramingPolicy;
 use crate::limits::Limits;
 use crate::local_spec::{LocalArg, LocalSpecError};
 use crate::port_filter::PortFilter;
-use crate::remote_spec::{check_guest_path, Forward, SpecError};
+use crate::remote_spec::{Forward, GuestListen, SpecError};
 pub use sockfwd_proto::duration::MAX_DURATION;
 use sockfwd_proto::duration::{self, DurationError};
 use sockfwd_proto::relay::RelayConfig;
@@ -39,7 +39,8 @@ pub struct Config {
     pub control: Control,
     /// The guest's stream port.
     pub streams: Address,
-    /// The forwards bound in the guest; IDs and guest paths are unique.
+    /// The remote forwards bound in the guest (`--forward`, `--uds-mount`,
+    /// `-R`); IDs and guest listeners are unique.
     pub forwards: Vec<Forward>,
     /// How long the first control connection (and its Bind) may take while the VM boots.
     pub boot_timeout: Duration,
@@ -105,6 +106,15 @@ pub enum ConfigError {
         #[source]
         source: SpecError,
     },
+    /// An `-R` spec is malformed.
+    #[error("invalid -R {spec:?}")]
+    Remote {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        #[source]
+        source: SpecError,
+    },
     /// A forward built by a library caller is malformed.
     #[error("invalid forward {id:?}")]
     BadForward {
@@ -115,20 +125,21 @@ pub enum ConfigError {
         source: SpecError,
     },
     /// Two forwards share an ID.
-    #[error("forward ID {id:?} is given twice (guest paths {first:?} and {second:?})")]
+    #[error("forward ID {id:?} is given twice (guest listeners {first} and {second})")]
     DuplicateId {
         /// The shared ID.
         id: String,
-        /// The first forward's guest path.
-        first: String,
-        /// The second forward's guest path.
-        second: String,
+        /// Where the first forward listens.
+        first: GuestListen,
+        /// Where the second forward listens.
+        second: GuestListen,
     },
-    /// Two forwards share a guest path.
-    #[error("guest path {path:?} is given twice (forward IDs {first:?} and {second:?})")]
-    DuplicateGuestPath {
-        /// The shared path.
-        path: String,
+    /// Two forwards listen at the same place in the guest (a socket file, or a
+    /// TCP address other than port 0).
+    #[error("guest listener {at} is given twice (forward IDs {first:?} and {second:?})")]
+    DuplicateListener {
+        /// The shared place.
+        at: GuestListen,
         /// The first forward's ID.
         first: String,
         /// The second forward's ID.
@@ -196,29 +207,22 @@ impl Config {
             duration::check(name, value, positive)?;
         }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();
-        let mut paths: HashMap<&str, &Forward> = HashMap::new();
+        let mut places: HashMap<&GuestListen, &Forward> = HashMap::new();
         for f in &self.forwards {
-            let bad = |source| ConfigError::BadForward {
+            f.check().map_err(|source| ConfigError::BadForward {
                 id: f.id.clone(),
                 source,
-            };
-            check_guest_path(&f.guest_path).map_err(bad)?;
-            if f.id.is_empty() {
-                return Err(bad(SpecError::Empty("forward ID")));
-            }
-            if f.host_path.as_os_str().is_empty() {
-                return Err(bad(SpecError::Empty("host path")));
-            }
+            })?;
             if let Some(prev) = ids.insert(&f.id, f) {
                 return Err(ConfigError::DuplicateId {
                     id: f.id.clone(),
-                    first: prev.guest_path.clone(),
-                    second: f.guest_path.clone(),
+                    first: prev.listen.clone(),
+                    second: f.listen.clone(),
                 });
             }
-            if let Some(prev) = paths.insert(&f.guest_path, f) {
-                return Err(ConfigError::DuplicateGuestPath {
-                    path: f.guest_path.clone(),
+            if let Some(prev) = f.listen.place().and_then(|at| places.insert(at, f)) {
+                return Err(ConfigError::DuplicateListener {
+                    at: f.listen.clone(),
                     first: prev.id.clone(),
                     second: f.id.clone(),
                 });
@@ -248,15 +252,26 @@ mod tests {
         let err = base(vec![a.clone(), b]).validate().unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"forward ID "x" is given twice (guest paths "/g/a.sock" and "/g/b.sock")"#
+            r#"forward ID "x" is given twice (guest listeners /g/a.sock and /g/b.sock)"#
         );
         let c = Forward::from_spec("y=/g/a.sock:/h/c").unwrap();
         let err = base(vec![a.clone(), c]).validate().unwrap_err();
         assert!(
-            matches!(err, ConfigError::DuplicateGuestPath { .. }),
+            matches!(err, ConfigError::DuplicateListener { .. }),
             "{err}"
         );
         base(vec![a]).validate().unwrap();
+        // One TCP address twice is refused; port 0 twice is two listeners.
+        let t = Forward::from_remote_spec("t=5432:localhost:5432").unwrap();
+        let u = Forward::from_remote_spec("u=127.0.0.1:5432:/h").unwrap();
+        let err = base(vec![t, u]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"guest listener 127.0.0.1:5432 is given twice (forward IDs "t" and "u")"#
+        );
+        let v = Forward::from_remote_spec("0:localhost:1").unwrap();
+        let w = Forward::from_remote_spec("0:localhost:2").unwrap();
+        base(vec![v, w]).validate().unwrap();
     }
 
     #[test]
@@ -277,7 +292,7 @@ mod tests {
         c.control = Control::Listen("hvsock:///v:1025".parse().unwrap());
         assert!(matches!(c.validate(), Err(ConfigError::ListenOnHybrid(_))));
         let mut f = Forward::from_spec("/g/a.sock:/h").unwrap();
-        f.guest_path = "rel".into();
+        f.listen = GuestListen::Unix("rel".into());
         assert!(matches!(
             base(vec![f]).validate(),
             Err(ConfigError::BadForward { .. })

@@ -2,14 +2,15 @@
 //! connection to a host socket, and the other way round.
 //!
 //! Two directions, named as ssh users know them (from the host): a **remote
-//! forward** listens in the guest and dials a host socket (`--forward`,
-//! `--uds-mount`: nerdbox's direction); a **local forward** listens on the host
-//! and dials a target in the guest (`-L`, `--auto-forward`, [`Guest::forward`]).
+//! forward** listens in the guest (a socket file or a TCP address) and dials a
+//! host socket or TCP address (`-R`, `--forward`, `--uds-mount`: nerdbox's
+//! direction); a **local forward** listens on the host and dials a target in
+//! the guest (`-L`, `--auto-forward`, [`Guest::forward`]).
 //!
 //! Layout, in layers; a module uses only modules of the layers below it:
 //!
-//! 1. what users and peers say, parsed and checked: [`remote_spec`] (`--forward`,
-//!    `--uds-mount`), [`local_spec`] (`-L`), [`port_filter`], [`framing`],
+//! 1. what users and peers say, parsed and checked: [`remote_spec`] (`-R`,
+//!    `--forward`, `--uds-mount`), [`local_spec`] (`-L`), [`port_filter`], [`framing`],
 //!    [`limits`]; then [`config`] ([`Config`]) and [`remote_table`]
 //!    ([`ForwardTable`]) over them;
 //! 2. talking to the agent: [`rpc`] (deadlines, [`CallError`], the Accept
@@ -17,8 +18,9 @@
 //!    handshake); [`local`] opens local forwards with them ([`Guest`]) and
 //!    serves their host listeners;
 //! 3. the control session: `control` (dial or listen, one session's Bind,
-//!    Accept and liveness, reconnects and the boot deadline), and `shared`, the
-//!    state of a run;
+//!    Accept and liveness, reconnects and the boot deadline), `shared`, the
+//!    state of a run, and [`remote_control`], remote forwards added and removed
+//!    while it runs;
 //! 4. the remote forwards' connections ([`remote_connect`], fed by the
 //!    session) and the admin socket ([`admin`]);
 //! 5. [`run`], which starts them all, and [`cli`];
@@ -31,6 +33,26 @@
 //! `close()` and `closed().await`), [`Guest::forward_all`] (all or nothing),
 //! [`Guest::open`] one raw connection, and a [`ProxyManager`] for many
 //! sessions. See `examples/forward_and_fetch.rs`.
+//!
+//! A program that runs the relay itself ([`Relay::start`]) also adds remote
+//! forwards while it runs, the code path of `sockfwd-relay add -R`: a
+//! [`RemoteForward`] with its bound guest address and `close()`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sockfwd_relay::{Config, Control, Relay};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let control = Control::Dial("unix:///run/vm/control.sock".parse()?);
+//! let config = Config::new(control, "unix:///run/vm/streams.sock".parse()?, vec![]);
+//! let relay = Relay::start(config, CancellationToken::new()).await?;
+//! // A guest TCP listener on a port the agent picks, reaching the host's PostgreSQL.
+//! let db = relay.remote().add_spec("0:localhost:5432").await?;
+//! println!("guest clients dial {:?}", db.guest_addr());
+//! db.close().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod admin;
 pub mod cli;
@@ -42,6 +64,7 @@ pub mod local;
 pub mod local_spec;
 pub mod port_filter;
 pub mod remote_connect;
+pub mod remote_control;
 pub mod remote_spec;
 pub mod remote_table;
 pub mod rpc;
@@ -61,12 +84,13 @@ pub use local::guest_handle::{Guest, GuestOptions, PortEvents, ProxyError};
 pub use local::proxy_session::{LocalAddr, ProxyManager, ProxySession};
 pub use local_spec::{LocalSpec, LocalSpecError};
 pub use remote_connect::{BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
+pub use remote_control::{RemoteControl, RemoteError, RemoteForward};
 /// `--forward` and `--uds-mount` specs (the module's name before the layers).
 pub use remote_spec as spec;
-pub use remote_spec::Forward;
+pub use remote_spec::{Forward, GuestListen, HostTarget};
 /// The remote forward table (the module's name before the layers).
 pub use remote_table as forwards;
-pub use remote_table::ForwardTable;
+pub use remote_table::{ForwardTable, NO_TCP_LISTEN};
 pub use rpc::CallError;
 pub use streams::StreamError;
 
@@ -79,6 +103,7 @@ use local::auto_forward::{self, AutoForward};
 use local::guest_handle::Tasks;
 use local::listener_table::{announce, ListenerTable, Origin};
 use remote_connect::RemoteForwards;
+use rpc::Peer;
 use shared::Shared;
 use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::transport::{Address, DialError, ListenerError};
@@ -86,6 +111,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -134,6 +160,9 @@ pub enum RelayError {
         #[source]
         source: SessionError,
     },
+    /// The task [`Relay::start`] runs the relay in failed (it panicked).
+    #[error("the relay's task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl RelayError {
@@ -170,11 +199,86 @@ pub async fn run_with_table(
     table: Arc<ForwardTable>,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    drive(set_up(config, table, shutdown)?).await
+}
+
+/// A relay running in a task of its own, from a host program: its remote
+/// forwards ([`Relay::remote`]) and its guest handle for local forwards
+/// ([`Relay::guest`]) while it runs.
+pub struct Relay {
+    remote: RemoteControl,
+    guest: Guest,
+    task: JoinHandle<Result<(), RelayError>>,
+}
+
+impl Relay {
+    /// Starts the relay on the current tokio runtime and returns once its
+    /// first control session is ready, every configured forward bound (or
+    /// with the error that stops it, as [`run`] would return it). It runs
+    /// until `shutdown` is cancelled; [`Relay::wait`] awaits its end.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Relay, RelayError> {
+        let table = Arc::new(ForwardTable::new(
+            &config.forwards,
+            config.limits.max_rate_per_forward,
+        ));
+        let run = set_up(config, table, shutdown)?;
+        let (remote, guest) = (run.remote.clone(), run.guest.clone());
+        let mut ready = run.client_rx.clone();
+        let mut task = tokio::spawn(drive(run));
+        tokio::select! {
+            ended = &mut task => {
+                // Stopped before a session was ready: shutdown (the end is
+                // there for `wait`) or the error that stopped it.
+                let end = ended.map_err(RelayError::Task)?;
+                end?;
+                let task = tokio::spawn(async { Ok(()) });
+                Ok(Relay { remote, guest, task })
+            }
+            _ = ready.wait_for(Option::is_some) => Ok(Relay { remote, guest, task }),
+        }
+    }
+
+    /// Adds, finds and removes remote forwards while the relay runs (the code
+    /// path of `sockfwd-relay add -R` and `remove`).
+    pub fn remote(&self) -> &RemoteControl {
+        &self.remote
+    }
+
+    /// The relay's guest handle: local forwards over its current session.
+    pub fn guest(&self) -> &Guest {
+        &self.guest
+    }
+
+    /// Resolves when the relay has stopped (after its shutdown grace).
+    pub async fn wait(self) -> Result<(), RelayError> {
+        self.task.await.map_err(RelayError::Task)?
+    }
+}
+
+/// A relay set up to run: every host listener bound, the admin socket and
+/// auto-forward started; the control channel not yet.
+struct SetUp {
+    shared: Arc<Shared>,
+    connector: Connector,
+    guest: Guest,
+    remote: RemoteControl,
+    client_rx: watch::Receiver<Option<Peer>>,
+    /// The local forwards: held for the whole run (a dropped session closes
+    /// its listener).
+    listeners: Arc<ListenerTable>,
+}
+
+/// Binds every host listener (all or none) and starts what runs beside the
+/// control channel.
+fn set_up(
+    config: Config,
+    table: Arc<ForwardTable>,
+    shutdown: CancellationToken,
+) -> Result<SetUp, RelayError> {
     config.validate()?;
     if table.is_empty() && config.locals.is_empty() && config.auto_forward.is_none() {
         tracing::warn!("no forwards configured: nothing will be forwarded");
     }
-    let grace = config.shutdown_grace;
     let mut limits = config.limits;
     // Never admit more connections than the open-file limit can carry: out of
     // descriptors, refusing up front beats failing halfway through a setup.
@@ -216,6 +320,7 @@ pub async fn run_with_table(
     bind_locals(&config, &guest, &listeners)?;
     let connector = Connector::new(&config.control, shutdown.clone())
         .map_err(|e| RelayError::from_channel(e.into(), config.control.address()))?;
+    let remote = RemoteControl::new(Arc::clone(&table), guest.clone(), config.bind_timeout);
     let shared = Arc::new(Shared {
         caps: Caps::new(limits),
         config,
@@ -232,6 +337,7 @@ pub async fn run_with_table(
             shared: Arc::clone(&shared),
             guest: guest.clone(),
             listeners: Arc::clone(&listeners),
+            remote: remote.clone(),
         });
         shared.tracker.spawn(server::serve(admin, listener));
     }
@@ -242,9 +348,29 @@ pub async fn run_with_table(
             filter,
             bind: shared.config.auto_forward_bind,
         };
-        let following = auto_forward::follow(auto, client_rx, shared.shutdown.clone());
+        let following = auto_forward::follow(auto, client_rx.clone(), shared.shutdown.clone());
         shared.tracker.spawn(following);
     }
+    Ok(SetUp {
+        shared,
+        connector,
+        guest,
+        remote,
+        client_rx,
+        listeners,
+    })
+}
+
+/// Runs the control channel until shutdown or a fatal error, then lets open
+/// connections end within the grace.
+async fn drive(run: SetUp) -> Result<(), RelayError> {
+    let SetUp {
+        shared,
+        connector,
+        listeners,
+        ..
+    } = run;
+    let grace = shared.config.shutdown_grace;
     let parts = SessionParts {
         config: &shared.config,
         table: &shared.table,
@@ -279,6 +405,7 @@ pub async fn run_with_table(
         shared.hard_stop.cancel();
         shared.tracker.wait().await;
     }
+    drop(listeners);
     if result.is_ok() {
         tracing::info!("relay stopped");
     }

@@ -4,14 +4,16 @@
 //! In the Accept loop (synchronous, no task yet): check the stream ID, resolve the
 //! forward ID in our own table, apply the caps; refusals are answered right there,
 //! so a flood costs no tasks. Admitted requests get a task on the tracker that
-//! dials the host socket (the forward's target) and opens the stream at the same
-//! time, sends the result only once both are up, then relays until both
+//! dials the forward's target (a host Unix socket, or a TCP address through
+//! `sockfwd_proto::tcp_dial`, within the same `--dial-timeout`) and opens the
+//! stream at the same time, sends the result only once both are up, then relays until both
 //! directions end. Every way a request can fail is a `Failure`, put into words
 //! for the guest and for the log in one place.
 
 use crate::control::session::ConnectRequests;
 use crate::framing::choose;
 use crate::limits::{Permit, Refusal};
+use crate::remote_spec::HostTarget;
 use crate::remote_table::ForwardEntry;
 use crate::rpc::Results;
 use crate::shared::Shared;
@@ -24,11 +26,15 @@ use sockfwd_proto::relay::relay_stream;
 use sockfwd_proto::report::{chain, Chain};
 use sockfwd_proto::rpc::ConnectRequest;
 use sockfwd_proto::stream_id::{self, StreamIdError};
+use sockfwd_proto::tcp_dial::{self, TcpDialError};
 use sockfwd_proto::transport::{Address, DialError, Stream};
 use std::fmt;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
 use tracing::Instrument as _;
 
 /// Error text for a host socket that cannot be reached (the reference's wording).
@@ -49,8 +55,8 @@ enum Failure {
     UnknownForward(String),
     /// A cap refused it.
     Capped(Refusal),
-    /// The host socket could not be dialed.
-    HostUnreachable(DialError),
+    /// The target could not be dialed.
+    HostUnreachable(TargetDialError),
     /// The stream could not be opened.
     Stream(StreamError),
 }
@@ -83,6 +89,69 @@ impl fmt::Display for Failure {
             Failure::Capped(r) => write!(f, "{r}"),
             Failure::HostUnreachable(e) => write!(f, "{DIAL_FAILED}: {}", Chain(e)),
             other => f.write_str(&other.wire_text()),
+        }
+    }
+}
+
+/// Why a forward's target on the host could not be dialed.
+#[derive(Debug, Error)]
+pub(crate) enum TargetDialError {
+    /// A Unix socket.
+    #[error(transparent)]
+    Unix(DialError),
+    /// A TCP target.
+    #[error("connecting to {target}")]
+    Tcp {
+        /// The target as configured.
+        target: String,
+        /// What failed.
+        #[source]
+        source: TcpDialError,
+    },
+    /// A TCP target did not answer in time.
+    #[error("connecting to {target}: timed out after {after:?}")]
+    TcpTimeout {
+        /// The target as configured.
+        target: String,
+        /// The dial deadline.
+        after: Duration,
+    },
+    /// A connected TCP socket could not be taken over.
+    #[error("connecting to {target}")]
+    TcpSocket {
+        /// The target as configured.
+        target: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Dials `target` within `limit`: a Unix socket waiting out a full backlog,
+/// a TCP address the shared way (every address of a name, `localhost` as
+/// both loopback addresses, `TCP_NODELAY`).
+async fn dial_target(target: &HostTarget, limit: Duration) -> Result<Stream, TargetDialError> {
+    match target {
+        HostTarget::Unix(path) => dial_patiently(&Address::Unix(path.clone()), limit)
+            .await
+            .map_err(TargetDialError::Unix),
+        HostTarget::Tcp { host, port } => {
+            let text = || target.to_string();
+            let s = tokio::time::timeout(limit, tcp_dial::dial(host, *port, |_| true))
+                .await
+                .map_err(|_| TargetDialError::TcpTimeout {
+                    target: text(),
+                    after: limit,
+                })?
+                .map_err(|source| TargetDialError::Tcp {
+                    target: text(),
+                    source,
+                })?;
+            let taken = s.into_std().and_then(|s| Stream::from_fd(OwnedFd::from(s)));
+            taken.map_err(|source| TargetDialError::TcpSocket {
+                target: text(),
+                source,
+            })
         }
     }
 }
@@ -179,9 +248,8 @@ async fn set_up(
     early: bool,
 ) -> Result<Connected, Failure> {
     let config = &shared.config;
-    let host_addr = Address::Unix(entry.forward.host_path.clone());
     let (host, stream) = tokio::join!(
-        dial_patiently(&host_addr, config.dial_timeout),
+        dial_target(&entry.forward.target, config.dial_timeout),
         open_stream(
             &config.streams,
             &req.stream_id,
@@ -216,7 +284,7 @@ async fn connect_and_relay(
                 ForwardCounters::bump(&counters.failed);
                 if let Some(pass) = shared.log_throttle.allow("failed") {
                     tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
-                        host_path = %entry.forward.host_path.display(), cause = %failure,
+                        target = %entry.forward.target, cause = %failure,
                         suppressed = pass.suppressed, "connection failed");
                 }
             } else {
@@ -300,9 +368,17 @@ mod tests {
                 "rate limit reached (total)",
             ),
             (
-                Failure::HostUnreachable(dial),
+                Failure::HostUnreachable(TargetDialError::Unix(dial)),
                 "failed to dial host socket",
                 "failed to dial host socket: connecting to unix:///h.sock: timed out after 5s",
+            ),
+            (
+                Failure::HostUnreachable(TargetDialError::Tcp {
+                    target: "localhost:5432".into(),
+                    source: TcpDialError::Refused("127.0.0.1:5432".parse().unwrap()),
+                }),
+                "failed to dial host socket",
+                "failed to dial host socket: connecting to localhost:5432: connection refused by 127.0.0.1:5432",
             ),
             (
                 Failure::Stream(StreamError::Timeout(Duration::from_secs(5))),

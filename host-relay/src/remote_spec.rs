@@ -1,22 +1,42 @@
-//! Remote forward specs from the command line: `--forward [ID=]GUEST_PATH:HOST_PATH`
-//! and nerdbox's `--uds-mount CONTAINER_ID:HOST_PATH:DESTINATION`. Each is a
-//! listener in the guest and the host socket (its target) its clients reach.
+//! Remote forward specs from the command line: `-R SPEC` (ssh's `-R`, as the
+//! guest sees it), `--forward [ID=]GUEST_PATH:HOST_PATH` and nerdbox's
+//! `--uds-mount CONTAINER_ID:HOST_PATH:DESTINATION`. Each is a listener in the
+//! guest ([`GuestListen`]: a socket file or a TCP address) and the host socket
+//! its clients reach ([`HostTarget`]: a Unix socket or a TCP address).
 //!
-//! Parsing is pure (no file system access): the host path is dialed per connection,
-//! and the guest path only means something inside the guest.
+//! | `-R` spec | listens in the guest | reaches on the host |
+//! |---|---|---|
+//! | `[GUEST_BIND:]GUEST_PORT:HOST:HOSTPORT` | GUEST_BIND:GUEST_PORT | HOST:HOSTPORT |
+//! | `[GUEST_BIND:]GUEST_PORT:/HOST/PATH` | GUEST_BIND:GUEST_PORT | the Unix socket |
+//! | `/GUEST/PATH:HOST:HOSTPORT` | the socket file | HOST:HOSTPORT |
+//! | `/GUEST/PATH:/HOST/PATH` | the socket file | the Unix socket (as `--forward`) |
 //!
-//! Forward IDs:
+//! GUEST_BIND is `127.0.0.1` unless given: an IP (`[::1]` for IPv6),
+//! `localhost` or `*` (0.0.0.0). GUEST_PORT `0` lets the agent pick a free
+//! port. HOST is an IP or a name resolved on the host (`localhost`: `::1`,
+//! then `127.0.0.1`; see `sockfwd_proto::tcp_dial`); a host socket path starts
+//! with `/` or `.`. Every form takes an `ID=` prefix, as `--forward` does.
+//!
+//! Parsing is pure (no file system access, no name resolution): the target is
+//! dialed per connection, and the guest side only means something inside the
+//! guest.
+//!
+//! Forward IDs, stable across restarts (an agent that still has a forward's
+//! listener takes the same ID at the same place as a no-op):
 //! - `--uds-mount`: the lowercase hex SHA-256 of `CONTAINER_ID:DESTINATION`, exactly
 //!   as nerdbox's host derives it, with the guest listener at `GUEST_DIR/<id>.sock`;
-//! - `--forward` without `ID=`: the first 16 hex digits (64 bits) of the SHA-256 of
-//!   the guest path, so the same flag always yields the same ID across restarts;
-//! - `--forward ID=...`: the ID as given, held to the shared forward-ID rule
+//! - `--forward` and `-R` without `ID=`: the first 16 hex digits (64 bits) of the
+//!   SHA-256 of where it listens: the guest path, or `tcp:` and the TCP address;
+//!   for guest port 0, which names no one listener, `tcp:ADDRESS:TARGET`;
+//! - `ID=...`: the ID as given, held to the shared forward-ID rule
 //!   ([`sockfwd_proto::forward_id`]).
 
 use sha2::{Digest, Sha256};
 use sockfwd_proto::forward_id::{self, ForwardIdError};
+use sockfwd_proto::target::{split_host_port, Target, TargetParseError};
 use sockfwd_proto::transport::SUN_PATH_MAX;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -24,21 +44,79 @@ use thiserror::Error;
 pub const DERIVED_ID_HEX: usize = 16;
 /// The guest directory nerdbox places its listeners in.
 pub const DEFAULT_GUEST_DIR: &str = "/run/socketfwd";
+/// The guest address a TCP `-R` spec listens on without a GUEST_BIND.
+pub const DEFAULT_GUEST_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Where a remote forward listens, inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GuestListen {
+    /// A socket file at this absolute path.
+    Unix(String),
+    /// A TCP address (port 0: the agent picks one); sent only to an agent
+    /// that lists the `tcp-listen` extension.
+    Tcp(SocketAddr),
+}
+
+impl GuestListen {
+    /// The place it takes for itself, which no other forward may share, if it
+    /// names one: a socket file, or a TCP address with its port (port 0 takes
+    /// whichever port is free).
+    pub fn place(&self) -> Option<&GuestListen> {
+        match self {
+            GuestListen::Tcp(addr) if addr.port() == 0 => None,
+            other => Some(other),
+        }
+    }
+}
+
+impl fmt::Display for GuestListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestListen::Unix(p) => f.write_str(p),
+            GuestListen::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// What a remote forward's connections reach, on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostTarget {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A TCP address: `host` is an IP (IPv6 without brackets) or a name
+    /// resolved on the host at each connection.
+    Tcp {
+        /// The IP or name.
+        host: String,
+        /// The port, 1 to 65535.
+        port: u16,
+    },
+}
+
+impl fmt::Display for HostTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostTarget::Unix(p) => write!(f, "{}", p.display()),
+            HostTarget::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            HostTarget::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
 
 /// One forward: a listener in the guest and the host socket its connections reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     /// The ID the agent reports in `ConnectRequest.forward_id`; resolved only here.
     pub id: String,
-    /// Where the agent creates the listener, inside the guest.
-    pub guest_path: String,
-    /// The host Unix socket each guest connection is spliced to.
-    pub host_path: PathBuf,
-    /// Listener mode in the guest (extension; `None`: the agent's default).
+    /// Where the agent listens, inside the guest.
+    pub listen: GuestListen,
+    /// What each guest connection is spliced to.
+    pub target: HostTarget,
+    /// Listener mode in the guest (extension, socket files only; `None`: the agent's default).
     pub mode: Option<u32>,
-    /// Listener owner in the guest (extension; `None`: the agent's default).
+    /// Listener owner in the guest (extension, socket files only; `None`: the agent's default).
     pub uid: Option<u32>,
-    /// Listener group in the guest (extension; `None`: the agent's default).
+    /// Listener group in the guest (extension, socket files only; `None`: the agent's default).
     pub gid: Option<u32>,
 }
 
@@ -51,6 +129,12 @@ pub enum SpecError {
     /// Not three `:`-separated parts.
     #[error("expected CONTAINER_ID:HOST_PATH:DESTINATION")]
     UdsMountShape,
+    /// Not one of the `-R` forms.
+    #[error(
+        "expected [ID=][GUEST_BIND:]GUEST_PORT:HOST:HOSTPORT, [GUEST_BIND:]GUEST_PORT:/HOST/PATH, \
+         /GUEST/PATH:HOST:HOSTPORT or /GUEST/PATH:/HOST/PATH"
+    )]
+    RemoteShape,
     /// The `ID=` part breaks the forward-ID rule.
     #[error(transparent)]
     BadId(#[from] ForwardIdError),
@@ -71,6 +155,24 @@ pub enum SpecError {
     /// A path holds a NUL byte, which no socket address can.
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
+    /// GUEST_BIND is not an IP, `localhost` or `*`.
+    #[error("guest bind address {0:?} must be an IP address ([::1] for IPv6), localhost or *")]
+    GuestBind(String),
+    /// GUEST_PORT is not 0 to 65535.
+    #[error("guest port {0:?} is not a number from 0 to 65535")]
+    GuestPort(String),
+    /// HOST:HOSTPORT breaks the target grammar.
+    #[error("host target {text:?}")]
+    HostTarget {
+        /// The target as written.
+        text: String,
+        /// What is wrong with it.
+        #[source]
+        source: TargetParseError,
+    },
+    /// A mode or owner on a TCP listener, which only a socket file has.
+    #[error("mode, uid and gid apply to guest socket files, not to TCP listeners")]
+    OwnerOnTcp,
 }
 
 /// Lowercase hex of `bytes`.
@@ -99,6 +201,18 @@ pub fn derived_forward_id(guest_path: &str) -> String {
     let mut id = hex(&Sha256::digest(guest_path.as_bytes()));
     id.truncate(DERIVED_ID_HEX);
     id
+}
+
+/// The ID of a spec without `ID=` (see the module docs): derived from where
+/// it listens, and for guest port 0 from its target too.
+pub fn derived_remote_id(listen: &GuestListen, target: &HostTarget) -> String {
+    match listen {
+        GuestListen::Unix(path) => derived_forward_id(path),
+        GuestListen::Tcp(addr) if addr.port() == 0 => {
+            derived_forward_id(&format!("tcp:{addr}:{target}"))
+        }
+        GuestListen::Tcp(addr) => derived_forward_id(&format!("tcp:{addr}")),
+    }
 }
 
 /// Checks a guest socket path: absolute, no NUL, fits `sun_path`.
@@ -131,31 +245,135 @@ fn check_host_path(path: &str) -> Result<PathBuf, SpecError> {
     Ok(PathBuf::from(path))
 }
 
-impl Forward {
-    /// Parses `[ID=]GUEST_PATH:HOST_PATH`.
-    ///
-    /// The guest path is absolute, so a spec that does not start with `/` and has
-    /// an `=` before its first `:` carries an ID. The paths are split at the first
-    /// `:` after the ID: a guest path cannot contain `:`, a host path can.
-    pub fn from_spec(spec: &str) -> Result<Forward, SpecError> {
-        let (id, paths) = match spec.split_once('=') {
-            Some((id, rest)) if !spec.starts_with('/') && !id.contains(':') => {
-                forward_id::check(id)?;
-                (Some(id), rest)
-            }
-            _ => (None, spec),
+/// Splits an optional `ID=` off a spec. A guest path is absolute and a bind
+/// address is an IP or a word without `=`, so a spec that does not start with
+/// `/` and has an `=` before its first `:` carries an ID.
+fn split_id(spec: &str) -> Result<(Option<&str>, &str), SpecError> {
+    match spec.split_once('=') {
+        Some((id, rest)) if !spec.starts_with('/') && !id.contains(':') => {
+            forward_id::check(id)?;
+            Ok((Some(id), rest))
+        }
+        _ => Ok((None, spec)),
+    }
+}
+
+/// The first `:`-separated part of `s` (a bracketed IPv6 address counts as
+/// one) and the rest after its `:`.
+fn next_part(s: &str) -> Result<(&str, &str), SpecError> {
+    let end = if s.starts_with('[') {
+        s.find("]:").ok_or(SpecError::RemoteShape)? + 1
+    } else {
+        s.find(':').ok_or(SpecError::RemoteShape)?
+    };
+    Ok((&s[..end], &s[end + 1..]))
+}
+
+/// GUEST_BIND: an IP (IPv6 in brackets), `localhost` or `*`.
+fn guest_bind(s: &str) -> Result<IpAddr, SpecError> {
+    let bad = || SpecError::GuestBind(s.to_owned());
+    if let Some(v6) = s.strip_prefix('[') {
+        let v6 = v6.strip_suffix(']').ok_or_else(bad)?;
+        return match v6.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V6(_)) => Ok(ip),
+            _ => Err(bad()),
         };
-        let (guest, host) = paths.split_once(':').ok_or(SpecError::ForwardShape)?;
-        check_guest_path(guest)?;
-        let host_path = check_host_path(host)?;
-        Ok(Forward {
-            id: id.map_or_else(|| derived_forward_id(guest), str::to_owned),
-            guest_path: guest.to_owned(),
-            host_path,
+    }
+    match s {
+        "localhost" => Ok(DEFAULT_GUEST_BIND),
+        "*" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        _ => match s.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => Ok(ip),
+            _ => Err(bad()),
+        },
+    }
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// GUEST_PORT: 0 to 65535 in at most five digits.
+fn guest_port(s: &str) -> Result<u16, SpecError> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|_| is_digits(s) && s.len() <= 5)
+        .ok_or_else(|| SpecError::GuestPort(s.to_owned()))
+}
+
+/// HOST:HOSTPORT or a host socket path (starting with `/` or `.`).
+fn host_target(s: &str) -> Result<HostTarget, SpecError> {
+    if s.starts_with('/') || s.starts_with('.') {
+        return Ok(HostTarget::Unix(check_host_path(s)?));
+    }
+    if s.is_empty() {
+        return Err(SpecError::Empty("host target"));
+    }
+    let bad = |source| SpecError::HostTarget {
+        text: s.to_owned(),
+        source,
+    };
+    let (host, port) = split_host_port(s).map_err(|_| SpecError::RemoteShape)?;
+    match Target::tcp(host, port).map_err(bad)? {
+        Target::Ip(addr) => Ok(HostTarget::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }),
+        Target::Name { host, port } => Ok(HostTarget::Tcp { host, port }),
+        Target::Unix(_) => Err(SpecError::RemoteShape),
+    }
+}
+
+impl Forward {
+    /// A forward with the agent's default mode and owner.
+    pub fn new(id: String, listen: GuestListen, target: HostTarget) -> Forward {
+        Forward {
+            id,
+            listen,
+            target,
             mode: None,
             uid: None,
             gid: None,
-        })
+        }
+    }
+
+    /// Parses `[ID=]GUEST_PATH:HOST_PATH`.
+    ///
+    /// The paths are split at the first `:` after the ID: a guest path cannot
+    /// contain `:`, a host path can.
+    pub fn from_spec(spec: &str) -> Result<Forward, SpecError> {
+        let (id, paths) = split_id(spec)?;
+        let (guest, host) = paths.split_once(':').ok_or(SpecError::ForwardShape)?;
+        check_guest_path(guest)?;
+        let host_path = check_host_path(host)?;
+        Ok(Forward::new(
+            id.map_or_else(|| derived_forward_id(guest), str::to_owned),
+            GuestListen::Unix(guest.to_owned()),
+            HostTarget::Unix(host_path),
+        ))
+    }
+
+    /// Parses an `-R` spec (see the module docs).
+    pub fn from_remote_spec(spec: &str) -> Result<Forward, SpecError> {
+        let (id, body) = split_id(spec)?;
+        let (listen, target) = if body.starts_with('/') {
+            let (guest, host) = body.split_once(':').ok_or(SpecError::RemoteShape)?;
+            check_guest_path(guest)?;
+            (GuestListen::Unix(guest.to_owned()), host_target(host)?)
+        } else {
+            let (first, rest) = next_part(body)?;
+            let (bind, port, rest) = if is_digits(first) {
+                (DEFAULT_GUEST_BIND, first, rest)
+            } else {
+                let bind = guest_bind(first)?;
+                let (port, rest) = next_part(rest)?;
+                (bind, port, rest)
+            };
+            let addr = SocketAddr::new(bind, guest_port(port)?);
+            (GuestListen::Tcp(addr), host_target(rest)?)
+        };
+        let id = id.map_or_else(|| derived_remote_id(&listen, &target), str::to_owned);
+        Ok(Forward::new(id, listen, target))
     }
 
     /// Parses nerdbox's `CONTAINER_ID:HOST_PATH:DESTINATION`; the listener goes to
@@ -174,14 +392,54 @@ impl Forward {
         let id = nerdbox_forward_id(container, dest);
         let guest_path = format!("{}/{id}.sock", guest_dir.trim_end_matches('/'));
         check_guest_path(&guest_path)?;
-        Ok(Forward {
+        Ok(Forward::new(
             id,
-            guest_path,
-            host_path,
-            mode: None,
-            uid: None,
-            gid: None,
-        })
+            GuestListen::Unix(guest_path),
+            HostTarget::Unix(host_path),
+        ))
+    }
+
+    /// The forward as an `-R` spec would write it (without its ID):
+    /// `LISTEN:TARGET`, for messages and `status`.
+    pub fn spec_text(&self) -> String {
+        format!("{}:{}", self.listen, self.target)
+    }
+
+    /// Whether it listens on a guest TCP address (the `tcp-listen` extension).
+    pub fn listens_on_tcp(&self) -> bool {
+        matches!(self.listen, GuestListen::Tcp(_))
+    }
+
+    /// Checks a forward however it was built (a library caller may build one
+    /// by hand): its ID, its guest path, its host path, and no mode or owner
+    /// on a TCP listener.
+    pub fn check(&self) -> Result<(), SpecError> {
+        forward_id::check(&self.id)?;
+        match &self.listen {
+            GuestListen::Unix(path) => check_guest_path(path)?,
+            GuestListen::Tcp(_)
+                if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() =>
+            {
+                return Err(SpecError::OwnerOnTcp)
+            }
+            GuestListen::Tcp(_) => {}
+        }
+        match &self.target {
+            HostTarget::Unix(path) => {
+                check_host_path(&path.to_string_lossy())?;
+            }
+            HostTarget::Tcp { host, .. } => {
+                // What the spec grammar reads back from the target's text.
+                let text = self.target.to_string();
+                if host_target(&text)? != self.target {
+                    return Err(SpecError::HostTarget {
+                        text,
+                        source: TargetParseError::Host(host.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -201,14 +459,22 @@ mod tests {
     use super::*;
 
     fn fwd(id: &str, guest: &str, host: &str) -> Forward {
-        Forward {
-            id: id.to_owned(),
-            guest_path: guest.to_owned(),
-            host_path: PathBuf::from(host),
-            mode: None,
-            uid: None,
-            gid: None,
+        Forward::new(
+            id.to_owned(),
+            GuestListen::Unix(guest.to_owned()),
+            HostTarget::Unix(PathBuf::from(host)),
+        )
+    }
+
+    fn tcp(host: &str, port: u16) -> HostTarget {
+        HostTarget::Tcp {
+            host: host.to_owned(),
+            port,
         }
+    }
+
+    fn at(addr: &str) -> GuestListen {
+        GuestListen::Tcp(addr.parse().unwrap())
     }
 
     #[test]
@@ -301,8 +567,11 @@ mod tests {
         // A trailing slash on the guest dir and a ':' in the host path.
         assert_eq!(
             Forward::from_uds_mount("abc:/h:x.sock:/run/docker.sock", "/g/")
-                .map(|f| (f.guest_path, f.host_path)),
-            Ok((format!("/g/{id}.sock"), PathBuf::from("/h:x.sock")))
+                .map(|f| (f.listen, f.target)),
+            Ok((
+                GuestListen::Unix(format!("/g/{id}.sock")),
+                HostTarget::Unix(PathBuf::from("/h:x.sock"))
+            ))
         );
         let bad = [
             ("abc", SpecError::UdsMountShape),
@@ -331,5 +600,144 @@ mod tests {
             check_guest_dir("run"),
             Err(SpecError::RelativeGuestPath("run".into()))
         );
+    }
+
+    #[test]
+    fn remote_specs_of_every_form() {
+        let ok = [
+            (
+                "5432:localhost:5432",
+                at("127.0.0.1:5432"),
+                tcp("localhost", 5432),
+            ),
+            ("0:127.0.0.1:80", at("127.0.0.1:0"), tcp("127.0.0.1", 80)),
+            ("[::1]:0:[::1]:5432", at("[::1]:0"), tcp("::1", 5432)),
+            (
+                "0.0.0.0:8080:db.internal:1",
+                at("0.0.0.0:8080"),
+                tcp("db.internal", 1),
+            ),
+            ("localhost:1:h:2", at("127.0.0.1:1"), tcp("h", 2)),
+            ("*:1:h:2", at("0.0.0.0:1"), tcp("h", 2)),
+            (
+                "8080:/run/app.sock",
+                at("127.0.0.1:8080"),
+                HostTarget::Unix("/run/app.sock".into()),
+            ),
+            (
+                "127.0.0.1:0:./rel:1.sock",
+                at("127.0.0.1:0"),
+                HostTarget::Unix("./rel:1.sock".into()),
+            ),
+            (
+                "/run/pg.sock:127.0.0.1:5432",
+                GuestListen::Unix("/run/pg.sock".into()),
+                tcp("127.0.0.1", 5432),
+            ),
+            (
+                "/g/x.sock:/h:y.sock",
+                GuestListen::Unix("/g/x.sock".into()),
+                HostTarget::Unix("/h:y.sock".into()),
+            ),
+        ];
+        for (spec, listen, target) in ok {
+            let f = Forward::from_remote_spec(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!((&f.listen, &f.target), (&listen, &target), "{spec}");
+            assert_eq!(f.id, derived_remote_id(&listen, &target), "{spec}");
+            // The canonical text parses back to the same forward.
+            assert_eq!(
+                Forward::from_remote_spec(&f.spec_text()),
+                Ok(f.clone()),
+                "{spec}"
+            );
+        }
+        let f = Forward::from_remote_spec("db=0:localhost:5432").unwrap();
+        assert_eq!(
+            (f.id.as_str(), f.spec_text()),
+            ("db", "127.0.0.1:0:localhost:5432".into())
+        );
+        assert_eq!(f.target.to_string(), "localhost:5432");
+        let f = Forward::from_remote_spec("[::1]:0:[::1]:5").unwrap();
+        assert_eq!(f.spec_text(), "[::1]:0:[::1]:5");
+    }
+
+    #[test]
+    fn remote_ids_follow_where_the_forward_listens() {
+        // As --forward for a socket file, whatever the target.
+        assert_eq!(
+            Forward::from_remote_spec("/guest/x.sock:/host/y.sock"),
+            Forward::from_spec("/guest/x.sock:/host/y.sock")
+        );
+        let a = Forward::from_remote_spec("5432:localhost:5432").unwrap();
+        let b = Forward::from_remote_spec("127.0.0.1:5432:/run/pg.sock").unwrap();
+        assert_eq!(a.id, b.id, "one TCP address, one ID");
+        assert_eq!(a.id, derived_forward_id("tcp:127.0.0.1:5432"));
+        // Port 0 names no one listener: two of them differ by their targets.
+        let c = Forward::from_remote_spec("0:localhost:5432").unwrap();
+        let d = Forward::from_remote_spec("0:localhost:6379").unwrap();
+        assert_ne!(c.id, d.id);
+        assert_eq!(c.id, derived_forward_id("tcp:127.0.0.1:0:localhost:5432"));
+    }
+
+    #[test]
+    fn bad_remote_specs_say_why() {
+        use SpecError as E;
+        let bad = [
+            ("", E::RemoteShape),
+            ("5432", E::RemoteShape),
+            ("5432:localhost", E::RemoteShape),
+            ("/g.sock", E::RemoteShape),
+            ("/g.sock:h", E::RemoteShape),
+            ("[::1]5432:h:1", E::RemoteShape),
+            ("x:1:h:2", E::GuestBind("x".into())),
+            ("::1:0:h:2", E::GuestBind("".into())),
+            ("[127.0.0.1]:0:h:2", E::GuestBind("[127.0.0.1]".into())),
+            ("[::1:0:h:2", E::RemoteShape),
+            ("65536:h:1", E::GuestPort("65536".into())),
+            ("1.2.3.4:-1:h:1", E::GuestPort("-1".into())),
+            ("1.2.3.4:000001:h:1", E::GuestPort("000001".into())),
+            ("0:", E::Empty("host target")),
+            ("0:/h\0", E::Nul("host path")),
+            ("rel.sock:/h", E::GuestBind("rel.sock".into())),
+            ("=0:h:1", E::BadId(ForwardIdError::Empty)),
+        ];
+        for (spec, want) in bad {
+            assert_eq!(Forward::from_remote_spec(spec), Err(want), "{spec:?}");
+        }
+        let err = Forward::from_remote_spec("0:h:0").unwrap_err();
+        assert_eq!(err.to_string(), r#"host target "h:0""#);
+        assert!(matches!(
+            err,
+            E::HostTarget {
+                source: TargetParseError::Port(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            Forward::from_remote_spec("0:a b:1"),
+            Err(E::HostTarget {
+                source: TargetParseError::Host(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            Forward::from_remote_spec("/g:[::1:1"),
+            Err(E::RemoteShape | E::HostTarget { .. })
+        ));
+    }
+
+    #[test]
+    fn a_hand_built_forward_is_checked() {
+        let mut f = Forward::from_remote_spec("0:localhost:1").unwrap();
+        assert_eq!(f.check(), Ok(()));
+        f.mode = Some(0o600);
+        assert_eq!(f.check(), Err(SpecError::OwnerOnTcp));
+        let mut f = Forward::from_remote_spec("0:localhost:1").unwrap();
+        f.target = tcp("a b", 1);
+        assert!(matches!(f.check(), Err(SpecError::HostTarget { .. })));
+        f.target = tcp("::1", 1);
+        assert_eq!(f.check(), Ok(()));
+        f.id = "a b".into();
+        assert!(matches!(f.check(), Err(SpecError::BadId(_))));
     }
 }

@@ -1,13 +1,15 @@
 //! Calling the agent: a deadline on every call, seen by the agent
 //! (`context`) and enforced here too (`call`), one error type for a failed
-//! call ([`CallError`]), `Results`, the sending half of an Accept stream, and
-//! the capability call: [`ask_info`] once per control session, its answer kept
-//! with the session's client in a [`Peer`].
+//! call ([`CallError`]), `Results`, the sending half of an Accept stream, the
+//! capability call: [`ask_info`] once per control session, its answer kept
+//! with the session's client in a [`Peer`], and `list_forwards`.
 
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::info::AgentInfo;
 use sockfwd_proto::log_text::{escape, escape_clipped};
-use sockfwd_proto::rpc::{ConnectResult, InfoRequest, SocketForwardClient};
+use sockfwd_proto::rpc::{
+    ConnectResult, ForwardInfo, InfoRequest, ListForwardsRequest, SocketForwardClient,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +130,16 @@ pub async fn ask_info(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The agent's bound remote forwards (`ListForwards`), within `limit`.
+pub(crate) async fn list_forwards(
+    client: &SocketForwardClient,
+    limit: Duration,
+) -> Result<Vec<ForwardInfo>, CallError> {
+    let req = ListForwardsRequest::new();
+    let list = call(limit, client.list_forwards(context(limit), &req)).await?;
+    Ok(list.forwards)
 }
 
 /// The sending half of the Accept stream, shared by the session's loop and the

@@ -9,11 +9,14 @@ mod tests {
     use sockfwd_proto::handshake;
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
     use sockfwd_proto::rpc::{
-        self, BindRequest, ConnectRequest, ConnectResult, InfoRequest, InfoResponse,
+        self, BindRequest, ConnectRequest, ConnectResult, ForwardInfo, InfoRequest, InfoResponse,
+        ListForwardsRequest, ListForwardsResponse, UnbindRequest,
     };
     use sockfwd_proto::transport::{Address, Stream};
     use sockfwd_relay::framing::FramingPolicy;
-    use sockfwd_relay::{Config, Control, Forward, ForwardTable, Guest, GuestOptions, RelayError};
+    use sockfwd_relay::{
+        Config, Control, Forward, ForwardTable, Guest, GuestListen, GuestOptions, Relay, RelayError,
+    };
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -38,6 +41,11 @@ mod tests {
         info: std::sync::Mutex<Option<InfoResponse>>,
         /// The methods called, in order (liveness Binds left out).
         calls: std::sync::Mutex<Vec<&'static str>>,
+        /// What this incarnation has bound: forward ID to its socket path or
+        /// TCP address (port 0 replaced by the next of `next_port`).
+        bound: std::sync::Mutex<std::collections::BTreeMap<String, ForwardInfo>>,
+        /// The port the next TCP listener asking for port 0 "gets".
+        next_port: std::sync::atomic::AtomicU16,
     }
 
     struct Agent {
@@ -62,10 +70,57 @@ mod tests {
                     ttrpc::Code::UNKNOWN,
                     msg,
                 )));
-            } else {
-                let _ = self.wires.binds.send(req);
             }
+            let mut bound = self.wires.bound.lock().unwrap();
+            for sock in &req.sockets {
+                let mut f = ForwardInfo::new();
+                f.forward_id = sock.forward_id.clone();
+                f.socket_path = sock.socket_path.clone();
+                f.tcp_listen = match sock.tcp_listen.strip_suffix(":0") {
+                    Some(ip) => {
+                        let port = self.wires.next_port.fetch_add(1, Ordering::Relaxed);
+                        format!("{ip}:{port}")
+                    }
+                    None => sock.tcp_listen.clone(),
+                };
+                // Binding the same forward again keeps its place, as the agent does.
+                bound.entry(f.forward_id.clone()).or_insert(f);
+            }
+            let _ = self.wires.binds.send(req);
             Ok(Default::default())
+        }
+
+        async fn list_forwards(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: ListForwardsRequest,
+        ) -> ttrpc::Result<ListForwardsResponse> {
+            self.wires.calls.lock().unwrap().push("ListForwards");
+            if self.wires.info.lock().unwrap().is_none() {
+                // A peer without Info is nerdbox's: no ListForwards either.
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::NOT_FOUND,
+                    "/nerdbox.services.socketforward.v1.SocketForward/ListForwards is not supported",
+                )));
+            }
+            let mut resp = ListForwardsResponse::new();
+            resp.forwards = self.wires.bound.lock().unwrap().values().cloned().collect();
+            Ok(resp)
+        }
+
+        async fn unbind(
+            &self,
+            _ctx: &TtrpcContext,
+            req: UnbindRequest,
+        ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+            self.wires.calls.lock().unwrap().push("Unbind");
+            match self.wires.bound.lock().unwrap().remove(&req.forward_id) {
+                Some(_) => Ok(Default::default()),
+                None => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("no forward {:?} is bound", req.forward_id),
+                ))),
+            }
         }
 
         async fn info(
@@ -136,6 +191,8 @@ mod tests {
                 bind_error: std::sync::Mutex::new(None),
                 info: std::sync::Mutex::new(None),
                 calls: std::sync::Mutex::new(Vec::new()),
+                bound: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+                next_port: std::sync::atomic::AtomicU16::new(41233),
             });
             let (streams_tx, streams) = mpsc::unbounded_channel();
             let l = tokio::net::UnixListener::bind(dir.path().join("streams.sock")).unwrap();
@@ -203,12 +260,14 @@ mod tests {
             self.server = Some((server, kill));
         }
 
-        /// The agent dies: its Accept streams end and its connections close.
+        /// The agent dies: its Accept streams end, its connections close and
+        /// its listeners are gone.
         async fn kill(&mut self) {
             if let Some((mut server, kill)) = self.server.take() {
                 kill.cancel();
                 server.shutdown().await.unwrap();
             }
+            self.wires.bound.lock().unwrap().clear();
         }
 
         async fn bound(&mut self) -> BindRequest {
@@ -249,6 +308,21 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// A host TCP server on 127.0.0.1 that echoes each connection; its port.
+    async fn tcp_echo_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        port
     }
 
     fn config(h: &Harness, control: Control, forwards: Vec<Forward>) -> Config {
@@ -569,10 +643,11 @@ mod tests {
         let err = timeout(WAIT, relay).await.unwrap().unwrap().unwrap_err();
         assert!(matches!(err, RelayError::NoSession { .. }), "{err}");
         let causes = sockfwd_relay::report::causes(&err);
+        // The forward the agent's answer names, with its spec.
         assert_eq!(
             causes[1..],
             [
-                "binding the forwards",
+                format!("binding forward \"f\" (/g/f.sock:{})", host.display()).as_str(),
                 "the agent answered UNKNOWN: binding socket forward listener at /g/f.sock: file exists"
             ],
             "{causes:?}"
@@ -631,5 +706,208 @@ mod tests {
             .unwrap();
         let info = guest.agent_info().await.unwrap();
         assert!(!info.answered() && !info.supports("eof-framing"));
+    }
+
+    /// Runs `sockfwd-relay SUBCOMMAND --admin PATH ARGS`: its stdout, or its stderr.
+    async fn admin(path: &Path, subcommand: &str, args: &[&str]) -> Result<String, String> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"));
+        cmd.arg(subcommand).arg("--admin").arg(path).args(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// A nerdbox guest has no Info: the relay sends it no TCP listener, from
+    /// the command line or added at runtime, and says so naming the spec; its
+    /// Bind is nerdbox's byte for byte; every socket-file forward still works,
+    /// a host TCP target included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_listeners_are_never_sent_to_a_peer_without_info() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let host = h.path("host.sock");
+        echo_server(&host);
+        let tcp_port = tcp_echo_server().await;
+        let log = h.path("relay.log");
+        let admin_sock = h.path("admin.sock");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
+            .arg("--control")
+            .arg(format!("unix://{}", h.path("control.sock").display()))
+            .arg("--streams")
+            .arg(format!("unix://{}", h.path("streams.sock").display()))
+            .arg("--forward")
+            .arg(format!("x=/guest/x.sock:{}", host.display()))
+            .args(["-R", "0:localhost:5432", "-R", "5433:/host/y.sock"])
+            .arg("--admin")
+            .arg(&admin_sock)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+
+        let bind = h.bound().await;
+        let mut nerdbox = BindRequest::new();
+        let mut only = rpc::Socket::new();
+        only.forward_id = "x".into();
+        only.socket_path = "/guest/x.sock".into();
+        nerdbox.sockets.push(only);
+        assert_eq!(
+            protobuf::Message::write_to_bytes(&bind).unwrap(),
+            protobuf::Message::write_to_bytes(&nerdbox).unwrap(),
+            "{bind:?}"
+        );
+        eventually("the refusals in the log", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("relay ready"))
+        })
+        .await;
+        let logs = std::fs::read_to_string(&log).unwrap();
+        for spec in ["127.0.0.1:0:localhost:5432", "127.0.0.1:5433:/host/y.sock"] {
+            assert!(
+                logs.contains(&format!(
+                    "-R {spec}: the guest agent does not support TCP listeners"
+                )),
+                "{spec}\n{logs}"
+            );
+        }
+        // Nothing asked that a nerdbox guest lacks (ListForwards would fail).
+        eventually("the Accept call", || {
+            h.wires.calls.lock().unwrap().len() >= 3
+        })
+        .await;
+        assert_eq!(
+            h.wires.calls.lock().unwrap()[..],
+            ["Info", "Bind", "Accept"]
+        );
+        let r = h.connect("socketfwd-20-AAAAAA", "x", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-20-AAAAAA").await;
+        assert_eq!(echo_through(s, b"still here").await, b"still here");
+
+        // At runtime: refused naming the spec, nothing added or sent.
+        let err = admin(&admin_sock, "add", &["-R", "db=0:localhost:1"])
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains(
+                "-R 127.0.0.1:0:localhost:1: the guest agent does not support TCP listeners"
+            ),
+            "{err}"
+        );
+        let status = admin(&admin_sock, "status", &[]).await.unwrap();
+        assert!(!status.contains(" db "), "{status}");
+        // A guest socket file reaching a host TCP service is for any peer.
+        let spec = format!("t=/guest/t.sock:127.0.0.1:{tcp_port}");
+        let out = admin(&admin_sock, "add", &["-R", &spec]).await.unwrap();
+        assert_eq!(
+            out,
+            format!("t remote /guest/t.sock -> 127.0.0.1:{tcp_port}\n")
+        );
+        let bind = h.bound().await;
+        assert_eq!(bind.sockets.len(), 1);
+        assert_eq!(
+            (
+                bind.sockets[0].socket_path.as_str(),
+                bind.sockets[0].tcp_listen.as_str()
+            ),
+            ("/guest/t.sock", "")
+        );
+        let r = h.connect("socketfwd-21-BBBBBB", "t", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-21-BBBBBB").await;
+        assert_eq!(echo_through(s, b"over tcp").await, b"over tcp");
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
+    /// Against an agent that lists tcp-listen: the port it picked for port 0
+    /// is learned after every session's Bind (a new agent picks anew), a
+    /// forward added through the library gets its own, reaches a host TCP
+    /// service through `localhost`, and closes with Unbind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guest_tcp_listener_s_port_is_learned_on_every_session() {
+        let mut h = Harness::new().await;
+        *h.wires.info.lock().unwrap() = Some(sockfwd_proto::info::AgentInfo::response(
+            "fake-agent 2",
+            &[sockfwd_proto::info::TCP_LISTEN],
+        ));
+        h.serve().await;
+        let port = tcp_echo_server().await;
+        let control = Control::Dial(Address::Unix(h.path("control.sock")));
+        let db = Forward::from_remote_spec(&format!("db=0:127.0.0.1:{port}")).unwrap();
+        let token = CancellationToken::new();
+        let relay = Relay::start(config(&h, control, vec![db]), token.clone())
+            .await
+            .unwrap();
+        let bind = h.bound().await;
+        assert_eq!(
+            (
+                bind.sockets[0].socket_path.as_str(),
+                bind.sockets[0].tcp_listen.as_str()
+            ),
+            ("", "127.0.0.1:0")
+        );
+        eventually("the Accept call", || {
+            h.wires.calls.lock().unwrap().len() >= 4
+        })
+        .await;
+        assert_eq!(
+            h.wires.calls.lock().unwrap()[..4],
+            ["Info", "Bind", "ListForwards", "Accept"]
+        );
+        let got = |port: u16| Some(GuestListen::Tcp(([127, 0, 0, 1], port).into()));
+        let db = relay.remote().get("db").unwrap();
+        assert_eq!(db.guest_addr(), got(41233));
+
+        let r = h.connect("socketfwd-30-AAAAAA", "db", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-30-AAAAAA").await;
+        assert_eq!(echo_through(s, b"to tcp").await, b"to tcp");
+        eventually("the byte counts", || db.counters().bytes_to_host == 6).await;
+
+        // Added at runtime: its own port, and localhost finds 127.0.0.1.
+        let web = relay
+            .remote()
+            .add_spec(&format!("web=0:localhost:{port}"))
+            .await
+            .unwrap();
+        assert_eq!(web.guest_addr(), got(41234));
+        assert_eq!(h.bound().await.sockets[0].forward_id, "web");
+        let r = h.connect("socketfwd-31-BBBBBB", "web", 0).await;
+        assert_eq!(r.error, "");
+        let s = h.stream("socketfwd-31-BBBBBB").await;
+        assert_eq!(echo_through(s, b"localhost").await, b"localhost");
+        let err = relay
+            .remote()
+            .add_spec(&format!("web=0:localhost:{port}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), r#"forward ID "web" is already in use"#);
+        web.close().await.unwrap();
+        assert!(relay.remote().get("web").is_none());
+        assert!(!h.wires.bound.lock().unwrap().contains_key("web"));
+        let r = h.connect("socketfwd-32-CCCCCC", "web", 0).await;
+        assert_eq!(r.error, "unknown forward ID: web");
+
+        // A restarted agent gives the listener another port.
+        h.wires.next_port.store(50000, Ordering::Relaxed);
+        h.kill().await;
+        h.serve().await;
+        assert_eq!(h.bound().await.sockets.len(), 1);
+        eventually("the new port", || db.guest_addr() == got(50000)).await;
+
+        token.cancel();
+        timeout(WAIT, relay.wait()).await.unwrap().unwrap();
     }
 }

@@ -26,7 +26,7 @@ pub enum AdminCommand {
         prometheus: bool,
     },
     /// Add a forward to the running relay, in either direction.
-    #[command(group(clap::ArgGroup::new("forward_spec").required(true).args(["forward", "local"])))]
+    #[command(group(clap::ArgGroup::new("forward_spec").required(true).args(["forward", "remote", "local"])))]
     Add {
         /// The running relay's admin socket.
         #[arg(long, value_name = "PATH")]
@@ -34,6 +34,10 @@ pub enum AdminCommand {
         /// Remote forward (guest to host): [ID=]GUEST_PATH:HOST_PATH.
         #[arg(long, value_name = "SPEC")]
         forward: Option<String>,
+        /// Remote forward (guest to host): an -R spec; prints the guest
+        /// address it got.
+        #[arg(short = 'R', long = "remote", value_name = "SPEC")]
+        remote: Option<String>,
         /// Local forward (host to guest): an -L spec.
         #[arg(short = 'L', long = "local", value_name = "SPEC")]
         local: Option<String>,
@@ -69,6 +73,9 @@ impl AdminCommand {
                 forward: Some(spec),
                 ..
             } => AdminRequest::AddForward(spec.clone()),
+            AdminCommand::Add {
+                remote: Some(spec), ..
+            } => AdminRequest::AddRemote(spec.clone()),
             AdminCommand::Add { local, .. } => {
                 AdminRequest::AddLocal(local.clone().unwrap_or_default())
             }

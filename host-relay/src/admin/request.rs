@@ -1,6 +1,6 @@
 //! The admin protocol, both ends: one request line ([`AdminRequest`]), one
 //! answer, then the server closes. Requests: `status`, `status prometheus`,
-//! `add forward SPEC`, `add local SPEC`, `remove ID|SPEC`. The answer's first
+//! `add forward SPEC`, `add remote SPEC`, `add local SPEC`, `remove ID|SPEC`. The answer's first
 //! line is `ok` or `error: MESSAGE`; the rest is the body. The server reads a
 //! request within [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`].
 
@@ -26,6 +26,8 @@ pub enum AdminRequest {
     },
     /// Adds a remote forward (a `--forward` spec).
     AddForward(String),
+    /// Adds a remote forward (an `-R` spec).
+    AddRemote(String),
     /// Adds a local forward (an `-L` spec).
     AddLocal(String),
     /// Removes a forward by ID or by the spec it was added with.
@@ -35,8 +37,8 @@ pub enum AdminRequest {
 /// A request line that is not one of the requests.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum RequestError {
-    /// `add` without `forward SPEC` or `local SPEC`.
-    #[error("expected: add forward SPEC | add local SPEC")]
+    /// `add` without `forward SPEC`, `remote SPEC` or `local SPEC`.
+    #[error("expected: add forward SPEC | add remote SPEC | add local SPEC")]
     Add,
     /// Anything else (quoted, clipped).
     #[error("unknown request {0:?}")]
@@ -56,6 +58,7 @@ impl FromStr for AdminRequest {
             ("status", "prometheus") => Ok(AdminRequest::Status { prometheus: true }),
             ("add", rest) => match rest.split_once(' ') {
                 Some(("forward", spec)) => Ok(AdminRequest::AddForward(spec.trim().to_owned())),
+                Some(("remote", spec)) => Ok(AdminRequest::AddRemote(spec.trim().to_owned())),
                 Some(("local", spec)) => Ok(AdminRequest::AddLocal(spec.trim().to_owned())),
                 _ => Err(RequestError::Add),
             },
@@ -74,6 +77,7 @@ impl fmt::Display for AdminRequest {
             AdminRequest::Status { prometheus: false } => f.write_str("status"),
             AdminRequest::Status { prometheus: true } => f.write_str("status prometheus"),
             AdminRequest::AddForward(spec) => write!(f, "add forward {spec}"),
+            AdminRequest::AddRemote(spec) => write!(f, "add remote {spec}"),
             AdminRequest::AddLocal(spec) => write!(f, "add local {spec}"),
             AdminRequest::Remove(arg) => write!(f, "remove {arg}"),
         }
@@ -128,6 +132,10 @@ mod tests {
                 AdminRequest::AddForward("/g:/h".into()),
             ),
             ("add local 0:h:1", AdminRequest::AddLocal("0:h:1".into())),
+            (
+                "add remote 0:localhost:5432",
+                AdminRequest::AddRemote("0:localhost:5432".into()),
+            ),
             ("remove local-1", AdminRequest::Remove("local-1".into())),
         ];
         for (line, req) in cases {

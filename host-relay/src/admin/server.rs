@@ -18,14 +18,14 @@ use crate::admin::status::{self, Row};
 use crate::local::guest_handle::{Guest, ProxyError};
 use crate::local::listener_table::{announce, ListenerTable, Origin};
 use crate::local_spec::{LocalSpec, LocalSpecError};
+use crate::remote_control::{RemoteControl, RemoteError};
 use crate::remote_spec::{Forward, SpecError};
-use crate::remote_table::{socket, InsertError};
-use crate::rpc::{call, context, CallError, Peer};
+use crate::rpc::{call, context, Peer};
 use crate::shared::Shared;
 use sockfwd_proto::accept::serve_each;
-use sockfwd_proto::log_text::{escape, escape_clipped};
+use sockfwd_proto::log_text::escape_clipped;
 use sockfwd_proto::report::chain;
-use sockfwd_proto::rpc::{BindRequest, ListForwardsRequest, UnbindRequest};
+use sockfwd_proto::rpc::ListForwardsRequest;
 use sockfwd_proto::transport::{
     peer_credentials, Listener, ListenerError, PeerCredentials, SocketFileOptions, Stream,
 };
@@ -75,6 +75,8 @@ pub(crate) struct Admin {
     pub(crate) guest: Guest,
     /// The local forwards.
     pub(crate) listeners: Arc<ListenerTable>,
+    /// Adds and removes remote forwards (the library's code path too).
+    pub(crate) remote: RemoteControl,
 }
 
 /// Why an admin request failed.
@@ -104,18 +106,9 @@ pub enum AdminError {
         #[source]
         source: SpecError,
     },
-    /// `add forward` with an ID or guest path already in use.
+    /// `add forward`, `add remote` or `remove` of a remote forward failed.
     #[error(transparent)]
-    Insert(#[from] InsertError),
-    /// The agent refused to bind the added forward.
-    #[error("Bind of forward {id:?} failed")]
-    Bind {
-        /// The forward.
-        id: String,
-        /// The agent's answer.
-        #[source]
-        source: CallError,
-    },
+    Remote(#[from] RemoteError),
     /// `add local` with a malformed spec.
     #[error("invalid -L {spec:?}")]
     Local {
@@ -128,15 +121,6 @@ pub enum AdminError {
     /// `add local`: the host listener could not be bound.
     #[error(transparent)]
     Listen(ProxyError),
-    /// The agent refused to unbind the removed forward.
-    #[error("Unbind of forward {id:?} failed")]
-    Unbind {
-        /// The forward.
-        id: String,
-        /// The agent's answer.
-        #[source]
-        source: CallError,
-    },
     /// `remove` of something that is not there.
     #[error("no forward or listener {0:?}")]
     NotFound(String),
@@ -245,41 +229,38 @@ async fn execute(admin: &Admin, req: AdminRequest) -> Result<String, AdminError>
         AdminRequest::Status { prometheus: false } => Ok(status::table(&rows(admin).await)),
         AdminRequest::Status { prometheus: true } => Ok(status::prometheus(&rows(admin).await)),
         AdminRequest::AddForward(spec) => add_forward(admin, &spec).await,
+        AdminRequest::AddRemote(spec) => add_remote(admin, &spec).await,
         AdminRequest::AddLocal(spec) => add_local(admin, &spec),
         AdminRequest::Remove(arg) => remove(admin, &arg).await,
     }
 }
 
 async fn add_forward(admin: &Admin, spec: &str) -> Result<String, AdminError> {
-    let shared = &admin.shared;
     let f = Forward::from_spec(spec).map_err(|source| AdminError::Forward {
         spec: spec.to_owned(),
         source,
     })?;
-    let entry = shared.table.insert(f)?;
-    let f = &entry.forward;
-    let Ok(client) = admin.guest.client().await else {
-        return Ok(format!(
-            "forward {} added; it is bound when the agent connects\n",
-            f.id
-        ));
+    let added = admin.remote.add(f).await?;
+    let f = added.forward();
+    Ok(format!("forward {} {} -> {}\n", f.id, f.listen, f.target))
+}
+
+async fn add_remote(admin: &Admin, spec: &str) -> Result<String, AdminError> {
+    let added = admin.remote.add_spec(spec).await?;
+    let target = &added.forward().target;
+    // `remote GUEST -> TARGET`, the bound port for port 0; until a session
+    // binds it, the address asked for.
+    let guest = added
+        .guest_addr()
+        .unwrap_or_else(|| added.forward().listen.clone());
+    let bound = if added.guest_addr().is_some() {
+        ""
+    } else {
+        " (bound when the agent connects)"
     };
-    let mut req = BindRequest::new();
-    req.sockets = vec![socket(f)];
-    let limit = shared.config.bind_timeout;
-    if let Err(source) = call(limit, client.bind(context(limit), &req)).await {
-        shared.table.remove(&f.id);
-        return Err(AdminError::Bind {
-            id: f.id.clone(),
-            source,
-        });
-    }
-    tracing::info!(forward_id = %f.id, guest_path = %escape(&f.guest_path), "forward added");
     Ok(format!(
-        "forward {} {} -> {}\n",
-        f.id,
-        f.guest_path,
-        f.host_path.display()
+        "{} remote {guest} -> {target}{bound}\n",
+        added.id()
     ))
 }
 
@@ -309,29 +290,8 @@ fn add_local(admin: &Admin, raw: &str) -> Result<String, AdminError> {
 }
 
 async fn remove(admin: &Admin, arg: &str) -> Result<String, AdminError> {
-    let shared = &admin.shared;
-    let id = if shared.table.get(arg).is_some() {
-        Some(arg.to_owned())
-    } else {
-        Forward::from_spec(arg)
-            .ok()
-            .map(|f| f.id)
-            .filter(|id| shared.table.get(id).is_some())
-    };
-    if let Some(id) = id {
-        if let Ok(client) = admin.guest.client().await {
-            let mut req = UnbindRequest::new();
-            req.forward_id = id.clone();
-            let limit = shared.config.bind_timeout;
-            call(limit, client.unbind(context(limit), &req))
-                .await
-                .map_err(|source| AdminError::Unbind {
-                    id: id.clone(),
-                    source,
-                })?;
-        }
-        shared.table.remove(&id);
-        tracing::info!(forward_id = %id, "forward removed");
+    if let Some(id) = admin.remote.find(arg) {
+        admin.remote.remove(&id).await?;
         return Ok(format!("removed forward {id}\n"));
     }
     match admin.listeners.remove(arg) {
@@ -351,8 +311,8 @@ async fn rows(admin: &Admin) -> Vec<Row> {
             "guest_to_host",
             "relay",
             e.forward.id.clone(),
-            e.forward.guest_path.clone(),
-            e.forward.host_path.display().to_string(),
+            e.guest_text(),
+            e.forward.target.to_string(),
             e.counters.snapshot(),
         ));
     }
@@ -377,11 +337,17 @@ async fn rows(admin: &Admin) -> Vec<Row> {
         match listed {
             Ok(list) => {
                 for f in list.forwards {
+                    // A guest TCP listener's bound address, else its socket file.
+                    let from = if f.tcp_listen.is_empty() {
+                        f.socket_path
+                    } else {
+                        f.tcp_listen
+                    };
                     rows.push(Row {
                         direction: "guest_to_host",
                         side: "agent",
                         id: f.forward_id,
-                        from: f.socket_path,
+                        from,
                         to: String::new(),
                         active: f.active,
                         total: f.total,

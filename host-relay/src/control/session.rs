@@ -1,6 +1,9 @@
 //! One control session over one connection: ask the agent's `Info` (once; a
-//! nerdbox guest without it is a core-only peer), Bind every forward, open one
-//! Accept stream, hand each `ConnectRequest` to the remote-forward side (through
+//! nerdbox guest without it is a core-only peer), Bind every forward the agent
+//! can have (a guest TCP listener only when `Info` lists `tcp-listen`), learn
+//! the TCP listeners' bound addresses (`ListForwards`: a new agent may give a
+//! port-0 listener a new port) and print them, open one Accept stream, hand
+//! each `ConnectRequest` to the remote-forward side (through
 //! [`ConnectRequests`]), and check liveness with an empty Bind every ping
 //! interval (a nerdbox guest answers it too). The session ends when the
 //! channel dies or on shutdown; `channel` decides what comes next.
@@ -12,8 +15,11 @@
 
 use crate::config::Config;
 use crate::control::connector::Connector;
-use crate::remote_table::ForwardTable;
+use crate::local::listener_table::announce;
+use crate::remote_table::{BindPlan, ForwardTable, NO_TCP_LISTEN};
 use crate::rpc::{ask_info, call, context, CallError, Peer, Results};
+use sockfwd_proto::info::AgentInfo;
+use sockfwd_proto::log_text::{escape, escape_clipped};
 use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketForwardClient};
@@ -57,6 +63,22 @@ pub enum SessionError {
     /// The agent refused or failed to create the listeners.
     #[error("binding the forwards")]
     Bind(#[source] CallError),
+    /// The agent refused one forward's listener, named in its answer (the
+    /// contract's `binding socket forward listener at <place>: <cause>`); the
+    /// agent's Bind created none of them.
+    #[error("binding forward {forward}")]
+    BindForward {
+        /// The forward's ID (quoted) and, in brackets, where it listens and
+        /// what it reaches, as an `-R` spec writes it.
+        forward: String,
+        /// The agent's answer (boxed: it keeps the error small).
+        #[source]
+        source: Box<CallError>,
+    },
+    /// The agent did not list its forwards after Bind (the guest TCP
+    /// listeners' addresses).
+    #[error("listing the forwards' bound addresses (ListForwards)")]
+    List(#[source] CallError),
     /// The Accept stream could not be opened.
     #[error("opening the Accept stream")]
     OpenAccept(#[source] CallError),
@@ -71,7 +93,13 @@ pub enum SessionError {
 impl SessionError {
     /// The agent answered Bind with an error: retrying the same request won't help.
     pub fn is_bind_refused(&self) -> bool {
-        matches!(self, SessionError::Bind(CallError::Status { .. }))
+        match self {
+            SessionError::Bind(e) => matches!(e, CallError::Status { .. }),
+            SessionError::BindForward { source, .. } => {
+                matches!(**source, CallError::Status { .. })
+            }
+            _ => false,
+        }
     }
 }
 
@@ -140,11 +168,10 @@ pub(crate) async fn run(
     let client = SocketForwardClient::new(client);
     let limit = config.bind_timeout;
 
-    let bind_req = parts.table.bind_request();
-    let bind = call(limit, client.bind(context(limit), &bind_req));
     let opened = async {
         let info = ask_info(&client, limit).await.map_err(SessionError::Info)?;
-        bind.await.map_err(SessionError::Bind)?;
+        // What goes into the Bind depends on what the agent said it supports.
+        bind(parts, &client, &info).await?;
         // No deadline on the stream itself: it lives as long as the session.
         let accept = call(limit, client.accept(ttrpc::context::Context::default()))
             .await
@@ -193,6 +220,63 @@ pub(crate) async fn run(
         shutdown_agent(&client, config.shutdown_grace, limit).await;
     }
     end
+}
+
+/// Binds every forward the agent of `info` can have, then learns (and
+/// prints) the bound addresses of the guest TCP listeners. Those an agent
+/// without `tcp-listen` cannot have are refused here, each logged with its
+/// spec; the rest are bound as before.
+async fn bind(
+    parts: &SessionParts<'_>,
+    client: &SocketForwardClient,
+    info: &AgentInfo,
+) -> Result<(), SessionError> {
+    let limit = parts.config.bind_timeout;
+    let BindPlan {
+        request,
+        no_tcp_listen,
+    } = parts.table.bind_plan(info);
+    for e in &no_tcp_listen {
+        tracing::error!(forward_id = %e.forward.id, spec = %escape(&e.forward.spec_text()),
+            "-R {}: {NO_TCP_LISTEN}; the other forwards are bound", escape(&e.forward.spec_text()));
+    }
+    if let Err(e) = call(limit, client.bind(context(limit), &request)).await {
+        return Err(bind_error(parts.table, &request, e));
+    }
+    let changed = parts
+        .table
+        .learn_bound(client, info, limit)
+        .await
+        .map_err(SessionError::List)?;
+    for e in changed {
+        let line = e.remote_line();
+        announce(&line);
+        tracing::info!(forward_id = %e.forward.id, "{}", escape_clipped(&line, 512));
+    }
+    Ok(())
+}
+
+/// A failed Bind, naming the forward the agent's answer names (the
+/// contract's error text gives its path or address) when there is one.
+fn bind_error(table: &ForwardTable, request: &BindRequest, e: CallError) -> SessionError {
+    let CallError::Status { message, .. } = &e else {
+        return SessionError::Bind(e);
+    };
+    let named = request.sockets.iter().find(|s| {
+        let place = if s.tcp_listen.is_empty() {
+            &s.socket_path
+        } else {
+            &s.tcp_listen
+        };
+        message.contains(&format!("listener at {place}: "))
+    });
+    match named.and_then(|s| table.get(&s.forward_id)) {
+        Some(entry) => SessionError::BindForward {
+            forward: format!("{:?} ({})", entry.forward.id, entry.forward.spec_text()),
+            source: Box::new(e),
+        },
+        None => SessionError::Bind(e),
+    }
 }
 
 /// Calls an empty Bind every `interval` (deadline: the same), until one fails.
