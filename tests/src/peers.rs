@@ -1,35 +1,42 @@
-//! Real programs on the host end of a forward: redis-server, PostgreSQL, and a
-//! Python HTTP server on a Unix socket. A missing program fails the test with the
-//! package to install; it never skips.
+//! Real programs on the host end of a forward: redis-server, PostgreSQL (each
+//! on a Unix socket or on TCP only), and a Python HTTP server on a Unix socket.
+//! A missing program fails the test with the package to install; it never skips.
 
+use crate::reverse::wait_tcp;
 use crate::{require_tool, wait_connectable, Daemon};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// redis-server listening only on the Unix socket `path`.
 pub fn redis(path: &Path, log: PathBuf) -> Daemon {
-    let server = require_tool("redis-server", "redis-server");
-    require_tool("redis-cli", "redis-tools");
-    let args: Vec<String> = [
+    let socket = path.display().to_string();
+    let listen = [
         "--port",
         "0",
         "--unixsocket",
-        &path.display().to_string(),
+        &socket,
         "--unixsocketperm",
         "700",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let d = Daemon::spawn("redis-server", &server, &args, log);
+    ];
+    let d = redis_with(&listen, log);
     wait_connectable(path);
     d
+}
+
+/// redis-server listening only on TCP, 127.0.0.1:`port`.
+pub fn redis_tcp(port: u16, log: PathBuf) -> Daemon {
+    let port_text = port.to_string();
+    let d = redis_with(&["--port", &port_text, "--bind", "127.0.0.1"], log);
+    wait_tcp(port);
+    d
+}
+
+fn redis_with(listen: &[&str], log: PathBuf) -> Daemon {
+    let server = require_tool("redis-server", "redis-server");
+    require_tool("redis-cli", "redis-tools");
+    let rest = ["--save", "", "--appendonly", "no", "--daemonize", "no"];
+    let args: Vec<String> = listen.iter().chain(&rest).map(|s| s.to_string()).collect();
+    Daemon::spawn("redis-server", &server, &args, log)
 }
 
 /// Python's http.server on the Unix socket `path`: GET answers `hello <path>`;
@@ -68,8 +75,8 @@ S(sys.argv[1], H).serve_forever()
     d
 }
 
-/// A PostgreSQL server run as the `postgres` user, listening only on a Unix socket
-/// in `sock_dir` (port 5432: the socket is `sock_dir/.s.PGSQL.5432`).
+/// A PostgreSQL server run as the `postgres` user: [`postgres`] on a Unix
+/// socket only, [`postgres_tcp`] on TCP only.
 pub struct Postgres {
     /// The server process (SIGKILLed and reaped on drop, like every daemon).
     pub daemon: Daemon,
@@ -94,6 +101,32 @@ fn pg_bin(name: &str) -> PathBuf {
 
 /// Starts PostgreSQL with its socket in `sock_dir`, as the `postgres` user (it refuses root).
 pub fn postgres(sock_dir: &Path, log: PathBuf) -> Postgres {
+    let sock_arg = sock_dir.display().to_string();
+    let listen = ["-k", &sock_arg, "-c", "listen_addresses=", "-p", "5432"];
+    let pg = start_postgres(&listen, Some(sock_dir), log);
+    wait_connectable(&sock_dir.join(".s.PGSQL.5432"));
+    pg
+}
+
+/// Starts PostgreSQL listening on TCP only, 127.0.0.1:`port` (no socket file).
+pub fn postgres_tcp(port: u16, log: PathBuf) -> Postgres {
+    let port_text = port.to_string();
+    let listen = [
+        "-k",
+        "",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-p",
+        &port_text,
+    ];
+    let pg = start_postgres(&listen, None, log);
+    wait_tcp(port);
+    pg
+}
+
+/// initdb in a fresh data directory, then the server with `listen` flags, as
+/// the `postgres` user; `sock_dir` is handed to that user too.
+fn start_postgres(listen: &[&str], sock_dir: Option<&Path>, log: PathBuf) -> Postgres {
     use std::os::unix::process::CommandExt as _;
     require_tool("psql", "postgresql-client");
     let user = nix::unistd::User::from_name("postgres").ok().flatten().unwrap_or_else(|| {
@@ -106,7 +139,7 @@ pub fn postgres(sock_dir: &Path, log: PathBuf) -> Postgres {
         .prefix("sfwpg")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    for dir in [data.path(), sock_dir] {
+    for dir in std::iter::once(data.path()).chain(sock_dir) {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown to postgres");
     }
     let db = data.path().join("db");
@@ -124,13 +157,9 @@ pub fn postgres(sock_dir: &Path, log: PathBuf) -> Postgres {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut cmd = Command::new(server);
-    cmd.arg("-D").arg(&db).arg("-k").arg(sock_dir);
-    cmd.args(["-c", "listen_addresses=", "-p", "5432"])
-        .current_dir(data.path())
-        .uid(uid)
-        .gid(gid);
+    cmd.arg("-D").arg(&db).args(listen);
+    cmd.current_dir(data.path()).uid(uid).gid(gid);
     let daemon = Daemon::spawn_command("postgres", cmd, log);
-    wait_connectable(&sock_dir.join(".s.PGSQL.5432"));
     Postgres {
         daemon,
         _data: data,

@@ -1,5 +1,5 @@
 //! Helpers for the host-to-guest tests: a relay whose stdout (the lines it
-//! prints for `-L` and auto-forward listeners) is kept in a file, free
+//! prints for `-L`, auto-forward and guest TCP listeners) is kept in a file, free
 //! loopback ports, a Python HTTP server on TCP in the guest role, curl, and the
 //! relay's admin subcommands.
 
@@ -89,6 +89,23 @@ impl Relay {
                     .map(str::to_owned)
             },
         )
+    }
+
+    /// The guest address of its `remote GUEST -> TARGET` line for `target`
+    /// (the port the agent picked for port 0).
+    pub fn remote_addr(&self, target: &str) -> String {
+        let suffix = format!(" -> {target}");
+        let line = wait_until(
+            &format!("the relay to print remote ... -> {target}"),
+            READY_DEADLINE,
+            || {
+                self.output()
+                    .lines()
+                    .find(|l| l.starts_with("remote ") && l.ends_with(&suffix))
+                    .map(str::to_owned)
+            },
+        );
+        line["remote ".len()..line.len() - suffix.len()].to_owned()
     }
 
     /// The host ports of its `listening 127.0.0.1:PORT -> ...` lines, in order.

@@ -1,5 +1,7 @@
 //! Real programs on both ends: a host redis-server, PostgreSQL and an HTTP server,
-//! used from the guest side through the forward with redis-cli, psql and curl.
+//! used from the guest side through the forward with redis-cli, psql and curl:
+//! through a guest socket file (`--forward`), and through a guest TCP port
+//! (`-R`) to a host service on TCP or on a Unix socket.
 
 // An integration-test crate: every #[test] here is one, and a failed unwrap is a
 // failed test.
@@ -9,6 +11,7 @@
     clippy::expect_used
 )]
 
+use sockfwd_tests::reverse::{free_port, Relay};
 use sockfwd_tests::{peers, require_tool, Env};
 use std::process::Command;
 
@@ -135,6 +138,100 @@ fn curl_in_the_guest_reaches_an_http_server_on_the_host() {
         "--data-binary",
         &format!("@{}", body.display()),
         "http://guest/upload",
+    ]));
+    assert_eq!(out, format!("got {} bytes", 5 << 20));
+}
+
+/// A relay with `-R SPEC` against `env`'s agent; the guest address it printed
+/// for `target`.
+fn remote(env: &Env, spec: &str, target: &str) -> (Relay, String) {
+    let relay = Relay::start(env, &Relay::args(env, &["-R", spec]));
+    let guest = relay.remote_addr(target);
+    (relay, guest)
+}
+
+#[test]
+fn psql_on_a_guest_tcp_port_queries_postgres_listening_on_host_tcp_only() {
+    let env = Env::new();
+    let pg_port = free_port();
+    let _pg = peers::postgres_tcp(pg_port, env.path("pg.log"));
+    let _agent = env.agent(&[]);
+    let target = format!("127.0.0.1:{pg_port}");
+    let (_relay, guest) = remote(&env, &format!("0:{target}"), &target);
+    let port = guest.strip_prefix("127.0.0.1:").unwrap();
+
+    let psql = require_tool("psql", "postgresql-client");
+    let q = |sql: &str| {
+        run(Command::new(&psql).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-tAc",
+            sql,
+        ]))
+    };
+    assert_eq!(q("SELECT 40 + 2"), "42");
+    // The server sees a TCP client from loopback: the relay's dial.
+    assert_eq!(q("SELECT host(inet_client_addr())"), "127.0.0.1");
+    q("CREATE TABLE t (n int)");
+    q("INSERT INTO t SELECT generate_series(1, 10000)");
+    assert_eq!(q("SELECT sum(n) FROM t"), "50005000");
+    let rows = q("SELECT string_agg(md5(n::text), '') FROM t");
+    assert_eq!(rows.len(), 320_000);
+}
+
+#[test]
+fn redis_cli_on_a_guest_tcp_port_talks_to_redis_on_host_tcp() {
+    let env = Env::new();
+    let redis_port = free_port();
+    let _redis = peers::redis_tcp(redis_port, env.path("redis.log"));
+    let _agent = env.agent(&[]);
+    let target = format!("localhost:{redis_port}");
+    let (_relay, guest) = remote(&env, &format!("0:{target}"), &target);
+    let port = guest.strip_prefix("127.0.0.1:").unwrap();
+
+    let cli = require_tool("redis-cli", "redis-tools");
+    let at = |args: &[&str]| run(Command::new(&cli).args(["-p", port]).args(args));
+    assert_eq!(at(&["PING"]), "PONG");
+    assert_eq!(at(&["SET", "sockfwd", "over tcp"]), "OK");
+    assert_eq!(at(&["GET", "sockfwd"]), "over tcp");
+    // The value is on the host's server, read there directly.
+    let direct = redis_port.to_string();
+    assert_eq!(
+        run(Command::new(&cli).args(["-p", &direct, "GET", "sockfwd"])),
+        "over tcp"
+    );
+}
+
+#[test]
+fn curl_to_a_guest_tcp_port_reaches_an_http_server_on_a_host_unix_socket() {
+    let env = Env::new();
+    let host = env.path("http.sock");
+    let _http = peers::http(&host, env.path("http.log"));
+    let _agent = env.agent(&[]);
+    let h = host.display().to_string();
+    let (_relay, guest) = remote(&env, &format!("0:{h}"), &h);
+
+    let curl = require_tool("curl", "curl");
+    let url = |path: &str| format!("http://{guest}{path}");
+    assert_eq!(
+        run(Command::new(&curl).args(["-sS", &url("/v1/ping")])),
+        "hello /v1/ping"
+    );
+    // Keep-alive: several requests on one connection.
+    let out = run(Command::new(&curl).args(["-sS", &url("/a"), &url("/b"), &url("/c")]));
+    assert_eq!(out, "hello /ahello /bhello /c");
+    // A 5 MiB upload.
+    let body = env.path("body.bin");
+    std::fs::write(&body, vec![b'x'; 5 << 20]).unwrap();
+    let out = run(Command::new(&curl).args([
+        "-sS",
+        "--data-binary",
+        &format!("@{}", body.display()),
+        &url("/upload"),
     ]));
     assert_eq!(out, format!("got {} bytes", 5 << 20));
 }
