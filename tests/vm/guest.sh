@@ -5,7 +5,8 @@
 # run.sh reads the lines starting "SOCKFWD-VM:", "VMCHECK:" and "AGENT:".
 #
 # /etc/sockfwd-vm/env (written by run.sh) sets AGENT_FLAGS, AGENT_RUST_LOG,
-# FORWARD_PATH, CHECK_BYTES, CHECK_WAIT.
+# FORWARD_PATH, TCP_LISTEN (the guest TCP listener of the relay's -R), CHECK_BYTES,
+# CHECK_WAIT.
 set -u
 # shellcheck disable=SC1091 # written by run.sh into the initramfs
 . /etc/sockfwd-vm/env
@@ -22,8 +23,8 @@ apid=$!
 echo "SOCKFWD-VM: agent started pid=$apid flags=[$AGENT_FLAGS] uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # The host probes the stream port first, then starts the relay, whose Bind
-# creates FORWARD_PATH; vm-check waits for it.
-/bin/vm-check guest --socket "$FORWARD_PATH" --bytes "$CHECK_BYTES" --wait-secs "$CHECK_WAIT"
+# creates FORWARD_PATH and the TCP listener; vm-check waits for them.
+/bin/vm-check guest --socket "$FORWARD_PATH" --tcp "$TCP_LISTEN" --bytes "$CHECK_BYTES" --wait-secs "$CHECK_WAIT"
 rc=$?
 echo "SOCKFWD-VM: guest checks done rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
 if kill -0 "$apid" 2>/dev/null; then

@@ -2,7 +2,9 @@
 # tests/vm/run.sh - the VM test (issue 3 "The VM test", issue 4's half-close through
 # vhost-device-vsock): boots a real microVM whose init starts the static agent,
 # runs the host relay against it over hvsock:// (vhost-device-vsock's hybrid Unix
-# socket), and checks forwarding end to end from inside the guest.
+# socket), and checks forwarding end to end from inside the guest: a guest socket
+# file to a host Unix server (--forward), and a guest TCP port to a host TCP
+# server (-R, issue 11).
 #
 #   tests/vm/run.sh            (as root: it apt-installs; about 1 min of installs on a
 #                               fresh machine, a release build of the agent, ~1 min of VM)
@@ -38,6 +40,8 @@ BYTES=${SOCKFWD_VM_BYTES:-4194304}
 CONTROL_PORT=1025
 STREAMS_PORT=1026
 FORWARD_PATH=/run/sockfwd/test.sock
+# The guest TCP listener of the relay's -R, reaching vm-check serve-tcp on the host.
+TCP_LISTEN=127.0.0.1:7000
 
 # Agent configuration. The kernel command line already carries the sockfwd.* keys;
 # Issue 3 (sockfwd.* kernel command line keys): as the agent reads
@@ -52,6 +56,9 @@ CASES=(
     stream-huge-len stream-empty-id stream-bad-utf8 stream-garbage stream-truncated
     forward-bound first-connection upload-integrity download-integrity
     duplex-echo-integrity parallel-connections half-close still-serving
+    remote-tcp-printed tcp-forward-bound tcp-first-connection tcp-upload-integrity
+    tcp-download-integrity tcp-duplex-echo-integrity tcp-parallel-connections
+    tcp-half-close tcp-still-serving
     stream-silent stream-unclaimed agent-alive relay-alive agent-serving-at-end
     agent-logged-refusals
 )
@@ -126,6 +133,7 @@ finish() { # prints the results and exits
         show_tail "agent log (guest)" "$RUN/agent.log" 60
         show_tail "relay log" "$RUN/relay.log" 60
         show_tail "host server log" "$RUN/host-server.log" 20
+        show_tail "host TCP server log" "$RUN/host-tcp-server.log" 20
         show_tail "vhost-device-vsock log" "$VMRUN/vdv.log" 10
         show_tail "qemu log" "$VMRUN/qemu.log" 10
         show_tail "build/microvm log" "$RUN/microvm.log" 20
@@ -185,6 +193,7 @@ cat > "$RUN/guest-env" <<EOF
 AGENT_FLAGS='$AGENT_FLAGS'
 AGENT_RUST_LOG=debug
 FORWARD_PATH=$FORWARD_PATH
+TCP_LISTEN=$TCP_LISTEN
 CHECK_BYTES=$BYTES
 CHECK_WAIT=${SOCKFWD_VM_GUEST_WAIT:-120}
 EOF
@@ -247,10 +256,21 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -S "$RUN/host.sock" ] && break; sleep 0.05; done
 [ -S "$RUN/host.sock" ] || abort "host server did not start: $(tail -n 2 "$RUN/host-server.log")"
 
-log "relay: $RELAY --control hvsock://$MICROVM_HVSOCK:$CONTROL_PORT --streams hvsock://$MICROVM_HVSOCK:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock ${SOCKFWD_VM_RELAY_ARGS:-}"
+# The host TCP service of the -R forward, on a port it picks and prints.
+"$CHECK" serve-tcp 127.0.0.1:0 > "$RUN/host-tcp-server.log" 2>&1 &
+PIDS+=($!)
+HOST_TCP=""
+for _ in $(seq 100); do
+    HOST_TCP=$(sed -n 's/^serve: listening on //p' "$RUN/host-tcp-server.log")
+    [ -z "$HOST_TCP" ] || break; sleep 0.05
+done
+[ -n "$HOST_TCP" ] || abort "host TCP server did not start: $(tail -n 2 "$RUN/host-tcp-server.log")"
+REMOTE="${TCP_LISTEN#127.0.0.1:}:$HOST_TCP"
+
+log "relay: $RELAY --control hvsock://$MICROVM_HVSOCK:$CONTROL_PORT --streams hvsock://$MICROVM_HVSOCK:$STREAMS_PORT --forward $FORWARD_PATH:$RUN/host.sock -R $REMOTE ${SOCKFWD_VM_RELAY_ARGS:-}"
 # shellcheck disable=SC2086 # SOCKFWD_VM_RELAY_ARGS is a list of flags
 NO_COLOR=1 RUST_LOG=debug "$RELAY" --control "hvsock://$MICROVM_HVSOCK:$CONTROL_PORT" --streams "hvsock://$MICROVM_HVSOCK:$STREAMS_PORT" \
-    --forward "$FORWARD_PATH:$RUN/host.sock" ${SOCKFWD_VM_RELAY_ARGS:-} > "$RUN/relay.log" 2>&1 &
+    --forward "$FORWARD_PATH:$RUN/host.sock" -R "$REMOTE" ${SOCKFWD_VM_RELAY_ARGS:-} > "$RUN/relay.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 
@@ -277,6 +297,12 @@ if [ $rc = 0 ]; then
     else
         record FAIL agent-alive "$(grep -o 'SOCKFWD-VM: agent dead.*' "$CONSOLE" | tr -d '\r' || echo 'no agent status from the guest')"
     fi
+fi
+# The relay printed the guest TCP listener's address once the agent bound it.
+if grep -qx "remote $TCP_LISTEN -> $HOST_TCP" "$RUN/relay.log"; then
+    record PASS remote-tcp-printed "remote $TCP_LISTEN -> $HOST_TCP"
+else
+    record FAIL remote-tcp-printed "no line 'remote $TCP_LISTEN -> $HOST_TCP' from the relay"
 fi
 if [ -z "$RELAY_EXIT" ] && kill -0 "$RELAY_PID" 2>/dev/null; then
     record PASS relay-alive "still running after the guest's cases"

@@ -1,10 +1,12 @@
-//! `vm-check guest --socket PATH`: runs inside the microVM against the forwarded
-//! socket the agent bound for the host relay. Prints one `VMCHECK: PASS|FAIL name`
-//! line per case (the host's run.sh collects them from the console).
+//! `vm-check guest --socket PATH [--tcp IP:PORT]`: runs inside the microVM
+//! against the forwarded socket the agent bound for the host relay, and with
+//! `--tcp` against a guest TCP listener of the relay's `-R` (the same cases,
+//! named `tcp-*`). Prints one `VMCHECK: PASS|FAIL name` line per case (the
+//! host's run.sh collects them from the console).
 
 use crate::wire::{self, HALF_REPLY};
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread;
@@ -19,6 +21,8 @@ const HALF_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GuestOpts {
     /// The forwarded socket (the relay's `--forward GUEST_PATH`).
     pub socket: String,
+    /// A guest TCP listener of the relay's `-R` (`IP:PORT`), checked after the socket.
+    pub tcp: Option<String>,
     /// How long to wait for the socket to appear.
     pub wait: Duration,
     /// Bytes per direction in the bulk cases.
@@ -28,6 +32,74 @@ pub struct GuestOpts {
 }
 
 type CaseResult = Result<String, String>;
+
+/// Where the cases connect: a socket file or a TCP address.
+#[derive(Clone)]
+enum Endpoint {
+    Unix(String),
+    Tcp(String),
+}
+
+/// A connection to an [`Endpoint`].
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn try_clone(&self) -> io::Result<Conn> {
+        match self {
+            Conn::Unix(s) => s.try_clone().map(Conn::Unix),
+            Conn::Tcp(s) => s.try_clone().map(Conn::Tcp),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.shutdown(how),
+            Conn::Tcp(s) => s.shutdown(how),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_write_timeout(t),
+            Conn::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
+}
 
 fn report(name: &str, r: &CaseResult) -> bool {
     match r {
@@ -42,8 +114,11 @@ fn report(name: &str, r: &CaseResult) -> bool {
     }
 }
 
-fn connect(path: &str, timeout: Duration) -> io::Result<UnixStream> {
-    let s = UnixStream::connect(path)?;
+fn connect(p: &Endpoint, timeout: Duration) -> io::Result<Conn> {
+    let s = match p {
+        Endpoint::Unix(path) => Conn::Unix(UnixStream::connect(path)?),
+        Endpoint::Tcp(addr) => Conn::Tcp(TcpStream::connect(addr)?),
+    };
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     Ok(s)
@@ -75,22 +150,51 @@ pub fn run(o: &GuestOpts) -> bool {
             t0.elapsed().as_millis()
         )),
     );
-    let p = o.socket.as_str();
-    let mut ok = true;
-    ok &= report("first-connection", &ping(p));
-    ok &= report("upload-integrity", &upload(p, o.bytes, 11));
-    ok &= report("download-integrity", &download(p, o.bytes, 22));
-    ok &= report("duplex-echo-integrity", &echo(p, o.bytes, 33));
-    ok &= report(
-        "parallel-connections",
-        &parallel(p, o.parallel, o.bytes / 8),
-    );
-    ok &= report("half-close", &half_close(p, 256 * 1024, 55));
-    ok &= report("still-serving", &ping(p));
+    let mut ok = cases("", &Endpoint::Unix(o.socket.clone()), o);
+    if let Some(addr) = &o.tcp {
+        ok &= tcp_bound(addr, o.wait.saturating_sub(t0.elapsed()));
+        ok &= cases("tcp-", &Endpoint::Tcp(addr.clone()), o);
+    }
     ok
 }
 
-fn ping(p: &str) -> CaseResult {
+/// Waits for the guest TCP listener (the relay binds it in the same Bind as
+/// the socket, so it is there by now unless something is wrong).
+fn tcp_bound(addr: &str, wait: Duration) -> bool {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(_) => {
+                let detail = format!("{addr} after {} ms", t0.elapsed().as_millis());
+                return report("tcp-forward-bound", &Ok(detail));
+            }
+            Err(e) if t0.elapsed() > wait => {
+                let r = Err(format!("{addr}: {e} after {:?}", t0.elapsed()));
+                return report("tcp-forward-bound", &r);
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The data cases against `p`, each name prefixed with `prefix`.
+fn cases(prefix: &str, p: &Endpoint, o: &GuestOpts) -> bool {
+    let name = |n: &str| format!("{prefix}{n}");
+    let mut ok = true;
+    ok &= report(&name("first-connection"), &ping(p));
+    ok &= report(&name("upload-integrity"), &upload(p, o.bytes, 11));
+    ok &= report(&name("download-integrity"), &download(p, o.bytes, 22));
+    ok &= report(&name("duplex-echo-integrity"), &echo(p, o.bytes, 33));
+    ok &= report(
+        &name("parallel-connections"),
+        &parallel(p, o.parallel, o.bytes / 8),
+    );
+    ok &= report(&name("half-close"), &half_close(p, 256 * 1024, 55));
+    ok &= report(&name("still-serving"), &ping(p));
+    ok
+}
+
+fn ping(p: &Endpoint) -> CaseResult {
     let t0 = Instant::now();
     let mut s = connect(p, IO_TIMEOUT).map_err(err("connect"))?;
     s.write_all(b"PING\n").map_err(err("write"))?;
@@ -101,7 +205,7 @@ fn ping(p: &str) -> CaseResult {
     }
 }
 
-fn upload(p: &str, n: u64, seed: u64) -> CaseResult {
+fn upload(p: &Endpoint, n: u64, seed: u64) -> CaseResult {
     let t0 = Instant::now();
     let mut s = connect(p, IO_TIMEOUT).map_err(err("connect"))?;
     s.write_all(format!("UP {n} {seed}\n").as_bytes())
@@ -121,7 +225,7 @@ fn upload(p: &str, n: u64, seed: u64) -> CaseResult {
     ))
 }
 
-fn download(p: &str, n: u64, seed: u64) -> CaseResult {
+fn download(p: &Endpoint, n: u64, seed: u64) -> CaseResult {
     let t0 = Instant::now();
     let mut s = connect(p, IO_TIMEOUT).map_err(err("connect"))?;
     s.write_all(format!("DOWN {n} {seed}\n").as_bytes())
@@ -146,7 +250,7 @@ fn download(p: &str, n: u64, seed: u64) -> CaseResult {
 }
 
 /// Writes in a second thread while reading the echo, so both directions are busy at once.
-fn echo(p: &str, n: u64, seed: u64) -> CaseResult {
+fn echo(p: &Endpoint, n: u64, seed: u64) -> CaseResult {
     let t0 = Instant::now();
     let mut s = connect(p, IO_TIMEOUT).map_err(err("connect"))?;
     s.write_all(format!("ECHO {n}\n").as_bytes())
@@ -174,11 +278,11 @@ fn echo(p: &str, n: u64, seed: u64) -> CaseResult {
     ))
 }
 
-fn parallel(p: &str, count: u32, n: u64) -> CaseResult {
+fn parallel(p: &Endpoint, count: u32, n: u64) -> CaseResult {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..count)
         .map(|i| {
-            let p = p.to_string();
+            let p = p.clone();
             thread::spawn(move || echo(&p, n, 1000 + u64::from(i)))
         })
         .collect();
@@ -204,7 +308,7 @@ fn parallel(p: &str, count: u32, n: u64) -> CaseResult {
 /// only after it saw that EOF. A failure whose reason starts with "reply lost"
 /// is the signature of a transport that dropped the half-close (run.sh decides
 /// whether that is a known failure).
-fn half_close(p: &str, n: u64, seed: u64) -> CaseResult {
+fn half_close(p: &Endpoint, n: u64, seed: u64) -> CaseResult {
     let t0 = Instant::now();
     let mut s = connect(p, IO_TIMEOUT).map_err(err("connect"))?;
     s.write_all(format!("HALF {seed}\n").as_bytes())

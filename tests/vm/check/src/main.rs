@@ -2,10 +2,12 @@
 //! sides of the microVM.
 //!
 //! ```text
-//! vm-check guest --socket PATH [--wait-secs 120] [--bytes 4194304] [--parallel 8]
-//!     (in the guest) the cases against the forwarded socket
-//! vm-check serve PATH
-//!     (host) the Unix server the relay forwards to; see wire.rs for what it answers
+//! vm-check guest --socket PATH [--tcp IP:PORT] [--wait-secs 120] [--bytes 4194304] [--parallel 8]
+//!     (in the guest) the cases against the forwarded socket, then (with --tcp)
+//!     the same cases, named tcp-*, against a guest TCP listener of the relay's -R
+//! vm-check serve PATH | vm-check serve-tcp IP:PORT
+//!     (host) the Unix or TCP server the relay forwards to; see wire.rs for what
+//!     it answers
 //! vm-check stream-probe --uds PATH --port 1026 --mode MODE [--name NAME]
 //!                       [--connect-within SECS] [--close-within SECS]
 //!     (host) a bad handshake on the guest's stream port through the hybrid socket;
@@ -64,11 +66,12 @@ impl Args {
 fn run(argv: &[String]) -> Result<bool, String> {
     let (cmd, rest) = argv
         .split_first()
-        .ok_or("usage: vm-check guest|serve|stream-probe ...")?;
+        .ok_or("usage: vm-check guest|serve|serve-tcp|stream-probe ...")?;
     let args = Args::parse(rest)?;
     match cmd.as_str() {
         "guest" => Ok(guest::run(&guest::GuestOpts {
             socket: args.str("socket")?,
+            tcp: args.flags.get("tcp").cloned(),
             wait: Duration::from_secs(args.num("wait-secs", 120)?),
             bytes: args.num("bytes", 4 << 20)?,
             parallel: u32::try_from(args.num("parallel", 8)?).map_err(|e| e.to_string())?,
@@ -76,6 +79,11 @@ fn run(argv: &[String]) -> Result<bool, String> {
         "serve" => {
             let path = args.positional.first().ok_or("serve PATH")?;
             server::serve(path).map_err(|e| format!("serve {path}: {e}"))?;
+            Ok(true)
+        }
+        "serve-tcp" => {
+            let addr = args.positional.first().ok_or("serve-tcp IP:PORT")?;
+            server::serve_tcp(addr).map_err(|e| format!("serve-tcp {addr}: {e}"))?;
             Ok(true)
         }
         "stream-probe" => {

@@ -1,8 +1,12 @@
-//! `vm-check serve PATH`: the host Unix server the relay forwards the guest's
-//! connections to. One thread per connection; every connection logs one line.
+//! `vm-check serve PATH` and `vm-check serve-tcp IP:PORT`: the host server the
+//! relay forwards the guest's connections to, on a Unix socket (`--forward`)
+//! or on TCP (`-R` to a host TCP target; port 0 picks one, printed as
+//! `serve: listening on IP:PORT`). One thread per connection; every
+//! connection logs one line.
 
 use crate::wire::{self, Fnv, Verifier, CHUNK, HALF_REPLY};
 use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Per-read/-write deadline: a stalled connection ends its own thread, never the server.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves `path` until killed.
+/// Serves the Unix socket `path` until killed.
 pub fn serve(path: &str) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -20,8 +24,29 @@ pub fn serve(path: &str) -> io::Result<()> {
     }
     let listener = UnixListener::bind(path)?;
     println!("serve: listening on {path}");
+    accept_each(listener.incoming(), |s: &UnixStream| {
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))
+    })
+}
+
+/// Serves TCP at `addr` (port 0: any) until killed.
+pub fn serve_tcp(addr: &str) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("serve: listening on {}", listener.local_addr()?);
+    accept_each(listener.incoming(), |s: &TcpStream| {
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))
+    })
+}
+
+/// One thread per accepted connection, each with its deadlines set by `prepare`.
+fn accept_each<S: Read + Write + Send + 'static>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    prepare: fn(&S) -> io::Result<()>,
+) -> io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    for conn in listener.incoming() {
+    for conn in incoming {
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
@@ -33,7 +58,9 @@ pub fn serve(path: &str) -> io::Result<()> {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         thread::spawn(move || {
             let t0 = Instant::now();
-            let outcome = handle(conn).unwrap_or_else(|e| format!("error: {e}"));
+            let outcome = prepare(&conn)
+                .and_then(|()| handle(conn))
+                .unwrap_or_else(|e| format!("error: {e}"));
             println!(
                 "serve: conn {id}: {outcome} ({} ms)",
                 t0.elapsed().as_millis()
@@ -50,9 +77,7 @@ fn parse(parts: &[&str], i: usize) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad header arguments"))
 }
 
-fn handle(mut s: UnixStream) -> io::Result<String> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+fn handle(mut s: impl Read + Write) -> io::Result<String> {
     let Some(line) = wire::read_line(&mut s)? else {
         return Ok("closed before a header".to_string());
     };
