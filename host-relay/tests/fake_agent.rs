@@ -290,6 +290,16 @@ mod tests {
             r
         }
 
+        /// A request for `forward_id` that the relay serves: its result is a
+        /// success, and `payload` comes back through the stream (the host
+        /// target echoes).
+        async fn echoed(&mut self, stream_id: &str, forward_id: &str, payload: &[u8]) {
+            let r = self.connect(stream_id, forward_id, 0).await;
+            assert_eq!(r.error, "", "{forward_id}");
+            let s = self.stream(stream_id).await;
+            assert_eq!(echo_through(s, payload).await, payload, "{forward_id}");
+        }
+
         async fn stream(&mut self, stream_id: &str) -> Stream {
             let (id, s) = timeout(WAIT, self.streams.recv()).await.unwrap().unwrap();
             assert_eq!(id, stream_id);
@@ -444,10 +454,7 @@ mod tests {
         h.serve().await;
         let again = h.bound().await;
         assert_eq!(again.sockets[0].forward_id, "f");
-        let r = h.connect("socketfwd-5-EEEEEE", "f", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-5-EEEEEE").await;
-        assert_eq!(echo_through(s, b"after restart").await, b"after restart");
+        h.echoed("socketfwd-5-EEEEEE", "f", b"after restart").await;
 
         token.cancel();
         timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
@@ -548,17 +555,14 @@ mod tests {
         let host = h.path("host.sock");
         echo_server(&host);
         let log = h.path("relay.log");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
-            .arg("--control")
-            .arg(format!("unix://{}", h.path("control.sock").display()))
-            .arg("--streams")
-            .arg(format!("unix://{}", h.path("streams.sock").display()))
-            .arg("--forward")
-            .arg(format!("/guest/x.sock:{}", host.display()))
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = relay_binary(
+            &h,
+            &[
+                "--forward".into(),
+                format!("/guest/x.sock:{}", host.display()),
+            ],
+            &log,
+        );
         let bind = h.bound().await;
         assert_eq!(bind.sockets[0].forward_id, "d0276c36d5d9aa1e");
         assert_eq!(bind.sockets[0].socket_path, "/guest/x.sock");
@@ -569,12 +573,7 @@ mod tests {
         let s = h.stream("socketfwd-10-JJJJJJ").await;
         assert_eq!(echo_through(s, b"binary").await, b"binary");
 
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = terminate(child).await;
         let logs = std::fs::read_to_string(&log).unwrap();
         assert!(status.success(), "{status}\n{logs}");
         assert!(logs.contains("relay ready"), "{logs}");
@@ -665,10 +664,7 @@ mod tests {
             start(config(&h, control, vec![forward("f", "/g/f.sock", &host)]));
         h.bound().await;
         // A peer without Info: the forwards are bound and served all the same.
-        let r = h.connect("socketfwd-11-KKKKKK", "f", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-11-KKKKKK").await;
-        assert_eq!(echo_through(s, b"core").await, b"core");
+        h.echoed("socketfwd-11-KKKKKK", "f", b"core").await;
         assert_eq!(
             h.wires.calls.lock().unwrap()[..3],
             ["Info", "Bind", "Accept"]
@@ -708,6 +704,32 @@ mod tests {
         assert!(!info.answered() && !info.supports("eof-framing"));
     }
 
+    /// Starts the relay binary against the harness's sockets with `args`
+    /// after the control and stream flags, its log (RUST_LOG=info) in `log`.
+    fn relay_binary(h: &Harness, args: &[String], log: &Path) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
+            .arg("--control")
+            .arg(format!("unix://{}", h.path("control.sock").display()))
+            .arg("--streams")
+            .arg(format!("unix://{}", h.path("streams.sock").display()))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+        let mut child = child;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Runs `sockfwd-relay SUBCOMMAND --admin PATH ARGS`: its stdout, or its stderr.
     async fn admin(path: &Path, subcommand: &str, args: &[&str]) -> Result<String, String> {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"));
@@ -736,20 +758,17 @@ mod tests {
         let tcp_port = tcp_echo_server().await;
         let log = h.path("relay.log");
         let admin_sock = h.path("admin.sock");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
-            .arg("--control")
-            .arg(format!("unix://{}", h.path("control.sock").display()))
-            .arg("--streams")
-            .arg(format!("unix://{}", h.path("streams.sock").display()))
-            .arg("--forward")
-            .arg(format!("x=/guest/x.sock:{}", host.display()))
-            .args(["-R", "0:localhost:5432", "-R", "5433:/host/y.sock"])
-            .arg("--admin")
-            .arg(&admin_sock)
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let args = [
+            "--forward".to_owned(),
+            format!("x=/guest/x.sock:{}", host.display()),
+            "-R".into(),
+            "0:localhost:5432".into(),
+            "-R".into(),
+            "5433:/host/y.sock".into(),
+            "--admin".into(),
+            admin_sock.display().to_string(),
+        ];
+        let child = relay_binary(&h, &args, &log);
 
         let bind = h.bound().await;
         let mut nerdbox = BindRequest::new();
@@ -784,10 +803,7 @@ mod tests {
             h.wires.calls.lock().unwrap()[..],
             ["Info", "Bind", "Accept"]
         );
-        let r = h.connect("socketfwd-20-AAAAAA", "x", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-20-AAAAAA").await;
-        assert_eq!(echo_through(s, b"still here").await, b"still here");
+        h.echoed("socketfwd-20-AAAAAA", "x", b"still here").await;
 
         // At runtime: refused naming the spec, nothing added or sent.
         let err = admin(&admin_sock, "add", &["-R", "db=0:localhost:1"])
@@ -817,17 +833,9 @@ mod tests {
             ),
             ("/guest/t.sock", "")
         );
-        let r = h.connect("socketfwd-21-BBBBBB", "t", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-21-BBBBBB").await;
-        assert_eq!(echo_through(s, b"over tcp").await, b"over tcp");
+        h.echoed("socketfwd-21-BBBBBB", "t", b"over tcp").await;
 
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = terminate(child).await;
         assert!(status.success(), "{status}");
     }
 
@@ -870,10 +878,7 @@ mod tests {
         let db = relay.remote().get("db").unwrap();
         assert_eq!(db.guest_addr(), got(41233));
 
-        let r = h.connect("socketfwd-30-AAAAAA", "db", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-30-AAAAAA").await;
-        assert_eq!(echo_through(s, b"to tcp").await, b"to tcp");
+        h.echoed("socketfwd-30-AAAAAA", "db", b"to tcp").await;
         eventually("the byte counts", || db.counters().bytes_to_host == 6).await;
 
         // Added at runtime: its own port, and localhost finds 127.0.0.1.
@@ -884,10 +889,7 @@ mod tests {
             .unwrap();
         assert_eq!(web.guest_addr(), got(41234));
         assert_eq!(h.bound().await.sockets[0].forward_id, "web");
-        let r = h.connect("socketfwd-31-BBBBBB", "web", 0).await;
-        assert_eq!(r.error, "");
-        let s = h.stream("socketfwd-31-BBBBBB").await;
-        assert_eq!(echo_through(s, b"localhost").await, b"localhost");
+        h.echoed("socketfwd-31-BBBBBB", "web", b"localhost").await;
         let err = relay
             .remote()
             .add_spec(&format!("web=0:localhost:{port}"))

@@ -72,6 +72,17 @@ impl Relay {
         v
     }
 
+    /// Starts a relay with `--admin ADMIN` and `extra`, and waits until its
+    /// first session is ready.
+    pub fn with_admin(env: &Env, admin: &Path, extra: &[&str]) -> Relay {
+        let admin_arg = admin.display().to_string();
+        let mut flags = vec!["--admin", admin_arg.as_str()];
+        flags.extend_from_slice(extra);
+        let relay = Relay::start(env, &Relay::args(env, &flags));
+        relay.daemon.wait_log("relay ready");
+        relay
+    }
+
     /// What it printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
@@ -120,6 +131,14 @@ impl Relay {
             (ports.len() >= count).then_some(ports)
         })
     }
+}
+
+/// A directory `name` in `env` holding `hello.txt` with `text`, for an HTTP server.
+pub fn served_dir(env: &Env, name: &str, text: &str) -> PathBuf {
+    let dir = env.path(name);
+    std::fs::create_dir(&dir).expect("create the served directory");
+    std::fs::write(dir.join("hello.txt"), text).expect("write hello.txt");
+    dir
 }
 
 /// `python3 -m http.server PORT --bind 127.0.0.1` serving `dir`; waits until it

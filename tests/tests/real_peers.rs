@@ -28,6 +28,39 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Queries through a forward to PostgreSQL (`q` runs one with psql): a sum
+/// over 10,000 rows, and a large result set that crosses intact.
+fn psql_workload(q: impl Fn(&str) -> String) {
+    assert_eq!(q("SELECT 40 + 2"), "42");
+    q("CREATE TABLE t (n int)");
+    q("INSERT INTO t SELECT generate_series(1, 10000)");
+    assert_eq!(q("SELECT sum(n) FROM t"), "50005000");
+    let rows = q("SELECT string_agg(md5(n::text), '') FROM t");
+    assert_eq!(rows.len(), 320_000);
+}
+
+/// curl through a forward to `peers::http` (`via`: curl's flags to reach it,
+/// `url`: the URL of a path): one request, three on one connection
+/// (keep-alive), a 5 MiB upload.
+fn http_workload(env: &Env, via: &[&str], url: impl Fn(&str) -> String) {
+    let curl = require_tool("curl", "curl");
+    let get = |urls: &[String]| run(Command::new(&curl).arg("-sS").args(via).args(urls));
+    assert_eq!(get(&[url("/v1/ping")]), "hello /v1/ping");
+    assert_eq!(
+        get(&[url("/a"), url("/b"), url("/c")]),
+        "hello /ahello /bhello /c"
+    );
+    let body = env.path("body.bin");
+    std::fs::write(&body, vec![b'x'; 5 << 20]).unwrap();
+    let out = run(Command::new(&curl)
+        .arg("-sS")
+        .args(via)
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(url("/upload")));
+    assert_eq!(out, format!("got {} bytes", 5 << 20));
+}
+
 #[test]
 fn redis_cli_in_the_guest_talks_to_redis_on_the_host() {
     let env = Env::new();
@@ -94,13 +127,7 @@ fn psql_in_the_guest_queries_postgres_on_the_host() {
     let q = |sql: &str| {
         run(Command::new(&psql).args(["-h", &g, "-p", "5432", "-U", "postgres", "-tAc", sql]))
     };
-    assert_eq!(q("SELECT 40 + 2"), "42");
-    q("CREATE TABLE t (n int)");
-    q("INSERT INTO t SELECT generate_series(1, 10000)");
-    assert_eq!(q("SELECT sum(n) FROM t"), "50005000");
-    // A large result set crosses the forward intact.
-    let rows = q("SELECT string_agg(md5(n::text), '') FROM t");
-    assert_eq!(rows.len(), 320_000);
+    psql_workload(q);
 }
 
 #[test]
@@ -112,40 +139,16 @@ fn curl_in_the_guest_reaches_an_http_server_on_the_host() {
     let guest = env.path("guest/http.sock");
     let _relay = env.relay(&[(&guest, &host)], &[]);
 
-    let curl = require_tool("curl", "curl");
     let g = guest.display().to_string();
-    assert_eq!(
-        run(Command::new(&curl).args(["-sS", "--unix-socket", &g, "http://guest/v1/ping"])),
-        "hello /v1/ping"
-    );
-    // Keep-alive: several requests on one connection.
-    let out = run(Command::new(&curl).args([
-        "-sS",
-        "--unix-socket",
-        &g,
-        "http://guest/a",
-        "http://guest/b",
-        "http://guest/c",
-    ]));
-    assert_eq!(out, "hello /ahello /bhello /c");
-    // A 5 MiB upload.
-    let body = env.path("body.bin");
-    std::fs::write(&body, vec![b'x'; 5 << 20]).unwrap();
-    let out = run(Command::new(&curl).args([
-        "-sS",
-        "--unix-socket",
-        &g,
-        "--data-binary",
-        &format!("@{}", body.display()),
-        "http://guest/upload",
-    ]));
-    assert_eq!(out, format!("got {} bytes", 5 << 20));
+    http_workload(&env, &["--unix-socket", &g], |path| {
+        format!("http://guest{path}")
+    });
 }
 
-/// A relay with `-R SPEC` against `env`'s agent; the guest address it printed
-/// for `target`.
-fn remote(env: &Env, spec: &str, target: &str) -> (Relay, String) {
-    let relay = Relay::start(env, &Relay::args(env, &["-R", spec]));
+/// A relay with `-R 0:TARGET` against `env`'s agent; the guest address it
+/// printed (the port the agent picked, on 127.0.0.1).
+fn guest_port_to(env: &Env, target: &str) -> (Relay, String) {
+    let relay = Relay::start(env, &Relay::args(env, &["-R", &format!("0:{target}")]));
     let guest = relay.remote_addr(target);
     (relay, guest)
 }
@@ -156,8 +159,7 @@ fn psql_on_a_guest_tcp_port_queries_postgres_listening_on_host_tcp_only() {
     let pg_port = free_port();
     let _pg = peers::postgres_tcp(pg_port, env.path("pg.log"));
     let _agent = env.agent(&[]);
-    let target = format!("127.0.0.1:{pg_port}");
-    let (_relay, guest) = remote(&env, &format!("0:{target}"), &target);
+    let (_relay, guest) = guest_port_to(&env, &format!("127.0.0.1:{pg_port}"));
     let port = guest.strip_prefix("127.0.0.1:").unwrap();
 
     let psql = require_tool("psql", "postgresql-client");
@@ -173,14 +175,9 @@ fn psql_on_a_guest_tcp_port_queries_postgres_listening_on_host_tcp_only() {
             sql,
         ]))
     };
-    assert_eq!(q("SELECT 40 + 2"), "42");
     // The server sees a TCP client from loopback: the relay's dial.
     assert_eq!(q("SELECT host(inet_client_addr())"), "127.0.0.1");
-    q("CREATE TABLE t (n int)");
-    q("INSERT INTO t SELECT generate_series(1, 10000)");
-    assert_eq!(q("SELECT sum(n) FROM t"), "50005000");
-    let rows = q("SELECT string_agg(md5(n::text), '') FROM t");
-    assert_eq!(rows.len(), 320_000);
+    psql_workload(q);
 }
 
 #[test]
@@ -189,8 +186,7 @@ fn redis_cli_on_a_guest_tcp_port_talks_to_redis_on_host_tcp() {
     let redis_port = free_port();
     let _redis = peers::redis_tcp(redis_port, env.path("redis.log"));
     let _agent = env.agent(&[]);
-    let target = format!("localhost:{redis_port}");
-    let (_relay, guest) = remote(&env, &format!("0:{target}"), &target);
+    let (_relay, guest) = guest_port_to(&env, &format!("localhost:{redis_port}"));
     let port = guest.strip_prefix("127.0.0.1:").unwrap();
 
     let cli = require_tool("redis-cli", "redis-tools");
@@ -212,26 +208,7 @@ fn curl_to_a_guest_tcp_port_reaches_an_http_server_on_a_host_unix_socket() {
     let host = env.path("http.sock");
     let _http = peers::http(&host, env.path("http.log"));
     let _agent = env.agent(&[]);
-    let h = host.display().to_string();
-    let (_relay, guest) = remote(&env, &format!("0:{h}"), &h);
+    let (_relay, guest) = guest_port_to(&env, &host.display().to_string());
 
-    let curl = require_tool("curl", "curl");
-    let url = |path: &str| format!("http://{guest}{path}");
-    assert_eq!(
-        run(Command::new(&curl).args(["-sS", &url("/v1/ping")])),
-        "hello /v1/ping"
-    );
-    // Keep-alive: several requests on one connection.
-    let out = run(Command::new(&curl).args(["-sS", &url("/a"), &url("/b"), &url("/c")]));
-    assert_eq!(out, "hello /ahello /bhello /c");
-    // A 5 MiB upload.
-    let body = env.path("body.bin");
-    std::fs::write(&body, vec![b'x'; 5 << 20]).unwrap();
-    let out = run(Command::new(&curl).args([
-        "-sS",
-        "--data-binary",
-        &format!("@{}", body.display()),
-        &url("/upload"),
-    ]));
-    assert_eq!(out, format!("got {} bytes", 5 << 20));
+    http_workload(&env, &[], |path| format!("http://{guest}{path}"));
 }

@@ -15,7 +15,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::reverse::{admin, curl, free_port, http_tcp, metric, Relay};
+use sockfwd_tests::reverse::{self, admin, curl, free_port, http_tcp, metric, Relay};
 use sockfwd_tests::{bin, peers, require_tool, wait_connectable, Daemon, Env, READY_DEADLINE};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,10 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    let dir = env.path("www");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "hello from the host\n").unwrap();
-    dir
+    reverse::served_dir(env, "www", "hello from the host\n")
 }
 
 /// Sends `msg` to a guest TCP address, half-closes, reads the whole answer.
@@ -210,11 +207,7 @@ fn a_listener_that_cannot_be_created_fails_the_start_and_leaves_none() {
     drop(busy);
     // The agent has no forward left: a relay's status lists none of its.
     let admin_sock = env.path("admin.sock");
-    let relay = Relay::start(
-        &env,
-        &Relay::args(&env, &["--admin", &admin_sock.display().to_string()]),
-    );
-    relay.daemon.wait_log("relay ready");
+    let _relay = Relay::with_admin(&env, &admin_sock, &[]);
     let table = admin(&admin_sock, "status", &[]).unwrap();
     assert_eq!(table.lines().count(), 1, "only the header: {table}");
 }
@@ -225,11 +218,7 @@ fn remote_forwards_are_added_and_removed_at_runtime_with_their_counters() {
     let host_port = tagged_echo("127.0.0.1", b"");
     let _agent = env.agent(&[]);
     let admin_sock = env.path("admin.sock");
-    let relay = Relay::start(
-        &env,
-        &Relay::args(&env, &["--admin", &admin_sock.display().to_string()]),
-    );
-    relay.daemon.wait_log("relay ready");
+    let relay = Relay::with_admin(&env, &admin_sock, &[]);
 
     let spec = format!("0:localhost:{host_port}");
     let out = admin(&admin_sock, "add", &["-R", &spec]).unwrap();

@@ -11,17 +11,14 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::reverse::{curl, free_port, http_tcp, Relay};
+use sockfwd_tests::reverse::{self, curl, free_port, http_tcp, Relay};
 use sockfwd_tests::{peers, wait_connectable, Env};
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    let dir = env.path("www");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "hello from the guest\n").unwrap();
-    dir
+    reverse::served_dir(env, "www", "hello from the guest\n")
 }
 
 #[test]
