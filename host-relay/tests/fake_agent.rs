@@ -704,10 +704,23 @@ mod tests {
         assert!(!info.answered() && !info.supports("eof-framing"));
     }
 
+    /// The relay binary run by a test, SIGKILLed and reaped if the test ends
+    /// (a failed assertion included) before [`terminate`] stops it.
+    struct RelayChild(Option<std::process::Child>);
+
+    impl Drop for RelayChild {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
     /// Starts the relay binary against the harness's sockets with `args`
     /// after the control and stream flags, its log (RUST_LOG=info) in `log`.
-    fn relay_binary(h: &Harness, args: &[String], log: &Path) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
+    fn relay_binary(h: &Harness, args: &[String], log: &Path) -> RelayChild {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sockfwd-relay"))
             .arg("--control")
             .arg(format!("unix://{}", h.path("control.sock").display()))
             .arg("--streams")
@@ -716,12 +729,13 @@ mod tests {
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap();
+        RelayChild(Some(child))
     }
 
     /// SIGTERM, then the exit status.
-    async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
-        let mut child = child;
+    async fn terminate(mut relay: RelayChild) -> std::process::ExitStatus {
+        let mut child = relay.0.take().unwrap();
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         tokio::task::spawn_blocking(move || child.wait())
