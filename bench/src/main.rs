@@ -8,6 +8,7 @@
 //!
 //! Run `cargo run --release -p sockfwd-bench -- --help`; see bench/README.md.
 
+mod bench;
 mod figures;
 mod pattern;
 mod procs;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::suite::Figure;
+use crate::bench::Figure;
 use crate::topology::PathKind;
 use crate::vm::KernelChoice;
 

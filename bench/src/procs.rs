@@ -414,3 +414,32 @@ pub fn relay_args(dir: &Path, extra: &[OsString]) -> Vec<OsString> {
     .chain(extra.iter().cloned())
     .collect()
 }
+
+/// Runs a client to completion, killed after `timeout`; its stdout.
+pub fn run_client(mut cmd: Command, timeout: Duration, what: &str) -> Res<String> {
+    let dir = tempfile::tempdir().ctx("temp dir")?;
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let out = std::fs::File::create(&out_path).ctx("client output")?;
+    let err = std::fs::File::create(&err_path).ctx("client output")?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    unblock_signals_in_child(&mut cmd, true);
+    let mut child = cmd.spawn().with_ctx(|| format!("start {what}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().ctx(what)? {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what}: no result within {timeout:?}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    if !status.success() {
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        return Err(format!("{what} failed ({status}): {}", stderr.trim()));
+    }
+    Ok(stdout)
+}

@@ -1,9 +1,9 @@
 //! The Unix-socket bench (the default mode): direct, socat ×2 and sockfwd
 //! side by side in one temp dir, printed as one table with ratios to direct.
 
+use crate::bench::{Bench, Config, MIB};
 use crate::procs::{self, Bins};
 use crate::report::Columns;
-use crate::suite::{Bench, Config, MIB};
 use crate::sys::{self, Res};
 use crate::topology::PathKind;
 use crate::Cli;

@@ -4,19 +4,10 @@
 use std::time::Duration;
 
 use super::{progress, tag};
+use crate::bench::{Bench, Figure};
 use crate::server::{Mode, Server};
-use crate::suite::{Bench, Figure};
 use crate::sys::{Ctx, Res};
 use crate::topology::{PathKind, Topology};
-
-/// A path's burst failures, one value per run.
-#[derive(Default)]
-pub struct BurstMisses {
-    refused: Vec<f64>,
-    dropped: Vec<f64>,
-    timed_out: Vec<f64>,
-    first_error: Option<String>,
-}
 
 /// Outcome of a burst of concurrent connects.
 #[derive(Default)]

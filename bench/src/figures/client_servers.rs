@@ -11,8 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::clients::run_client;
-use crate::procs::{self, Bins, Daemon};
+use crate::procs::{self, run_client, Bins, Daemon};
 use crate::sys::{Ctx, Res};
 use crate::topology::PathKind;
 

@@ -3,58 +3,15 @@
 //! reported, not asserted). Their servers are in [`client_servers`](super::client_servers).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use super::client_servers::ClientPeers;
 use super::progress;
-use crate::procs;
-use crate::suite::Bench;
-use crate::sys::{Ctx, Res};
+use crate::bench::{Bench, ClientsConfig};
+use crate::procs::run_client;
+use crate::sys::Res;
 use crate::topology::PathKind;
-
-/// What the clients figure runs.
-#[derive(Clone, Copy)]
-pub struct ClientsConfig {
-    /// redis-benchmark connections (`-c`).
-    pub redis_clients: usize,
-    /// redis-benchmark requests per test (`-n`).
-    pub redis_requests: usize,
-    /// pgbench clients (`-c`).
-    pub pg_clients: usize,
-    /// pgbench run time (`-T`), seconds.
-    pub pg_secs: u64,
-}
-
-/// Runs a client to completion, killed after `timeout`; its stdout.
-pub fn run_client(mut cmd: Command, timeout: Duration, what: &str) -> Res<String> {
-    let dir = tempfile::tempdir().ctx("temp dir")?;
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let out = std::fs::File::create(&out_path).ctx("client output")?;
-    let err = std::fs::File::create(&err_path).ctx("client output")?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    procs::unblock_signals_in_child(&mut cmd, true);
-    let mut child = cmd.spawn().with_ctx(|| format!("start {what}"))?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().ctx(what)? {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{what}: no result within {timeout:?}"));
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    if !status.success() {
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        return Err(format!("{what} failed ({status}): {}", stderr.trim()));
-    }
-    Ok(stdout)
-}
 
 /// requests/s of SET and GET from `redis-benchmark --csv`.
 fn parse_redis_csv(text: &str) -> Option<[f64; 2]> {

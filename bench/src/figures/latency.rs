@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{echo_once, progress, tag};
+use crate::bench::Bench;
 use crate::server::{Mode, Server};
-use crate::suite::Bench;
 use crate::sys::Res;
 use crate::topology::{PathKind, Topology};
 

@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{echo_once, fwd_only, progress, tag};
+use crate::bench::{Bench, Figure};
 use crate::server::{Mode, Server};
-use crate::suite::{Bench, Figure};
 use crate::sys::{self, Res};
 use crate::topology::{PathKind, Topology};
 

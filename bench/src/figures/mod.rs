@@ -1,6 +1,6 @@
 //! The figures of the Unix-socket bench, one module per figure: each holds the
 //! measurement of one path (a plain function over a [`Topology`](crate::topology::Topology)) and the
-//! [`Bench`](crate::suite::Bench) method that runs it on every path and records
+//! [`Bench`](crate::bench::Bench) method that runs it on every path and records
 //! the values.
 
 pub mod burst;

@@ -6,8 +6,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::fwd_only;
+use crate::bench::{Bench, MIB};
 use crate::procs::{self, Bins, Daemon};
-use crate::suite::{Bench, MIB};
 use crate::sys::{self, Ctx, Res};
 
 /// Agent start-up.

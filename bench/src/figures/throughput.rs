@@ -9,9 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::progress;
+use crate::bench::{Bench, Dir};
 use crate::pattern::Pattern;
 use crate::server::{Mode, Server};
-use crate::suite::Bench;
 use crate::sys::{self, Ctx, Res};
 use crate::topology::{PathKind, Topology};
 
@@ -19,28 +19,6 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const IO_CHUNK: usize = 256 * 1024;
 /// Any single read/write/connect that blocks longer than this fails the run.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Which way bytes flow in a transfer.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Dir {
-    /// Client to server.
-    Up,
-    /// Server to client.
-    Down,
-    /// Both at once, the same size each way.
-    Both,
-}
-
-impl Dir {
-    /// For messages.
-    pub fn label(self) -> &'static str {
-        match self {
-            Dir::Up => "client→server",
-            Dir::Down => "server→client",
-            Dir::Both => "both at once",
-        }
-    }
-}
 
 /// Result of one transfer.
 pub struct Transfer {

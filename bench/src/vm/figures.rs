@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::control::Control;
 use super::{VmPath, GUEST_ECHO_PORT};
+use crate::bench::{Figure, Notes};
 use crate::report::{Results, Row, Target};
-use crate::suite::{Figure, Notes};
 use crate::sys::{self, Ctx, Res};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;

@@ -31,9 +31,9 @@ use self::control::Control;
 use self::figures::{Probes, Runner, VmConfig};
 use self::table::{closing_notes, load_average, print_table, Setup};
 use self::tooling::Tooling;
+use crate::bench::{Figure, Notes};
 use crate::procs::{self, Bins, Daemon};
 use crate::report::{Columns, Results};
-use crate::suite::{Figure, Notes};
 use crate::sys::Res;
 use crate::Cli;
 

@@ -4,8 +4,8 @@
 
 use super::figures::{self, VmConfig};
 use super::COLUMNS;
+use crate::bench::Notes;
 use crate::report::Results;
-use crate::suite::Notes;
 use crate::sys;
 use crate::Cli;
 
