@@ -7,44 +7,11 @@
 //! ID and its listener never disagree.
 
 use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
+pub use sockfwd_proto::transport::ListenAt;
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-
-/// Where a remote forward listens in the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ListenAt {
-    /// A Unix socket file.
-    Unix(PathBuf),
-    /// A TCP address. Asked for, port 0 means any free port; in the table it is
-    /// the bound address.
-    Tcp(SocketAddr),
-}
-
-impl ListenAt {
-    /// Whether a forward bound at `self` is what `asked` asks for: the same
-    /// place, or for port 0 the same address with whichever port it got.
-    pub fn answers(&self, asked: &ListenAt) -> bool {
-        match (self, asked) {
-            (ListenAt::Tcp(bound), ListenAt::Tcp(a)) if a.port() == 0 => bound.ip() == a.ip(),
-            _ => self == asked,
-        }
-    }
-}
-
-impl fmt::Display for ListenAt {
-    /// The path, or `IP:PORT` (`[IPV6]:PORT`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAt::Unix(p) => write!(f, "{}", p.display()),
-            ListenAt::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
 
 /// Why the table refuses a forward.
 #[derive(Debug, Error)]
@@ -251,11 +218,6 @@ mod tests {
     fn port_zero_is_answered_by_the_forward_bound_on_that_address() {
         let tcp = |s: &str| ListenAt::Tcp(s.parse().unwrap());
         let bound = tcp("127.0.0.1:41233");
-        assert!(bound.answers(&tcp("127.0.0.1:0")));
-        assert!(bound.answers(&tcp("127.0.0.1:41233")));
-        assert!(!bound.answers(&tcp("127.0.0.1:41234")));
-        assert!(!bound.answers(&tcp("[::1]:0")));
-        assert!(!bound.answers(&ListenAt::Unix("127.0.0.1:0".into())));
 
         let f = Forwards::default();
         let stop = CancellationToken::new();

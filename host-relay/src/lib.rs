@@ -81,7 +81,9 @@ pub use config::{Config, ConfigError, Control};
 pub use control::channel::{BACKOFF_MAX, BACKOFF_MIN};
 pub use control::session::SessionError;
 pub use local::guest_handle::{Guest, GuestOptions, PortEvents, ProxyError};
-pub use local::proxy_session::{LocalAddr, ProxyManager, ProxySession};
+#[allow(deprecated)]
+pub use local::proxy_session::LocalAddr;
+pub use local::proxy_session::{ProxyManager, ProxySession};
 pub use local_spec::{LocalSpec, LocalSpecError};
 pub use remote_connect::{BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
 pub use remote_control::{RemoteControl, RemoteError, RemoteForward};

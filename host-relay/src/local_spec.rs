@@ -23,36 +23,22 @@
 //! Parsing is pure.
 
 use sockfwd_proto::target::{Target, TargetParseError};
-use sockfwd_proto::transport::SUN_PATH_MAX;
+use sockfwd_proto::transport::{ListenAt, SUN_PATH_MAX};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use thiserror::Error;
 
-/// Where the host listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Listen {
-    /// A TCP address (port 0: a free port).
-    Tcp(SocketAddr),
-    /// A Unix socket path (relative paths are relative to the working directory).
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Tcp(a) => write!(f, "{a}"),
-            Listen::Unix(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
+/// Where the host listens: proto's [`ListenAt`] (the name before it was shared).
+#[deprecated(since = "0.2.0", note = "use sockfwd_proto::transport::ListenAt")]
+pub type Listen = ListenAt;
 
 /// One `-L` forward: a host listener and its guest target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LocalSpec {
     /// Where the host listens.
-    pub listen: Listen,
+    pub listen: ListenAt,
     /// What each client reaches in the guest.
     pub remote: Target,
 }
@@ -179,8 +165,8 @@ fn remote(parts: &[&str]) -> Result<Target, LocalSpecError> {
     }
 }
 
-fn loopback(port: u16) -> Listen {
-    Listen::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+fn loopback(port: u16) -> ListenAt {
+    ListenAt::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
 impl FromStr for LocalSpec {
@@ -192,7 +178,7 @@ impl FromStr for LocalSpec {
         if first.starts_with('/') || first.starts_with('.') {
             check_host_path(first)?;
             return Ok(LocalSpec {
-                listen: Listen::Unix(PathBuf::from(first)),
+                listen: ListenAt::Unix(PathBuf::from(first)),
                 remote: remote(&t[1..])?,
             });
         }
@@ -220,7 +206,7 @@ impl FromStr for LocalSpec {
             // BIND:PORT:/path, BIND:PORT:HOST:PORT
             [bind, p, ..] if t.len() <= 4 => {
                 let addr = SocketAddr::new(bind_addr(bind)?, listen_port(p)?);
-                (Listen::Tcp(addr), &t[2..])
+                (ListenAt::Tcp(addr), &t[2..])
             }
             _ => return Err(LocalSpecError::Shape),
         };
@@ -236,9 +222,9 @@ impl fmt::Display for LocalSpec {
     /// to the same spec.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.listen {
-            Listen::Tcp(a) if a.is_ipv6() => write!(f, "[{}]:{}", a.ip(), a.port())?,
-            Listen::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port())?,
-            Listen::Unix(p) => write!(f, "{}", p.display())?,
+            ListenAt::Tcp(a) if a.is_ipv6() => write!(f, "[{}]:{}", a.ip(), a.port())?,
+            ListenAt::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port())?,
+            ListenAt::Unix(p) => write!(f, "{}", p.display())?,
         }
         write!(f, ":{}", self.remote_text())
     }
@@ -249,8 +235,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn tcp(bind: &str, port: u16) -> Listen {
-        Listen::Tcp(SocketAddr::new(bind.parse().unwrap(), port))
+    fn tcp(bind: &str, port: u16) -> ListenAt {
+        ListenAt::Tcp(SocketAddr::new(bind.parse().unwrap(), port))
     }
 
     fn rtcp(host: &str, port: u16) -> Target {
@@ -298,17 +284,17 @@ mod tests {
             ),
             (
                 "/tmp/docker.sock:/var/run/docker.sock",
-                Listen::Unix("/tmp/docker.sock".into()),
+                ListenAt::Unix("/tmp/docker.sock".into()),
                 runix("/var/run/docker.sock"),
             ),
             (
                 "./docker.sock:/var/run/docker.sock",
-                Listen::Unix("./docker.sock".into()),
+                ListenAt::Unix("./docker.sock".into()),
                 runix("/var/run/docker.sock"),
             ),
             (
                 "./web.sock:localhost:8080",
-                Listen::Unix("./web.sock".into()),
+                ListenAt::Unix("./web.sock".into()),
                 rtcp("localhost", 8080),
             ),
             (
@@ -395,10 +381,10 @@ mod tests {
     fn arb_spec() -> impl Strategy<Value = LocalSpec> {
         let listen = prop_oneof![
             (any::<[u8; 4]>(), any::<u16>())
-                .prop_map(|(b, p)| Listen::Tcp(SocketAddr::new(IpAddr::V4(b.into()), p))),
+                .prop_map(|(b, p)| ListenAt::Tcp(SocketAddr::new(IpAddr::V4(b.into()), p))),
             (any::<[u8; 16]>(), any::<u16>())
-                .prop_map(|(b, p)| Listen::Tcp(SocketAddr::new(IpAddr::V6(b.into()), p))),
-            "(/|\\./)[a-z0-9_./-]{1,40}".prop_map(|p| Listen::Unix(PathBuf::from(p))),
+                .prop_map(|(b, p)| ListenAt::Tcp(SocketAddr::new(IpAddr::V6(b.into()), p))),
+            "(/|\\./)[a-z0-9_./-]{1,40}".prop_map(|p| ListenAt::Unix(PathBuf::from(p))),
         ];
         // Guest paths as the grammar keeps them: absolute, normalized, no "..".
         let remote = prop_oneof![

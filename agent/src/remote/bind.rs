@@ -14,7 +14,7 @@
 use crate::dispatch::ConnId;
 use crate::forwards::{Existing, ListenAt, TableError, Tokens};
 use crate::remote::client;
-use crate::remote::listener::{self, ForwardListener, TcpListenError};
+use crate::remote::listener::{self, TcpListenError};
 use crate::remote::paths::{self, PathError};
 use crate::state::AgentState;
 use sockfwd_proto::accept::{accept_next, Accept as _};
@@ -23,7 +23,9 @@ use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::Socket;
-use sockfwd_proto::transport::{Listener, ListenerError, SocketFileError, SocketFileOptions};
+use sockfwd_proto::transport::{
+    ClientListener, Listener, ListenerError, SocketFileError, SocketFileOptions,
+};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,7 +107,7 @@ struct Created {
     at: ListenAt,
     /// A TCP listener's socket inode.
     inode: Option<u64>,
-    listener: ForwardListener,
+    listener: ClientListener,
 }
 
 /// What one socket of the request asks for, checked.
@@ -177,14 +179,14 @@ fn bind_one(state: &AgentState, s: &Socket, created: &mut Vec<Created>) -> Resul
             let bound = listener::bind(addr)?;
             Created {
                 forward_id: s.forward_id.clone(),
-                at: ListenAt::Tcp(bound.addr),
+                at: bound.listener.at().clone(),
                 inode: Some(bound.inode),
                 listener: bound.listener,
             }
         }
         Asked::Unix(checked) => Created {
             forward_id: s.forward_id.clone(),
-            listener: ForwardListener::Unix(bind_file(state, s, &checked)?),
+            listener: ClientListener::unix(bind_file(state, s, &checked)?, checked.path.clone()),
             at,
             inode: None,
         },
@@ -285,7 +287,7 @@ fn place_text(s: &Socket) -> &str {
 async fn accept(
     state: Arc<AgentState>,
     forward_id: String,
-    listener: ForwardListener,
+    listener: ClientListener,
     stats: Arc<ForwardCounters>,
     tokens: Tokens,
 ) {

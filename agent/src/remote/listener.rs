@@ -1,6 +1,6 @@
-//! The two kinds of remote-forward listener in the guest behind one accept
-//! loop: a Unix socket file (placed by [`crate::remote::paths`]) and a TCP
-//! address (the `tcp-listen` extension: `Socket.tcp_listen`).
+//! A remote forward's TCP listener in the guest (the `tcp-listen` extension:
+//! `Socket.tcp_listen`); a Unix one is placed by [`crate::remote::paths`], and
+//! both accept as proto's [`ClientListener`].
 //!
 //! A TCP listener is confined: loopback addresses (127.0.0.0/8, ::1) always,
 //! anything else only when an `--allow-listen` pattern allows it, so a host
@@ -9,49 +9,11 @@
 //! agent's own listeners out.
 
 use crate::config::AllowList;
-use sockfwd_proto::accept::Accept;
-use sockfwd_proto::transport::{Listener, Stream};
+use sockfwd_proto::transport::ClientListener;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::AsRawFd as _;
 use thiserror::Error;
-
-/// Pending connections a TCP listener queues before the accept loop takes them.
-const TCP_BACKLOG: u32 = 1024;
-
-/// A remote forward's listener.
-pub enum ForwardListener {
-    /// A Unix socket; its file goes when it is dropped.
-    Unix(Listener),
-    /// A TCP socket.
-    Tcp(tokio::net::TcpListener),
-}
-
-impl Accept for ForwardListener {
-    type Conn = Stream;
-
-    async fn accept(&self) -> io::Result<Stream> {
-        match self {
-            ForwardListener::Unix(l) => Ok(l.accept().await?.0),
-            ForwardListener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                // Small request/response exchanges should not wait for Nagle;
-                // a socket that refuses the option still works.
-                let _ = s.set_nodelay(true);
-                Stream::from_fd(OwnedFd::from(s.into_std()?))
-            }
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            ForwardListener::Unix(l) => l.address().to_string(),
-            ForwardListener::Tcp(l) => l
-                .local_addr()
-                .map_or_else(|_| "a TCP listener".to_owned(), |a| a.to_string()),
-        }
-    }
-}
 
 /// Why a TCP listener was refused or could not be created.
 #[derive(Debug, Error)]
@@ -92,43 +54,30 @@ pub fn allowed(addr: SocketAddr, allow: &AllowList) -> bool {
     addr.ip().to_canonical().is_loopback() || (!allow.0.is_empty() && allow.allows_tcp(None, addr))
 }
 
-/// A bound TCP listener: the listener, its address (with the port the kernel
-/// picked for port 0) and its socket inode.
+/// A bound TCP listener (its address has the port the kernel picked for
+/// port 0) and its socket inode.
 pub struct BoundTcp {
     /// The listener.
-    pub listener: ForwardListener,
-    /// The bound address.
-    pub addr: SocketAddr,
+    pub listener: ClientListener,
     /// The socket's inode, as `sock_diag` and `/proc/net/tcp` name it.
     pub inode: u64,
 }
 
-/// Listens on `addr` with SO_REUSEADDR (a port whose last connections are in
-/// TIME_WAIT can be bound again at once). Needs a tokio runtime.
+/// Listens on `addr` (see [`ClientListener::bind_tcp`]). Needs a tokio runtime.
 pub fn bind(addr: SocketAddr) -> Result<BoundTcp, TcpListenError> {
     let fail = |source| TcpListenError::Listen { addr, source };
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .map_err(fail)?;
-    socket.set_reuseaddr(true).map_err(fail)?;
-    socket.bind(addr).map_err(fail)?;
-    let listener = socket.listen(TCP_BACKLOG).map_err(fail)?;
-    let bound = listener.local_addr().map_err(fail)?;
+    let listener = ClientListener::bind_tcp(addr).map_err(fail)?;
     let inode = nix::sys::stat::fstat(listener.as_raw_fd())
         .map_err(|e| fail(e.into()))?
         .st_ino;
-    Ok(BoundTcp {
-        listener: ForwardListener::Tcp(listener),
-        addr: bound,
-        inode,
-    })
+    Ok(BoundTcp { listener, inode })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockfwd_proto::accept::Accept as _;
+    use sockfwd_proto::transport::ListenAt;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -162,9 +111,12 @@ mod tests {
     #[tokio::test]
     async fn binds_reports_the_port_it_got_and_accepts() {
         let b = bind(addr("127.0.0.1:0")).unwrap();
-        assert_ne!(b.addr.port(), 0);
+        let ListenAt::Tcp(bound) = *b.listener.at() else {
+            panic!("not TCP: {}", b.listener.at());
+        };
+        assert_ne!(bound.port(), 0);
         assert!(b.inode > 0);
-        let client = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        let client = tokio::net::TcpStream::connect(bound).await.unwrap();
         let mut conn = b.listener.accept().await.unwrap();
         drop(client);
         let mut buf = [0u8; 1];
@@ -174,7 +126,7 @@ mod tests {
                 .unwrap(),
             0
         );
-        let err = bind(b.addr).err().unwrap();
+        let err = bind(bound).err().unwrap();
         assert!(
             err.to_string().starts_with("listening on 127.0.0.1:"),
             "{err}"

@@ -12,13 +12,13 @@
 
 use crate::local::guest_handle::Guest;
 use crate::local::listener_table::{announce, ListenerTable, Origin};
-use crate::local::proxy_session::LocalAddr;
-use crate::local_spec::{Listen, LocalSpec};
+use crate::local_spec::LocalSpec;
 use crate::port_filter::PortFilter;
 use crate::rpc::Peer;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::{PortEvent, PortEventKind};
 use sockfwd_proto::target::Target;
+use sockfwd_proto::transport::ListenAt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -130,14 +130,14 @@ impl AutoForward {
             other => other,
         };
         let spec = LocalSpec {
-            listen: Listen::Tcp(SocketAddr::new(self.bind, port)),
+            listen: ListenAt::Tcp(SocketAddr::new(self.bind, port)),
             remote: Target::Ip(SocketAddr::new(target, port)),
         };
         match self.guest.forward_near(&spec, PORT_TRIES) {
             Ok(session) => {
                 let local = session.local_addr().clone();
                 let remote = session.spec().remote_text();
-                if !matches!(&local, LocalAddr::Tcp(a) if a.port() == port) {
+                if !matches!(&local, ListenAt::Tcp(a) if a.port() == port) {
                     tracing::info!(port, %local, "guest port: the same host port is taken; using the next free one");
                 }
                 tracing::info!(port, %address, pid = ev.pid, %local, "guest port opened; auto-forwarding");

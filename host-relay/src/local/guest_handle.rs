@@ -19,7 +19,9 @@ use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
 use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
 use sockfwd_proto::target::{Target, TargetParseError};
-use sockfwd_proto::transport::{dial_with_retry, Address, DialError, Stream};
+use sockfwd_proto::transport::{
+    dial_with_retry, Address, ClientListenError, DialError, ListenAt, Stream,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -87,11 +89,11 @@ pub enum ProxyError {
     Listen {
         /// The spec.
         spec: String,
-        /// The listen address.
-        listen: String,
-        /// The OS error.
+        /// Where.
+        listen: ListenAt,
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: ClientListenError,
     },
     /// A target does not parse.
     #[error("invalid target {target:?}")]

@@ -10,89 +10,19 @@
 //! several listeners, all or nothing.
 
 use crate::local::guest_handle::{Guest, ProxyError};
-use crate::local::proxy_session::{LocalAddr, ProxySession};
-use crate::local_spec::{Listen, LocalSpec, LocalSpecError};
-use sockfwd_proto::accept::{accept_next, Accept};
+use crate::local::proxy_session::ProxySession;
+use crate::local_spec::{LocalSpec, LocalSpecError};
+use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::relay::relay_stream;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::target::Target;
-use sockfwd_proto::transport::{Address, Listener, ListenerError, Stream};
+use sockfwd_proto::transport::{ClientListener, ListenAt, Stream};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-
-/// A bound host listener.
-struct Bound {
-    kind: BoundKind,
-    local: LocalAddr,
-}
-
-enum BoundKind {
-    Tcp(tokio::net::TcpListener),
-    Unix(Listener),
-}
-
-impl Accept for Bound {
-    type Conn = Stream;
-
-    async fn accept(&self) -> std::io::Result<Stream> {
-        match &self.kind {
-            BoundKind::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                // Small request/response exchanges should not wait for Nagle;
-                // a socket that refuses the option still works.
-                let _ = s.set_nodelay(true);
-                Stream::from_fd(OwnedFd::from(s.into_std()?))
-            }
-            BoundKind::Unix(l) => Ok(l.accept().await?.0),
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.local.to_string()
-    }
-}
-
-fn bind(spec: &LocalSpec) -> std::io::Result<Bound> {
-    match &spec.listen {
-        Listen::Tcp(addr) => {
-            let std = std::net::TcpListener::bind(addr)?;
-            std.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(std)?;
-            let local = LocalAddr::Tcp(l.local_addr()?);
-            Ok(Bound {
-                kind: BoundKind::Tcp(l),
-                local,
-            })
-        }
-        Listen::Unix(path) => {
-            // The listen address is named by the caller's error: keep the cause only.
-            let l = Listener::bind(&Address::Unix(path.clone())).map_err(|e| match e {
-                ListenerError::Bind { source, .. } => source,
-                ListenerError::InUse { .. } => std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another process is listening on it",
-                ),
-                ListenerError::NotASocket { .. } => std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "a file that is not a socket is in the way",
-                ),
-                ListenerError::File { source, .. } => {
-                    std::io::Error::other(sockfwd_proto::report::chain(&source))
-                }
-                other => std::io::Error::other(other.to_string()),
-            })?;
-            Ok(Bound {
-                kind: BoundKind::Unix(l),
-                local: LocalAddr::Unix(path.clone()),
-            })
-        }
-    }
-}
 
 impl Guest {
     /// Binds a host listener for `spec` (an `-L` spec, see [`crate::local_spec`])
@@ -130,7 +60,7 @@ impl Guest {
     ) -> Result<Vec<ProxySession>, ProxyError> {
         let mut bound = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            match bind(spec) {
+            match ClientListener::bind(&spec.listen) {
                 Ok(b) => bound.push(b),
                 Err(source) => {
                     // Dropping what was bound closes it (and unlinks Unix sockets).
@@ -139,7 +69,7 @@ impl Guest {
                         spec: names
                             .get(i)
                             .map_or_else(|| spec.to_string(), |s| (*s).to_owned()),
-                        listen: spec.listen.to_string(),
+                        listen: spec.listen.clone(),
                         source,
                     });
                 }
@@ -159,7 +89,7 @@ impl Guest {
         spec: &LocalSpec,
         tries: u16,
     ) -> Result<ProxySession, ProxyError> {
-        let Listen::Tcp(first) = spec.listen else {
+        let ListenAt::Tcp(first) = spec.listen else {
             return self
                 .forward_specs(std::slice::from_ref(spec), &[])
                 .map(|mut v| v.remove(0));
@@ -167,7 +97,7 @@ impl Guest {
         let mut last = None;
         for port in (first.port()..=u16::MAX).take(usize::from(tries.max(1))) {
             let mut s = spec.clone();
-            s.listen = Listen::Tcp(SocketAddr::new(first.ip(), port));
+            s.listen = ListenAt::Tcp(SocketAddr::new(first.ip(), port));
             match self.forward_specs(std::slice::from_ref(&s), &[]) {
                 Ok(mut v) => return Ok(v.remove(0)),
                 Err(e) => last = Some(e),
@@ -180,11 +110,11 @@ impl Guest {
     }
 
     /// Starts the accept loop of `listener` on the handle's tracker.
-    fn serve(&self, spec: LocalSpec, listener: Bound) -> ProxySession {
+    fn serve(&self, spec: LocalSpec, listener: ClientListener) -> ProxySession {
         let stop = self.tasks().stop.child_token();
         let done = CancellationToken::new();
         let counters = Arc::new(ForwardCounters::default());
-        let local = listener.local.clone();
+        let local = listener.at().clone();
         let session = ProxySession::new(
             spec.clone(),
             local.clone(),

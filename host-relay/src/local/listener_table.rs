@@ -3,9 +3,10 @@
 //! has an ID (`local-N`, `auto-PORT`) for `status` and `remove`; each one
 //! opened is announced on stdout (`announce`) for scripts.
 
-use crate::local::proxy_session::{LocalAddr, ProxySession};
+use crate::local::proxy_session::ProxySession;
 use crate::local_spec::LocalSpec;
 use sockfwd_proto::counters::CounterSnapshot;
+use sockfwd_proto::transport::ListenAt;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -43,7 +44,7 @@ pub struct LocalRow {
     /// `local-N` or `auto-PORT`.
     pub id: String,
     /// The bound address.
-    pub local: LocalAddr,
+    pub local: ListenAt,
     /// The guest target.
     pub remote: String,
     /// Its counters.
@@ -116,7 +117,7 @@ impl ListenerTable {
     }
 
     /// Closes the auto-forward of guest `address:port`, if that is the one forwarded.
-    pub fn remove_auto(&self, address: &str, port: u16) -> Option<LocalAddr> {
+    pub fn remove_auto(&self, address: &str, port: u16) -> Option<ListenAt> {
         let mut t = self.lock();
         let id = format!("auto-{port}");
         let matches = matches!(t.by_id.get(&id), Some(e)

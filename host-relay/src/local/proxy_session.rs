@@ -5,34 +5,20 @@
 
 use crate::local_spec::LocalSpec;
 use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
+use sockfwd_proto::transport::ListenAt;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_util::sync::CancellationToken;
 
-/// The address a session listens on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LocalAddr {
-    /// A TCP address, with the port the OS chose for port 0.
-    Tcp(SocketAddr),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for LocalAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LocalAddr::Tcp(a) => write!(f, "{a}"),
-            LocalAddr::Unix(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
+/// The address a session listens on: proto's [`ListenAt`] (the name before
+/// it was shared).
+#[deprecated(since = "0.2.0", note = "use sockfwd_proto::transport::ListenAt")]
+pub type LocalAddr = ListenAt;
 
 /// One host listener forwarding to a guest target. Dropping it closes it too.
 pub struct ProxySession {
     spec: LocalSpec,
-    local: LocalAddr,
+    local: ListenAt,
     counters: Arc<ForwardCounters>,
     /// Cancelled by `close()` (or the guest handle's shutdown).
     stop: CancellationToken,
@@ -45,7 +31,7 @@ impl ProxySession {
     /// loop ends on `stop` and cancels `done` once it is gone.
     pub(crate) fn new(
         spec: LocalSpec,
-        local: LocalAddr,
+        local: ListenAt,
         counters: Arc<ForwardCounters>,
         stop: CancellationToken,
         done: CancellationToken,
@@ -60,7 +46,7 @@ impl ProxySession {
     }
 
     /// The bound local address (the real port when the spec asked for 0).
-    pub fn local_addr(&self) -> &LocalAddr {
+    pub fn local_addr(&self) -> &ListenAt {
         &self.local
     }
 

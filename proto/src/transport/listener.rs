@@ -202,6 +202,15 @@ impl Listener {
     }
 }
 
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match &self.inner {
+            Inner::Unix(fd) => fd.as_raw_fd(),
+            Inner::Vsock(l) => l.as_raw_fd(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,213 @@
+//! Where clients connect to a forward, in either daemon: a remote forward's
+//! listener in the guest, a local forward's on the host. One place is a Unix
+//! socket file or a TCP address ([`ListenAt`]); one listener accepts on
+//! either ([`ClientListener`]), with `TCP_NODELAY` on every TCP client.
+
+use super::{Address, Listener, ListenerError, SocketFileError, Stream};
+use crate::accept::Accept;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Pending connections a TCP listener queues before the accept loop takes them.
+const TCP_BACKLOG: u32 = 1024;
+
+/// Where a forward listens for its clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAt {
+    /// A Unix socket file.
+    Unix(PathBuf),
+    /// A TCP address. Asked for, port 0 means any free port; bound, it is the
+    /// address with the port the kernel picked.
+    Tcp(SocketAddr),
+}
+
+impl ListenAt {
+    /// Whether a listener bound at `self` is what `asked` asks for: the same
+    /// place, or for port 0 the same address with whichever port it got.
+    pub fn answers(&self, asked: &ListenAt) -> bool {
+        match (self, asked) {
+            (ListenAt::Tcp(bound), ListenAt::Tcp(a)) if a.port() == 0 => bound.ip() == a.ip(),
+            _ => self == asked,
+        }
+    }
+}
+
+impl fmt::Display for ListenAt {
+    /// The path, or `IP:PORT` (`[IPV6]:PORT`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAt::Unix(p) => write!(f, "{}", p.display()),
+            ListenAt::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Why a [`ClientListener`] could not be bound; the caller names where.
+#[derive(Debug, Error)]
+pub enum ClientListenError {
+    /// socket, bind or listen failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The Unix socket file could not be made (a live socket or another file
+    /// in the way, ...).
+    #[error(transparent)]
+    File(SocketFileError),
+}
+
+impl From<ListenerError> for ClientListenError {
+    /// The cause without the address, which the caller names.
+    fn from(e: ListenerError) -> ClientListenError {
+        match e {
+            ListenerError::InUse { .. } => ClientListenError::File(SocketFileError::InUse),
+            ListenerError::NotASocket { .. } => {
+                ClientListenError::File(SocketFileError::NotASocket)
+            }
+            ListenerError::File { source, .. } => ClientListenError::File(source),
+            ListenerError::Bind { source, .. } => ClientListenError::Io(source),
+            // Only hybrid vsock addresses, never a client's place.
+            ListenerError::NotListenable(_) => io::Error::from(io::ErrorKind::InvalidInput).into(),
+        }
+    }
+}
+
+enum Inner {
+    Unix(Listener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// A bound listener for a forward's clients; a Unix one removes its socket
+/// file when dropped (see [`Listener`]).
+pub struct ClientListener {
+    inner: Inner,
+    at: ListenAt,
+}
+
+impl ClientListener {
+    /// A Unix listener already bound at `path` (each daemon places its socket
+    /// files its own way).
+    pub fn unix(listener: Listener, path: PathBuf) -> ClientListener {
+        ClientListener {
+            inner: Inner::Unix(listener),
+            at: ListenAt::Unix(path),
+        }
+    }
+
+    /// Listens at `at`; a Unix socket as [`Listener::bind`] makes it (the
+    /// umask's mode; a live socket in the way is refused, a stale one replaced).
+    pub fn bind(at: &ListenAt) -> Result<ClientListener, ClientListenError> {
+        match at {
+            ListenAt::Tcp(addr) => Ok(Self::bind_tcp(*addr)?),
+            ListenAt::Unix(path) => Ok(Self::unix(
+                Listener::bind(&Address::Unix(path.clone()))?,
+                path.clone(),
+            )),
+        }
+    }
+
+    /// Listens on `addr` with SO_REUSEADDR (a port whose last connections are
+    /// in TIME_WAIT can be bound again at once). Needs a tokio runtime.
+    pub fn bind_tcp(addr: SocketAddr) -> io::Result<ClientListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(TCP_BACKLOG)?;
+        Ok(ClientListener {
+            at: ListenAt::Tcp(listener.local_addr()?),
+            inner: Inner::Tcp(listener),
+        })
+    }
+
+    /// Where it listens (for TCP, with the port it got).
+    pub fn at(&self) -> &ListenAt {
+        &self.at
+    }
+}
+
+impl AsRawFd for ClientListener {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.inner {
+            Inner::Unix(l) => l.as_raw_fd(),
+            Inner::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+impl Accept for ClientListener {
+    type Conn = Stream;
+
+    async fn accept(&self) -> io::Result<Stream> {
+        match &self.inner {
+            Inner::Unix(l) => Ok(l.accept().await?.0),
+            Inner::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                // Small request/response exchanges should not wait for Nagle;
+                // a socket that refuses the option still works.
+                let _ = s.set_nodelay(true);
+                Stream::from_fd(OwnedFd::from(s.into_std()?))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.at.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_answered_by_any_port_of_its_address() {
+        let tcp = |s: &str| ListenAt::Tcp(s.parse().unwrap());
+        let bound = tcp("127.0.0.1:4000");
+        assert!(bound.answers(&tcp("127.0.0.1:0")));
+        assert!(bound.answers(&tcp("127.0.0.1:4000")));
+        assert!(!bound.answers(&tcp("127.0.0.1:4001")));
+        assert!(!bound.answers(&tcp("[::1]:0")));
+        assert!(!bound.answers(&ListenAt::Unix("127.0.0.1:0".into())));
+        assert_eq!(tcp("[::1]:1").to_string(), "[::1]:1");
+    }
+
+    #[tokio::test]
+    async fn accepts_on_tcp_and_unix_and_says_where() {
+        let tcp = ClientListener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let ListenAt::Tcp(addr) = *tcp.at() else {
+            panic!("not TCP: {}", tcp.at());
+        };
+        assert_ne!(addr.port(), 0);
+        assert!(tcp.as_raw_fd() >= 0);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = tcp.accept().await.unwrap();
+        drop(client);
+        assert_eq!(conn.read(&mut [0u8; 1]).await.unwrap(), 0);
+        // Its port is taken while it listens.
+        let err = ClientListener::bind(tcp.at()).err().unwrap();
+        assert!(
+            matches!(&err, ClientListenError::Io(e) if e.kind() == io::ErrorKind::AddrInUse),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let unix = ClientListener::bind(&ListenAt::Unix(path.clone())).unwrap();
+        assert_eq!(unix.describe(), path.display().to_string());
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        unix.accept().await.unwrap();
+        let err = ClientListener::bind(unix.at()).err().unwrap();
+        assert!(
+            matches!(err, ClientListenError::File(SocketFileError::InUse)),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "another process is listening on it");
+        drop(unix);
+        assert!(!path.exists());
+    }
+}
