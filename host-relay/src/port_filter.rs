@@ -1,23 +1,14 @@
 //! `--auto-forward all|PORTS`: which guest TCP ports get a local forward.
 
+use sockfwd_proto::target::PortRange;
+/// What is wrong with a port list: a port or range as proto reads it.
+pub use sockfwd_proto::target::PortRangeError as PortFilterError;
 use std::str::FromStr;
-use thiserror::Error;
 
 /// Which guest ports are auto-forwarded: `all`, or ports and ranges
 /// (`3000,8000-8999`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortFilter(Vec<(u16, u16)>);
-
-/// What is wrong with a port list.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum PortFilterError {
-    /// Not a number from 1 to 65535.
-    #[error("{0:?} is not a port from 1 to 65535")]
-    Port(String),
-    /// `B-A` with B above A.
-    #[error("range {0:?} is reversed")]
-    Reversed(String),
-}
+pub struct PortFilter(Vec<PortRange>);
 
 impl PortFilter {
     /// Every port.
@@ -27,15 +18,8 @@ impl PortFilter {
 
     /// Whether `port` is forwarded.
     pub fn allows(&self, port: u16) -> bool {
-        self.0.is_empty() || self.0.iter().any(|(a, b)| (*a..=*b).contains(&port))
+        self.0.is_empty() || self.0.iter().any(|r| r.contains(port))
     }
-}
-
-fn port(p: &str) -> Result<u16, PortFilterError> {
-    p.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| PortFilterError::Port(p.to_owned()))
 }
 
 impl FromStr for PortFilter {
@@ -45,16 +29,10 @@ impl FromStr for PortFilter {
         if s == "all" {
             return Ok(PortFilter::all());
         }
-        let mut ranges = Vec::new();
-        for part in s.split(',') {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let (a, b) = (port(a)?, port(b)?);
-            if a > b {
-                return Err(PortFilterError::Reversed(part.to_owned()));
-            }
-            ranges.push((a, b));
-        }
-        Ok(PortFilter(ranges))
+        s.split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(PortFilter)
     }
 }
 

@@ -9,7 +9,9 @@
 //! the canonical form, which parses back to the same value.
 //!
 //! Only the grammar lives here: what a guest allows (`--allow-target`) is the
-//! agent's, and how a TCP target is dialed is [`crate::tcp_dial`].
+//! agent's, and how a TCP target is dialed is [`crate::tcp_dial`]. Port ranges
+//! (`A-B`, [`PortRange`]) are read the same way by the agent's allow patterns
+//! and the relay's `--auto-forward`.
 
 use crate::transport::SUN_PATH_MAX;
 use std::fmt;
@@ -65,6 +67,48 @@ pub fn parse_port(s: &str) -> Result<u16, TargetParseError> {
     match s.parse::<u16>() {
         Ok(p) if digits && p != 0 => Ok(p),
         _ => Err(TargetParseError::Port(s.to_owned())),
+    }
+}
+
+/// A port or an inclusive range of ports, `A` or `A-B`, each as [`parse_port`]
+/// reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// The first port of the range.
+    pub first: u16,
+    /// The last port of the range (`first` for a single port).
+    pub last: u16,
+}
+
+/// Why a port range does not parse.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PortRangeError {
+    /// A port is not 1 to 65535 in decimal digits.
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    Port(String),
+    /// `B-A` with B above A.
+    #[error("the port range {0:?} is reversed")]
+    Reversed(String),
+}
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PortRangeError;
+
+    fn from_str(s: &str) -> Result<PortRange, PortRangeError> {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let port = |p: &str| parse_port(p).map_err(|_| PortRangeError::Port(p.to_owned()));
+        let (first, last) = (port(a)?, port(b)?);
+        if first > last {
+            return Err(PortRangeError::Reversed(s.to_owned()));
+        }
+        Ok(PortRange { first, last })
     }
 }
 
@@ -164,6 +208,33 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges() {
+        let r: PortRange = "8000-8999".parse().unwrap();
+        assert!(r.contains(8000) && r.contains(8999) && !r.contains(9000));
+        assert_eq!(
+            "22".parse(),
+            Ok(PortRange {
+                first: 22,
+                last: 22
+            })
+        );
+        for (bad, want) in [
+            ("", PortRangeError::Port(String::new())),
+            ("0", PortRangeError::Port("0".into())),
+            ("+1", PortRangeError::Port("+1".into())),
+            ("1-", PortRangeError::Port(String::new())),
+            ("1-2-3", PortRangeError::Port("2-3".into())),
+            ("9-8", PortRangeError::Reversed("9-8".into())),
+        ] {
+            assert_eq!(bad.parse::<PortRange>(), Err(want), "{bad:?}");
+        }
+        assert_eq!(
+            PortRangeError::Reversed("9-8".into()).to_string(),
+            "the port range \"9-8\" is reversed"
+        );
+    }
 
     #[test]
     fn each_form_parses_to_its_canonical_text() {

@@ -5,7 +5,9 @@
 //! (`sockfwd_proto::target`); the patterns split and read ports with its pieces.
 
 use serde::{Serialize, Serializer};
-use sockfwd_proto::target::{is_host_name, parse_port, split_host_port, TargetParseError};
+use sockfwd_proto::target::{
+    is_host_name, split_host_port, PortRange, PortRangeError, TargetParseError,
+};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -42,7 +44,7 @@ enum HostPattern {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PortPattern {
     Any,
-    Range(u16, u16),
+    Range(PortRange),
 }
 
 /// Why an `--allow-target` pattern was refused.
@@ -59,9 +61,9 @@ pub enum PatternError {
     /// Not `HOST:PORT` (the target grammar's own complaint).
     #[error(transparent)]
     Target(#[from] TargetParseError),
-    /// `B-A` with A < B.
-    #[error("the port range is reversed")]
-    Reversed,
+    /// Not a port or a range of ports.
+    #[error(transparent)]
+    Ports(#[from] PortRangeError),
     /// The host part is not `*`, an IP literal (IPv6 in brackets) or a name.
     #[error("the host must be *, an IP address or a name")]
     Host,
@@ -81,14 +83,7 @@ fn parse_pattern(s: &str) -> Result<Pattern, PatternError> {
     };
     let ports = match port {
         "*" => PortPattern::Any,
-        p => {
-            let (a, b) = p.split_once('-').unwrap_or((p, p));
-            let (a, b) = (parse_port(a)?, parse_port(b)?);
-            if a > b {
-                return Err(PatternError::Reversed);
-            }
-            PortPattern::Range(a, b)
-        }
+        p => PortPattern::Range(p.parse()?),
     };
     let host = match (host, host.parse::<IpAddr>()) {
         ("*", _) if !bracketed => HostPattern::Any,
@@ -162,7 +157,7 @@ impl AllowList {
                 Pattern::Tcp(host, ports) => {
                     let port_ok = match *ports {
                         PortPattern::Any => true,
-                        PortPattern::Range(a, b) => (a..=b).contains(&addr.port()),
+                        PortPattern::Range(r) => r.contains(addr.port()),
                     };
                     let host_ok = match host {
                         HostPattern::Any => true,
