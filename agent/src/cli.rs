@@ -5,9 +5,9 @@
 //! file and the kernel command line use, and [`flag_error`] words a bad value
 //! the way the other layers do.
 
-use crate::config::keys::Keys;
 use crate::config::layers::{ConfigError, Effective, Source};
 use crate::config::load;
+use crate::config::Keys;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser};
 use std::path::PathBuf;

@@ -163,8 +163,9 @@ pub async fn run_notifying(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use config::{BootForward, BootListen};
+    use config::BootForward;
     use notify::Notifier;
+    use sockfwd_proto::transport::ListenAt;
     use std::time::Duration;
 
     async fn next(socket: &tokio::net::UnixDatagram) -> String {
@@ -189,7 +190,7 @@ mod tests {
             streams: Address::Unix(streams.clone()),
             forwards: vec![BootForward {
                 id: "web".into(),
-                listen: BootListen::Path(boot.clone()),
+                listen: ListenAt::Unix(boot.clone()),
                 mode: Some(0o600),
                 uid: None,
                 gid: None,
@@ -262,7 +263,7 @@ mod tests {
             streams: Address::Unix(dir.path().join("s.sock")),
             forwards: vec![BootForward {
                 id: "f".into(),
-                listen: BootListen::Path(taken),
+                listen: ListenAt::Unix(taken),
                 mode: None,
                 uid: None,
                 gid: None,

@@ -9,8 +9,8 @@
 
 use clap::Parser as _;
 use sockfwd_agent::cli::{self, Cli};
-use sockfwd_agent::config::layers::{ConfigError, DEFAULT_LOG};
-use sockfwd_agent::config::print;
+use sockfwd_agent::config::layers::ConfigError;
+use sockfwd_agent::config::{print, DEFAULT_LOG};
 use sockfwd_agent::notify::{Systemd, SystemdEnv};
 use sockfwd_agent::AgentError;
 use sockfwd_proto::report;
@@ -24,8 +24,6 @@ use tokio_util::task::TaskTracker;
 enum MainError {
     #[error(transparent)]
     Config(ConfigError),
-    #[error("printing the configuration")]
-    Print(#[source] toml::ser::Error),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("installing signal handlers")]
@@ -41,10 +39,9 @@ impl MainError {
             // configuration problem, like a bad value.
             MainError::Config(_) => ExitCode::from(2),
             MainError::Agent(e) if e.is_address_in_use() => ExitCode::from(2),
-            MainError::Print(_)
-            | MainError::Runtime(_)
-            | MainError::Signals(_)
-            | MainError::Agent(_) => ExitCode::FAILURE,
+            MainError::Runtime(_) | MainError::Signals(_) | MainError::Agent(_) => {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -106,13 +103,10 @@ fn run(cli: Cli) -> Result<(), MainError> {
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        print!(
-            "{}",
-            print::render(&effective, own).map_err(MainError::Print)?
-        );
+        print!("{}", print::render(&effective, own));
         return Ok(());
     }
-    init_logging(&effective.log);
+    init_logging(&effective.config.log);
     for warning in &effective.warnings {
         tracing::warn!("{warning}");
     }

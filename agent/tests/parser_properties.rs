@@ -12,8 +12,8 @@
 
 use proptest::prelude::*;
 use sockfwd_agent::config::cmdline::{self, Param};
-use sockfwd_agent::config::keys::Keys;
 use sockfwd_agent::config::layers::{ConfigError, Effective, FileLayer, Layers, Source};
+use sockfwd_agent::config::Keys;
 use std::path::PathBuf;
 
 fn no_file() -> FileLayer {

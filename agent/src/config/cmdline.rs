@@ -10,7 +10,8 @@
 //! - `--` ends the kernel's parameters: what follows is init's argv;
 //! - a word without `=` has no value (a switch such as `sockfwd.allow_any_cid`).
 //!
-//! Which keys exist and what their values mean is [`crate::config::keys`]'s business.
+//! Which keys exist and what their values mean is the key table's business
+//! ([`crate::config`]).
 
 /// Every parameter of ours starts with this.
 pub const PREFIX: &str = "sockfwd.";

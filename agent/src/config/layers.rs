@@ -2,10 +2,11 @@
 //! file, the kernel command line, flags.
 //!
 //! [`crate::config::load`] reads the file and `/proc/cmdline`;
-//! [`Effective::try_from`] is the pure part. It checks each layer on its own, so a bad value is an error even
-//! where a later layer overrides it, and says which key (as that layer spells
-//! it), which layer and which value; then it merges them: a key of a later
-//! layer replaces an earlier layer's value for its setting (a list all of its
+//! [`Effective::try_from`] is the pure part. It reads each layer on its own
+//! into [`Keys`], so a bad value is an error even where a later layer
+//! overrides it, and says which key (as that layer spells it), which layer and
+//! which value; then it lays them over the defaults: a key of a later layer
+//! replaces an earlier layer's value for its setting (a list key all of its
 //! list), and the source of every setting is kept for `--print-config`.
 //!
 //! An unknown `sockfwd.` key is only a warning (the kernel command line is
@@ -15,17 +16,14 @@
 //! one wins otherwise.
 
 use crate::config::cmdline::{self, Param};
-use crate::config::keys::{catalog, KeyInfo, Keys};
-use crate::config::AgentConfig;
-use serde::Deserialize as _;
-use std::collections::{BTreeMap, HashMap};
+use crate::config::{AgentConfig, Key, Keys, KEYS};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use thiserror::Error;
+use toml::Value as Toml;
 
-/// The tracing filter when neither a layer nor `RUST_LOG` gives one.
-pub const DEFAULT_LOG: &str = "info";
 /// The kernel command line key that names the file (not itself a file key).
 pub const CONFIG_KEY: &str = "config";
 
@@ -89,7 +87,7 @@ pub enum ConfigError {
         place: String,
         /// The value as given: quoted text, or TOML's spelling.
         value: String,
-        /// What was expected instead (a [`ValueError`](crate::config::values::ValueError), as serde carries it).
+        /// What was expected instead (a [`ValueError`](crate::config::values::ValueError)'s words).
         expected: String,
     },
     /// A key the file may not hold, and the file.
@@ -116,14 +114,6 @@ pub enum ConfigError {
     /// `--cmdline-file` could not be read.
     #[error("reading the kernel command line from {}", .0.display())]
     ReadCmdline(PathBuf, #[source] io::Error),
-    /// The flags could not be laid out as a layer (each value prints as text
-    /// that parses back, so this is a bug).
-    #[error("the flags do not read back as configuration values")]
-    Flags(#[source] toml::ser::Error),
-    /// The merged layers do not read back (each value was accepted in its own
-    /// layer, so this is a bug).
-    #[error("the merged configuration does not read back")]
-    Merged(#[source] toml::de::Error),
 }
 
 /// Something to log once logging is up.
@@ -157,7 +147,7 @@ pub struct Layers {
     /// The kernel command line's `sockfwd.` parameters and where they were
     /// read (`None`: not readable).
     pub cmdline: Option<(PathBuf, Vec<Param>)>,
-    /// The flags, as clap parsed them.
+    /// The flags, as clap read them.
     pub flags: Keys,
     /// `RUST_LOG`, the default for `log`.
     pub rust_log: Option<String>,
@@ -168,13 +158,11 @@ pub struct Layers {
 /// The effective configuration and where each setting came from.
 #[derive(Debug)]
 pub struct Effective {
-    /// The configuration for [`crate::run`].
+    /// The configuration for [`crate::run`] (and the binary's log filter).
     pub config: AgentConfig,
-    /// The tracing filter for the binary's logging.
-    pub log: String,
-    /// Source of each setting some layer set, by setting; a setting not here
+    /// Source of each setting some layer set, by field; a setting not here
     /// has its default.
-    pub sources: BTreeMap<String, Source>,
+    pub sources: BTreeMap<&'static str, Source>,
     /// Things to log once logging is up.
     pub warnings: Vec<Warning>,
     /// The file layer.
@@ -184,181 +172,103 @@ pub struct Effective {
 }
 
 impl Effective {
-    /// Where `setting` came from.
-    pub fn source(&self, setting: &str) -> &Source {
-        self.sources.get(setting).unwrap_or(&Source::Default)
+    /// Where the setting of `key` (a key or a field) came from.
+    pub fn source(&self, key: &str) -> &Source {
+        let field = KEYS.iter().find(|k| k.name == key).map_or(key, |k| k.field);
+        self.sources.get(field).unwrap_or(&Source::Default)
     }
 }
 
-/// One layer: its keys in the order given, a list key once per value (the
-/// kernel command line's values are TOML strings; a bare word is `""`).
-struct Layer<'a> {
-    source: Source,
-    entries: Vec<(&'a KeyInfo, toml::Value)>,
+/// The key the file or the kernel command line names `name`.
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
 }
 
-impl<'a> Layer<'a> {
-    /// The value as a message shows it: quoted text, or TOML's own spelling.
-    fn shown(&self, value: &toml::Value) -> String {
-        match (&self.source, value) {
-            (Source::Cmdline, toml::Value::String(s)) => format!("{s:?}"),
-            (_, v) => v.to_string(),
-        }
-    }
-
-    /// Checks every value on its own, and that no two keys set one setting.
-    fn check(&self) -> Result<(), ConfigError> {
-        let mut seen: HashMap<&str, &str> = HashMap::new();
-        for (key, value) in &self.entries {
-            let first = *seen.entry(&key.setting).or_insert(&key.name);
-            if first != key.name {
-                return Err(ConfigError::Conflict {
-                    first: self.source.spell(first),
-                    second: self.source.spell(&key.name),
-                    setting: key.setting.clone(),
-                    place: self.source.place(),
-                });
-            }
-            let alone = match value {
-                toml::Value::Array(_) => value.clone(),
-                _ if key.list => toml::Value::Array(vec![value.clone()]),
-                _ => value.clone(),
-            };
-            let alone = toml::Table::from_iter([(key.name.clone(), alone)]);
-            if let Err(e) = Keys::deserialize(toml::Value::Table(alone)) {
-                return Err(ConfigError::Value {
-                    key: self.source.spell(&key.name),
-                    place: self.source.place(),
-                    value: self.shown(value),
-                    expected: e.message().to_owned(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Lays this layer over `merged`: each setting it gives replaces what the
-    /// layers before gave for it (a list key's values, together, its list).
-    fn merge_into(
-        &self,
-        merged: &mut toml::Table,
-        sources: &mut BTreeMap<String, Source>,
-        keys: &[KeyInfo],
-    ) {
-        let setting = |name: &str| keys.iter().find(|k| k.name == name).map(|k| &k.setting);
-        for (key, value) in &self.entries {
-            if sources.get(&key.setting) != Some(&self.source) {
-                // The first of this setting in this layer: earlier layers' go.
-                merged.retain(|name, _| setting(name) != Some(&key.setting));
-                sources.insert(key.setting.clone(), self.source.clone());
-            }
-            if !key.list {
-                merged.insert(key.name.clone(), value.clone());
-            } else if let toml::Value::Array(items) = merged
-                .entry(key.name.clone())
-                .or_insert_with(|| toml::Value::Array(Vec::new()))
-            {
-                match value {
-                    toml::Value::Array(more) => items.extend(more.iter().cloned()),
-                    one => items.push(one.clone()),
-                }
-            }
-        }
-    }
-
-    /// The file's table: every key must be one of ours; a list key's array
-    /// gives one entry per element, checked alone (`[]` empties the list).
-    fn file(
-        path: &Path,
-        table: toml::Table,
-        keys: &'a [KeyInfo],
-    ) -> Result<Layer<'a>, ConfigError> {
-        let mut entries = Vec::new();
-        for (name, value) in table {
-            let key = keys.iter().find(|k| k.name == name);
-            let key = key.ok_or_else(|| ConfigError::UnknownKey(name.clone(), path.into()))?;
-            match value {
-                toml::Value::Array(items) if key.list && !items.is_empty() => {
-                    entries.extend(items.into_iter().map(|v| (key, v)));
-                }
-                v => entries.push((key, v)),
-            }
-        }
-        Ok(Layer {
-            source: Source::File(path.to_path_buf()),
-            entries,
-        })
-    }
-
-    /// The kernel command line's `sockfwd.` parameters, unknown ones warned
-    /// about and left out (as is `config`, which [`crate::config::load`] has used).
-    fn cmdline(params: &[Param], keys: &'a [KeyInfo], warnings: &mut Vec<Warning>) -> Layer<'a> {
-        let mut entries = Vec::new();
-        for p in params.iter().filter(|p| p.key != CONFIG_KEY) {
-            match keys.iter().find(|k| k.name == p.key) {
-                Some(key) => {
-                    let text = p.value.clone().unwrap_or_default();
-                    entries.push((key, toml::Value::String(text)));
-                }
-                None => warnings.push(Warning::UnknownKey(p.key.clone())),
-            }
-        }
-        Layer {
-            source: Source::Cmdline,
-            entries,
-        }
-    }
-
-    /// The flags clap parsed, laid out as TOML values.
-    fn flags(flags: &Keys, keys: &'a [KeyInfo]) -> Result<Layer<'a>, ConfigError> {
-        let mut table = toml::Table::try_from(flags).map_err(ConfigError::Flags)?;
-        let entries = keys
+/// Reads one layer's values, in the order given (the kernel command line's are
+/// TOML strings; a bare word is `""`).
+fn read(source: &Source, entries: Vec<(&'static Key, Toml)>) -> Result<Keys, ConfigError> {
+    let mut keys = Keys::default();
+    let mut seen: Vec<&Key> = Vec::new();
+    for (key, value) in entries {
+        if let Some(first) = seen
             .iter()
-            .filter_map(|key| Some((key, table.remove(&key.name)?)))
-            .collect();
-        Ok(Layer {
-            source: Source::Flag,
-            entries,
-        })
+            .find(|k| k.field == key.field && k.name != key.name)
+        {
+            return Err(ConfigError::Conflict {
+                first: source.spell(first.name),
+                second: source.spell(key.name),
+                setting: key.field.to_owned(),
+                place: source.place(),
+            });
+        }
+        seen.push(key);
+        keys.add(key.name, value)
+            .map_err(|(value, e)| ConfigError::Value {
+                key: source.spell(key.name),
+                place: source.place(),
+                value: match (source, value) {
+                    (Source::Cmdline, Toml::String(s)) => format!("{s:?}"),
+                    (_, v) => v.to_string(),
+                },
+                expected: e.to_string(),
+            })?;
     }
+    Ok(keys)
 }
 
 impl TryFrom<Layers> for Effective {
     type Error = ConfigError;
 
-    /// Checks each layer, then merges them over the defaults; see the module docs.
+    /// Reads each layer, then lays them over the defaults; see the module docs.
     fn try_from(layers: Layers) -> Result<Effective, ConfigError> {
-        let keys = catalog();
         let mut warnings = layers.warnings;
-        let mut merged = toml::Table::new();
-        let mut sources = BTreeMap::new();
-        let mut all = Vec::new();
+        let mut given = Vec::new();
         if let Some(text) = &layers.file.text {
+            let path = &layers.file.path;
             let table: toml::Table = text
                 .parse()
-                .map_err(|e| ConfigError::Syntax(layers.file.path.clone(), e))?;
-            all.push(Layer::file(&layers.file.path, table, &keys)?);
+                .map_err(|e| ConfigError::Syntax(path.clone(), e))?;
+            let entries = table
+                .into_iter()
+                .map(|(name, value)| match key(&name) {
+                    Some(key) => Ok((key, value)),
+                    None => Err(ConfigError::UnknownKey(name, path.clone())),
+                })
+                .collect::<Result<_, _>>()?;
+            let source = Source::File(path.clone());
+            given.push((read(&source, entries)?, source));
         }
         if let Some((_, params)) = &layers.cmdline {
-            all.push(Layer::cmdline(params, &keys, &mut warnings));
-        }
-        all.push(Layer::flags(&layers.flags, &keys)?);
-        for layer in &all {
-            layer.check()?;
-            layer.merge_into(&mut merged, &mut sources, &keys);
-        }
-        let merged = Keys::deserialize(toml::Value::Table(merged)).map_err(ConfigError::Merged)?;
-        let log = match (&merged.log, layers.rust_log) {
-            (Some(filter), _) => filter.0.clone(),
-            (None, Some(env)) if !env.trim().is_empty() => {
-                sources.insert("log".to_owned(), Source::Environment);
-                env
+            let mut entries = Vec::new();
+            // `config` named the file, which load.rs has read.
+            for p in params.iter().filter(|p| p.key != CONFIG_KEY) {
+                match key(&p.key) {
+                    Some(key) => {
+                        entries.push((key, Toml::String(p.value.clone().unwrap_or_default())))
+                    }
+                    None => warnings.push(Warning::UnknownKey(p.key.clone())),
+                }
             }
-            (None, _) => DEFAULT_LOG.to_owned(),
-        };
+            given.push((read(&Source::Cmdline, entries)?, Source::Cmdline));
+        }
+        given.push((layers.flags, Source::Flag));
+
+        let mut config = AgentConfig::default();
+        let mut sources = BTreeMap::new();
+        for (keys, source) in given {
+            keys.apply(&mut config, |field| {
+                sources.insert(field, source.clone());
+            });
+        }
+        match layers.rust_log {
+            Some(env) if !env.trim().is_empty() && !sources.contains_key("log") => {
+                config.log = env;
+                sources.insert("log", Source::Environment);
+            }
+            _ => {}
+        }
         Ok(Effective {
-            config: AgentConfig::from(merged),
-            log,
+            config,
             sources,
             warnings,
             file: layers.file,
@@ -473,7 +383,7 @@ mod tests {
                 "expected a duration",
             ),
             ("max_pending", "-3", "from 1 to"),
-            ("max_stream_id_len", "65537", "from 1 to 65536"),
+            ("max_stream_id_len", "257", "from 1 to 256"),
             ("control_port", "x", "port number"),
             (
                 "control",
@@ -550,7 +460,7 @@ mod tests {
         assert_eq!((c.socket_mode, c.socket_uid), (0o600, Some(1000)));
         assert!(c.allow_any_cid);
         assert_eq!(c.allow_targets.0.len(), 1);
-        assert_eq!(e.log, "warn,sockfwd_agent=debug");
+        assert_eq!(e.config.log, "warn,sockfwd_agent=debug");
         let dial = |cmd| resolve(None, cmd, &[]).unwrap().config.control;
         let host = ControlMode::Dial(ControlMode::default_dial());
         assert_eq!(dial("sockfwd.control_dial"), host);
@@ -581,7 +491,7 @@ mod tests {
         let f = file(r#"forward = "web:/run/w.sock""#);
         assert_eq!(
             f.forwards[0].listen,
-            crate::config::BootListen::Path(PathBuf::from("/run/w.sock"))
+            sockfwd_proto::transport::ListenAt::Unix(PathBuf::from("/run/w.sock"))
         );
         let f = file(r#"forward = { id = "db", tcp = "[::1]:5432" }"#);
         assert_eq!(f.forwards[0].to_string(), "db:tcp:[::1]:5432");
@@ -678,7 +588,7 @@ mod tests {
         let log = |cmd: &str, env: Option<&str>| {
             let e = Effective::try_from(layers(None, cmd, Keys::default(), env)).unwrap();
             let source = e.source("log").clone();
-            (e.log, source)
+            (e.config.log, source)
         };
         assert_eq!(
             log("", Some("debug")),
@@ -694,24 +604,8 @@ mod tests {
 
     #[test]
     fn every_key_is_accepted_by_every_layer() {
-        let value = |key: &str| match key {
-            "control" | "control_dial" => "unix:///c.sock",
-            "streams" => "unix:///s.sock",
-            "control_port" | "streams_port" => "5000",
-            "pending_timeout" | "result_timeout" | "handshake_timeout" | "claim_timeout"
-            | "shutdown_grace" => "7s",
-            "max_pending" | "max_stream_id_len" | "max_sockets_per_bind" => "7",
-            "socket_mode" => "0600",
-            "socket_uid" | "socket_gid" => "7",
-            "allow_dir" => "/run",
-            "allow_any_cid" => "true",
-            "allow_target" | "allow_listen" => "*:80",
-            "forward" => "f:/run/f.sock",
-            "log" => "debug",
-            other => panic!("no sample value for the new key {other}: add one here"),
-        };
-        for key in catalog() {
-            let (name, v) = (&key.name, value(&key.name));
+        for key in KEYS {
+            let (name, v) = (key.name, key.sample);
             let flag = format!("--{}={v}", name.replace('_', "-"));
             for (file, cmd, args, source) in [
                 (
@@ -725,9 +619,8 @@ mod tests {
             ] {
                 let e = resolve(file.as_deref(), &cmd, &args).unwrap();
                 assert!(e.warnings.is_empty(), "{name}");
-                assert_eq!(e.source(&key.setting), &source, "{name}");
-                let defaults = (AgentConfig::default(), DEFAULT_LOG.to_owned());
-                assert_ne!((e.config, e.log), defaults, "{name} {source:?}");
+                assert_eq!(e.source(key.field), &source, "{name}");
+                assert_ne!(e.config, AgentConfig::default(), "{name} {source:?}");
             }
         }
     }

@@ -4,11 +4,11 @@
 //! [`Effective::try_from`] merges them with the flags.
 
 use crate::config::cmdline::{self, Param};
-use crate::config::keys::Keys;
 use crate::config::layers::{
     ConfigError, Effective, FileLayer, Layers, Source, Warning, CONFIG_KEY,
 };
 use crate::config::values::ValueError;
+use crate::config::Keys;
 use std::io;
 use std::path::{Path, PathBuf};
 

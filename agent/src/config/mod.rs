@@ -2,302 +2,216 @@
 //! later wins: the built-in defaults, the TOML file, the kernel command line
 //! (`sockfwd.KEY=VALUE`) and the flags.
 //!
-//! - [`keys`]: every key, once: a field of [`keys::Keys`] is the flag (clap),
-//!   the file key and the `sockfwd.` key (serde) at the same time, its type
-//!   from [`values`] parsing it the same way in every layer;
-//! - [`layers`]: each layer read into a table and checked on its own (a bad
-//!   value names its key, its layer and itself), then merged with the source
-//!   of each setting kept: [`layers::Effective`]; [`load`] reads them;
-//! - [`cmdline`]: the kernel command line split as the kernel does;
-//! - [`allow`]: the `--allow-target` patterns, parsed and matched;
-//! - [`print`](mod@print): `--print-config`, a valid file with each value's source.
+//! The table below is every setting, once: its doc comment (the flag's help,
+//! the field's doc and the shipped file's comment), its field and type, its
+//! default, and the [`values`] kind that reads its value the same way in every
+//! layer. [`keys!`](keys::keys) makes the rest of it: the field of
+//! [`AgentConfig`] and its `Default`, the typed flag (`--pending-timeout`, the
+//! default in its help), the file key (`pending_timeout`) and the kernel
+//! command line key (`sockfwd.pending_timeout`), how one layer's values land
+//! in the field, its line in `--print-config` and in `dist/agent.toml`, and a
+//! sample value for the tests.
 //!
 //! # Adding a key
 //!
-//! A key is written in two places, and nowhere else:
-//! 1. a field of [`keys::Keys`], named as the file spells the key: its doc
-//!    comment is the flag's help, its `#[arg]` the flag's shape, and its type
-//!    (one of [`values`], or a new one there) what every layer accepts;
-//! 2. the field it sets in [`AgentConfig`] here, and in `keys.rs`
-//!    its line in `From<Keys> for AgentConfig`, which holds its default.
+//! One row in the table, nowhere else (a new kind of value is a [`values`]
+//! kind, or a [`Kind`](values::Kind) beside its domain type as
+//! [`forward::Forward`] is); then `SOCKFWD_BLESS=1 cargo nextest run -p
+//! sockfwd-agent shipped_file` writes `dist/agent.toml` anew. An alias (another
+//! key for a setting above, such as `control_port`) is a row after `[aliases]`.
 //!
-//! The file, the kernel command line, the layering, `--print-config` and the
-//! sources follow from these; a test fails if the flag and the file or kernel
-//! command line disagree on the set of keys.
+//! - [`layers`]: each layer read and checked on its own (a bad value names its
+//!   key, its layer and itself), then laid over the defaults with the source
+//!   of each setting kept ([`layers::Effective`]); [`load`] reads the files;
+//! - [`cmdline`]: the kernel command line split as the kernel does;
+//! - [`allow`]: the `--allow-target`/`--allow-listen` patterns, parsed and matched;
+//! - [`print`](mod@print): `--print-config` (a valid file with each value's
+//!   source) and the commented default file.
 
 pub mod allow;
 pub mod cmdline;
+pub mod forward;
 pub mod keys;
 pub mod layers;
 pub mod load;
 pub mod print;
 pub mod values;
 
-use serde::ser::{SerializeMap as _, Serializer};
-use serde::Serialize;
-use sockfwd_proto::rpc::Socket;
-use sockfwd_proto::transport::{Address, VMADDR_CID_ANY, VMADDR_CID_HOST};
-use std::fmt;
-use std::net::SocketAddr;
+pub use allow::{AllowList, AllowTarget, AllowTargetError};
+pub use forward::BootForward;
+pub use keys::Key;
+pub use values::{ControlMode, CONTROL_PORT};
+
+use forward::Forward;
+use keys::{keys, Field};
+use sockfwd_proto::transport::{Address, VMADDR_CID_ANY};
+use sockfwd_proto::{handshake, stream_id};
 use std::path::PathBuf;
 use std::time::Duration;
+use values::{
+    Allow, ControlDial, ControlListen, ControlPort, Count, Dir, Gid, Grace, Kind, Listen, Log,
+    Mode, Port, Switch, Timeout, Uid, ValueError,
+};
 
-pub use allow::{AllowList, AllowTarget, AllowTargetError};
-
-/// The vsock port of the control channel (wire contract).
-pub const CONTROL_PORT: u32 = 1025;
 /// The vsock port of the streams channel (wire contract).
 pub const STREAMS_PORT: u32 = 1026;
-/// The longest stream ID length a user may configure (the handshake allocates it).
-pub const MAX_STREAM_ID_LEN_LIMIT: usize = 64 << 10;
+/// The tracing filter when neither a layer nor `RUST_LOG` gives one.
+pub const DEFAULT_LOG: &str = "info";
 
-/// How the control channel is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlMode {
-    /// Listen on the address; each connection is one ttrpc client (the host).
-    Listen(Address),
-    /// Dial the host and serve ttrpc on that connection, redialing when it drops
-    /// (nerdbox's topology).
-    Dial(Address),
-}
+keys! {
+    /// ttrpc listener: the control channel, vsock://CID:PORT (CID -1: any) or
+    /// unix://PATH; the host relay dials it
+    control: ControlMode = ControlMode::Listen(ControlMode::default_listen()), ControlListen;
 
-impl ControlMode {
-    /// The default listening form: `vsock://-1:1025`.
-    pub fn default_listen() -> Address {
-        Address::Vsock {
-            cid: VMADDR_CID_ANY,
-            port: CONTROL_PORT,
-        }
-    }
+    /// Stream-port listener: each forwarded connection arrives here as one
+    /// connection from the host
+    streams: Address = Address::Vsock { cid: VMADDR_CID_ANY, port: STREAMS_PORT }, Listen;
 
-    /// The default dialing form: `vsock://2:1025`.
-    pub fn default_dial() -> Address {
-        Address::Vsock {
-            cid: VMADDR_CID_HOST,
-            port: CONTROL_PORT,
-        }
-    }
-}
+    /// How long a guest connection waits for the host to answer it, then is
+    /// closed
+    pending_timeout: Duration = Duration::from_secs(30), Timeout;
 
-impl fmt::Display for ControlMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ControlMode::Listen(a) => write!(f, "listen {a}"),
-            ControlMode::Dial(a) => write!(f, "dial {a}"),
-        }
-    }
-}
+    /// How long one Accept stream may take to answer before the request is
+    /// offered to another
+    result_timeout: Duration = Duration::from_secs(10), Timeout;
 
-impl Serialize for ControlMode {
-    /// As the key that sets it: `control = ADDR` or `control_dial = ADDR`.
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (key, addr) = match self {
-            ControlMode::Listen(a) => ("control", a),
-            ControlMode::Dial(a) => ("control_dial", a),
-        };
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry(key, &addr.to_string())?;
-        map.end()
-    }
-}
+    /// Guest connections waiting for the host at once; beyond it new ones are
+    /// closed and logged
+    max_pending: usize = 4096, Count<{ usize::MAX }>;
 
-/// Everything the agent needs to run; see `docs/design.md` "Agent CLI". Its
-/// defaults are in `keys.rs`, beside the keys that set each field; it
-/// serializes as the file spells it (`--print-config`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AgentConfig {
-    /// The control channel: listen (default `vsock://-1:1025`) or dial the host.
-    #[serde(flatten)]
-    pub control: ControlMode,
-    /// The stream-port listener (default `vsock://-1:1026`).
-    #[serde(serialize_with = "display")]
-    pub streams: Address,
-    /// How long a client connection waits for its `ConnectResult`.
-    #[serde(serialize_with = "duration")]
-    pub pending_timeout: Duration,
-    /// How long one Accept stream may take to answer before another is tried.
-    #[serde(serialize_with = "duration")]
-    pub result_timeout: Duration,
-    /// Client connections waiting for a result at once; beyond it they are refused.
-    pub max_pending: usize,
-    /// Longest stream ID accepted in a stream-port handshake.
-    pub max_stream_id_len: usize,
-    /// Read deadline of a stream-port handshake.
-    #[serde(serialize_with = "duration")]
-    pub handshake_timeout: Duration,
-    /// A registered stream that nobody claims within this is closed.
-    #[serde(serialize_with = "duration")]
-    pub claim_timeout: Duration,
-    /// How long open relays may run after Shutdown or SIGTERM.
-    #[serde(serialize_with = "duration")]
-    pub shutdown_grace: Duration,
-    /// Mode of a forward listener whose Bind gives none.
-    ///
-    /// 0666 by default, unlike the reference agent's umask-derived mode: the
-    /// socket sits where the host asked, usually bind-mounted into one
-    /// container whose processes run as arbitrary non-root users, and a mode
-    /// derived from root's umask refuses them. Access control is by placement
-    /// (who can reach the directory), as for the host socket it stands for.
-    #[serde(serialize_with = "octal")]
-    pub socket_mode: u32,
-    /// Owner of a forward listener whose Bind gives no uid; `None` leaves the
-    /// agent's own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_uid: Option<u32>,
-    /// Group of a forward listener whose Bind gives no gid; `None` leaves the
-    /// agent's own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_gid: Option<u32>,
-    /// Directories under which Bind may create sockets; empty means anywhere.
-    /// Each is trusted as spelled; below it no symlink is followed.
-    #[serde(rename = "allow_dir")]
-    pub allow_dirs: Vec<PathBuf>,
-    /// Most sockets one Bind call may create.
-    pub max_sockets_per_bind: usize,
-    /// Accept vsock connections from any CID, not only the host (CID 2).
-    pub allow_any_cid: bool,
-    /// Targets the host may reach with `Connect` (`--allow-target`); empty: any.
-    #[serde(rename = "allow_target")]
-    pub allow_targets: AllowList,
-    /// TCP addresses a remote forward may listen on besides loopback
-    /// (`--allow-listen`, the `--allow-target` patterns); empty: loopback only.
-    #[serde(rename = "allow_listen")]
-    pub allow_listen: AllowList,
-    /// Sockets bound at start, before any host attaches, owned by no control
-    /// connection; a host's Bind of the same ID and path later takes them over.
-    #[serde(rename = "forward")]
-    pub forwards: Vec<BootForward>,
-}
+    /// Longest stream ID accepted on the stream port, in bytes (at most the
+    /// wire's limit)
+    max_stream_id_len: usize = handshake::DEFAULT_MAX_ID_LEN, Count<{ stream_id::MAX_LEN }>;
 
-fn display<S: Serializer, T: fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
+    /// Stream-port handshake read deadline: a stream connection sends its
+    /// stream ID within this
+    handshake_timeout: Duration = handshake::DEFAULT_TIMEOUT, Timeout;
 
-fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
-}
+    /// A registered stream that nobody claims within this is closed
+    claim_timeout: Duration = Duration::from_secs(10), Timeout;
 
-fn octal<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{mode:04o}"))
-}
+    /// How long open relays may run after Shutdown or SIGTERM
+    shutdown_grace: Duration = Duration::from_secs(5), Grace;
 
-fn octal_some<S: Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
-    match mode {
-        Some(m) => octal(m, s),
-        None => s.serialize_none(),
-    }
-}
+    /// Mode of a forward socket whose Bind gives none. Not the reference
+    /// agent's umask-derived mode: the socket sits where the host asked,
+    /// usually mounted into a container whose users are rarely root, so its
+    /// directory decides who reaches it, as for the host socket it stands for
+    socket_mode: u32 = 0o666, Mode;
 
-/// A forward from the configuration, bound at start so that guest services
-/// find its socket at once; its clients wait for a host like any other.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BootForward {
-    /// The forward ID the host will use for it.
-    pub id: String,
-    /// Where it listens.
-    #[serde(flatten)]
-    pub listen: BootListen,
-    /// Its mode; `None`: [`AgentConfig::socket_mode`].
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "octal_some")]
-    pub mode: Option<u32>,
-    /// Its owner; `None`: [`AgentConfig::socket_uid`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    /// Its group; `None`: [`AgentConfig::socket_gid`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid: Option<u32>,
-}
+    /// Owner of a forward socket whose Bind gives none [default: the agent's]
+    socket_uid: Option<u32> = None, Uid;
 
-/// Where a boot-time forward listens; the file's key says which (`path` or `tcp`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BootListen {
-    /// A Unix socket file.
-    Path(PathBuf),
-    /// A TCP address (port 0: any free port).
-    Tcp(SocketAddr),
-}
+    /// Group of a forward socket whose Bind gives none [default: the agent's]
+    socket_gid: Option<u32> = None, Gid;
 
-impl BootForward {
-    /// The Bind request entry for this forward.
-    pub fn to_socket(&self) -> Socket {
-        let (socket_path, tcp_listen) = match &self.listen {
-            BootListen::Path(p) => (p.to_string_lossy().into_owned(), String::new()),
-            BootListen::Tcp(a) => (String::new(), a.to_string()),
-        };
-        Socket {
-            forward_id: self.id.clone(),
-            socket_path,
-            tcp_listen,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            ..Default::default()
-        }
-    }
-}
+    /// Only create sockets under DIR (repeatable); below DIR no symlink is
+    /// followed [default: anywhere]
+    allow_dirs as allow_dir: Vec<PathBuf> = Vec::new(), Dir;
 
-impl fmt::Display for BootForward {
-    /// The `ID:PATH[:MODE[:UID:GID]]` or `ID:tcp:ADDRESS` form of the kernel
-    /// command line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.listen {
-            BootListen::Path(p) => write!(f, "{}:{}", self.id, p.display())?,
-            BootListen::Tcp(a) => return write!(f, "{}:tcp:{a}", self.id),
-        }
-        if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() {
-            f.write_str(":")?;
-            if let Some(mode) = self.mode {
-                write!(f, "{mode:04o}")?;
-            }
-        }
-        if self.uid.is_some() || self.gid.is_some() {
-            let id = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
-            write!(f, ":{}:{}", id(self.uid), id(self.gid))?;
-        }
-        Ok(())
-    }
+    /// Most sockets one Bind call may create
+    max_sockets_per_bind: usize = 1024, Count<{ usize::MAX }>;
+
+    /// Accept vsock connections from any CID, not only the host (CID 2)
+    allow_any_cid: bool = false, Switch,
+        |a: clap::Arg| a.num_args(0..=1).require_equals(true).default_missing_value("true");
+
+    /// A target host-initiated connections (local forwards) may reach
+    /// (repeatable): HOST:PORT with * for any host or port and A-B for a range
+    /// (127.0.0.1:*, *:8080, db.internal:5432-5433; an IPv6 host in square
+    /// brackets), or unix:GLOB (unix:/run/*) [default: any target]
+    allow_targets as allow_target: AllowList = AllowList::default(), Allow;
+
+    /// A TCP address the host may have a remote forward listen on, besides
+    /// loopback (repeatable): IP:PORT with * for any address or port and A-B
+    /// for a range (0.0.0.0:8080, *:3000-3999; an IPv6 address in square
+    /// brackets) [default: loopback only]
+    allow_listen: AllowList = AllowList::default(), Allow;
+
+    /// A remote forward bound at start, before any host attaches (repeatable);
+    /// a host's Bind of the same ID and place takes it over. MODE is octal, an
+    /// empty field keeps the default; ID:tcp:IP:PORT is a TCP listener (an
+    /// IPv6 address in square brackets). In the file also a table: id, path
+    /// (mode, uid, gid) or tcp [default: none]
+    forwards as forward: Vec<BootForward> = Vec::new(), Forward;
+
+    /// Log filter, as RUST_LOG takes it; RUST_LOG, when set, replaces the
+    /// default
+    log: String = DEFAULT_LOG.to_owned(), Log;
+
+    [aliases]
+
+    /// Dial the host instead and serve ttrpc on that connection, redialing
+    /// with backoff (nerdbox's topology); without ADDR (or `true`):
+    /// vsock://2:1025
+    control_dial => control, ControlDial,
+        |a: clap::Arg| a.num_args(0..=1).default_missing_value("vsock://2:1025");
+
+    /// Listen for ttrpc on vsock://-1:PORT
+    control_port => control, ControlPort;
+
+    /// Stream port on vsock://-1:PORT
+    streams_port => streams, Port;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
-    fn boot(id: &str, path: &str) -> BootForward {
-        BootForward {
-            id: id.into(),
-            listen: BootListen::Path(path.into()),
-            mode: None,
-            uid: None,
-            gid: None,
+    #[test]
+    fn every_flag_is_a_key_and_back() {
+        let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+        assert!(names.contains(&"pending_timeout"), "{names:?}");
+        let mut flags = Vec::new();
+        for arg in crate::cli::Cli::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                let key = long.replace('-', "_");
+                let meta = ["print_config", "config", "cmdline_file", "help", "version"];
+                assert!(
+                    names.contains(&key.as_str()) || meta.contains(&key.as_str()),
+                    "--{long} is neither a key nor a known meta flag"
+                );
+                flags.push(key);
+            }
+        }
+        for name in names {
+            assert!(flags.iter().any(|f| f == name), "{name} has no flag");
         }
     }
 
     #[test]
-    fn boot_forwards_print_in_the_command_line_form() {
-        let mut f = boot("web", "/run/web.sock");
-        assert_eq!(f.to_string(), "web:/run/web.sock");
-        f.mode = Some(0o660);
-        assert_eq!(f.to_string(), "web:/run/web.sock:0660");
-        f.uid = Some(0);
-        f.gid = Some(5);
-        assert_eq!(f.to_string(), "web:/run/web.sock:0660:0:5");
-        f.mode = None;
-        assert_eq!(f.to_string(), "web:/run/web.sock::0:5");
-        let s = f.to_socket();
-        assert_eq!(s.socket_path, "/run/web.sock");
-        assert_eq!((s.mode, s.uid, s.gid), (None, Some(0), Some(5)));
-        assert_eq!(s.tcp_listen, "");
-
-        let tcp = BootForward {
-            listen: BootListen::Tcp("[::1]:5432".parse().unwrap()),
-            ..boot("db", "/unused")
-        };
-        assert_eq!(tcp.to_string(), "db:tcp:[::1]:5432");
-        let s = tcp.to_socket();
+    fn groups_name_their_setting_and_lists_are_known() {
+        let get = |n: &str| KEYS.iter().find(|k| k.name == n).unwrap();
+        assert_eq!(get("control_port").field, "control");
+        assert_eq!(get("control_dial").field, "control");
+        assert_eq!(get("streams_port").field, "streams");
+        assert_eq!(get("pending_timeout").field, "pending_timeout");
+        let lists: Vec<&str> = KEYS.iter().filter(|k| k.list).map(|k| k.name).collect();
         assert_eq!(
-            (s.socket_path.as_str(), s.tcp_listen.as_str()),
-            ("", "[::1]:5432")
+            lists,
+            ["allow_dir", "allow_target", "allow_listen", "forward"]
         );
+    }
+
+    #[test]
+    fn no_keys_is_the_defaults_of_the_design_notes() {
+        let c = AgentConfig::default();
+        assert_eq!(c.control.to_string(), "listen vsock://-1:1025");
+        assert_eq!(c.streams.to_string(), "vsock://-1:1026");
+        assert_eq!(c.pending_timeout, Duration::from_secs(30));
+        assert_eq!(c.result_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_pending, 4096);
+        assert_eq!(c.max_stream_id_len, 256);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.claim_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.max_sockets_per_bind, 1024);
+        assert!(c.allow_dirs.is_empty());
+        assert!(!c.allow_any_cid);
+        assert_eq!((c.socket_uid, c.socket_gid), (None, None));
+        assert!(c.forwards.is_empty());
+        assert_eq!(c.log, "info");
     }
 }

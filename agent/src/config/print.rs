@@ -1,21 +1,23 @@
 //! `--print-config`: the effective configuration, one setting a line with the
-//! layer it came from.
+//! layer it came from; and the commented default file shipped as
+//! `/etc/sockfwd/agent.toml` (`dist/agent.toml`).
 //!
-//! The output is itself a valid configuration file (sources are TOML
-//! comments), so it can be saved as `/etc/sockfwd/agent.toml` and edited. It is
-//! [`AgentConfig`](crate::config::AgentConfig) as serde writes it, so a new
-//! key prints without a line here.
+//! Both are made from the key table ([`AgentConfig::shown`], [`KEYS`]), so a
+//! new key prints without a line here. `--print-config`'s output is itself a
+//! valid configuration file (sources are TOML comments), so it can be saved as
+//! `/etc/sockfwd/agent.toml` and edited.
 
-use crate::config::keys::catalog;
 use crate::config::layers::{Effective, Source};
+use crate::config::{AgentConfig, ControlMode, KEYS};
 use std::fmt::Write as _;
+use toml::Value as Toml;
 
 /// Column where the `# source` comments start.
 const COMMENT_COLUMN: usize = 40;
 
 /// The text `--print-config` prints. `own` is the agent's (uid, gid), shown
 /// for the `socket_uid`/`socket_gid` defaults.
-pub fn render(e: &Effective, own: (u32, u32)) -> Result<String, toml::ser::Error> {
+pub fn render(e: &Effective, own: (u32, u32)) -> String {
     let mut config = e.config.clone();
     let mut own_ids = Vec::new();
     for (key, id, value) in [
@@ -27,9 +29,6 @@ pub fn render(e: &Effective, own: (u32, u32)) -> Result<String, toml::ser::Error
             own_ids.push(key);
         }
     }
-    let mut table = toml::Table::try_from(&config)?;
-    table.insert("log".to_owned(), toml::Value::String(e.log.clone()));
-    let forwards = table.remove("forward");
 
     let mut out = String::new();
     out.push_str("# sockfwd-agent effective configuration: each value with its source\n");
@@ -50,56 +49,129 @@ pub fn render(e: &Effective, own: (u32, u32)) -> Result<String, toml::ser::Error
         None => out.push_str("# kernel command line: not read\n"),
     }
 
-    let keys = catalog();
-    let source = |key: &str| {
-        let setting = keys
-            .iter()
-            .find(|k| k.name == key)
-            .map_or(key, |k| &k.setting);
-        e.source(setting)
-    };
-    for (key, value) in &table {
-        let note = match (key.as_str(), value) {
-            (k, _) if own_ids.contains(&k) => " (the agent's own)",
-            ("allow_dir", toml::Value::Array(a)) if a.is_empty() => " (anywhere)",
-            ("allow_target", toml::Value::Array(a)) if a.is_empty() => " (any target)",
-            _ => "",
-        };
-        let text = format!("{key} = {value}");
-        let _ = writeln!(
-            out,
-            "{text:<width$} # {}{note}",
-            source(key),
-            width = COMMENT_COLUMN - 1
-        );
-    }
-
     // Tables come after every plain key in TOML.
-    let source = source("forward");
-    match forwards {
-        Some(toml::Value::Array(forwards)) if !forwards.is_empty() => {
-            for forward in forwards.iter().filter_map(toml::Value::as_table) {
-                let header = "[[forward]]";
-                let _ = writeln!(out, "\n{header:<w$} # {source}", w = COMMENT_COLUMN - 1);
-                for (k, v) in forward {
-                    let _ = writeln!(out, "{k} = {v}");
-                }
+    let mut tables = Vec::new();
+    for (key, value) in config.shown() {
+        let source = e.source(key);
+        let key = match (key, &config.control) {
+            ("control", ControlMode::Dial(_)) => "control_dial",
+            (key, _) => key,
+        };
+        match value {
+            // The forwards' tables; `[]` too, as no tables.
+            Some(Toml::Array(a)) if key == "forward" => tables.push((key, a, source)),
+            Some(value) => {
+                let note = match (key, &value) {
+                    (k, _) if own_ids.contains(&k) => " (the agent's own)",
+                    ("allow_dir", Toml::Array(a)) if a.is_empty() => " (anywhere)",
+                    ("allow_target", Toml::Array(a)) if a.is_empty() => " (any target)",
+                    _ => "",
+                };
+                let text = format!("{key} = {value}");
+                let _ = writeln!(out, "{text:<w$} # {source}{note}", w = COMMENT_COLUMN - 1);
+            }
+            None => {}
+        }
+    }
+    for (key, items, source) in tables {
+        if items.is_empty() {
+            let _ = writeln!(out, "# {key}: none{:<w$} # {source}", "", w = 23);
+        }
+        for table in items.iter().filter_map(Toml::as_table) {
+            let header = format!("[[{key}]]");
+            let _ = writeln!(out, "\n{header:<w$} # {source}", w = COMMENT_COLUMN - 1);
+            for (k, v) in table {
+                let _ = writeln!(out, "{k} = {v}");
             }
         }
-        _ => {
-            let _ = writeln!(out, "# forward: none{:<w$} # {source}", "", w = 23);
+    }
+    out
+}
+
+/// The top of the shipped file.
+const HEADER: &str = "\
+# /etc/sockfwd/agent.toml: configuration of sockfwd-agent, the guest half of
+# sockfwd. Every line below is commented out and shows the built-in default,
+# so this file as shipped changes nothing. Uncomment a line to change it.
+#
+# Later layers win: built-in defaults, this file, `sockfwd.KEY=VALUE` words on
+# the kernel command line (how a VMM usually configures the agent), then flags
+# (`--KEY`, with `-` for `_`, in a systemd drop-in). `sockfwd-agent
+# --print-config` shows the effective value of every key and where it came from.
+# An unknown key here is an error: a typo should not pass silently.
+# Documentation: sockfwd-agent(8), /usr/share/doc/sockfwd-agent/.
+#
+# Lines `# KEY = VALUE` at the start of a line are defaults; indented lines
+# (`#   KEY = VALUE`) are alternatives or examples, not defaults.
+#
+# Generated from the agent's key table (agent/src/config/mod.rs).
+";
+
+/// The commented default file: each setting's help, its default, and an
+/// example where it has none (or an empty list); then its other keys.
+pub fn default_file() -> String {
+    let mut out = HEADER.to_owned();
+    let example = |name: &str, sample: &str, list: bool| {
+        // A number as TOML writes one, unless it could read as octal.
+        let value = match sample.parse::<u64>() {
+            Ok(n) if !sample.starts_with('0') => n.to_string(),
+            _ => format!("{sample:?}"),
+        };
+        match list {
+            true => format!("#   {name} = [{value}]\n"),
+            false => format!("#   {name} = {value}\n"),
+        }
+    };
+    for (key, (_, default)) in KEYS.iter().zip(AgentConfig::default().shown()) {
+        out.push('\n');
+        comment(&mut out, "", key.help);
+        match default {
+            Some(value) => {
+                let _ = writeln!(out, "# {} = {value}", key.name);
+                if matches!(&value, Toml::Array(a) if a.is_empty()) {
+                    out.push_str("#   For example:\n");
+                    out.push_str(&example(key.name, key.sample, key.list));
+                }
+            }
+            None => {
+                out.push_str("#   Unset by default. For example:\n");
+                out.push_str(&example(key.name, key.sample, key.list));
+            }
+        }
+        for alias in KEYS
+            .iter()
+            .filter(|a| a.field == key.field && a.name != key.name)
+        {
+            out.push_str("#   Or, for the same setting (give at most one key of it):\n");
+            out.push_str(&example(alias.name, alias.sample, alias.list));
+            comment(&mut out, "    ", alias.help);
         }
     }
-    Ok(out)
+    out
+}
+
+/// `text` as comment lines of at most 79 columns, each `# ` and `indent`.
+fn comment(out: &mut String, indent: &str, text: &str) {
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && 2 + indent.len() + line.len() + 1 + word.len() > 79 {
+            let _ = writeln!(out, "# {indent}{line}");
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    let _ = writeln!(out, "# {indent}{line}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::cmdline;
-    use crate::config::keys::Keys;
     use crate::config::layers::{FileLayer, Layers};
-    use crate::config::values::Val;
+    use crate::config::Keys;
 
     fn effective(text: Option<String>, path: &str, cmd: &str, flags: Keys) -> Effective {
         Effective::try_from(Layers {
@@ -121,7 +193,7 @@ mod tests {
         let file = "pending_timeout = \"1s\"\nallow_dir = [\"/run\"]\n\
                     [[forward]]\nid = \"w\"\npath = \"/run/w \\\"q\\\".sock\"\nmode = 0o640\n";
         let flags = Keys {
-            log: Some("debug".parse::<Val<_>>().unwrap()),
+            log: Some(vec!["debug".to_owned()]),
             ..Keys::default()
         };
         let loaded = effective(
@@ -130,7 +202,7 @@ mod tests {
             "sockfwd.control_dial sockfwd.socket_uid=7",
             flags,
         );
-        let text = render(&loaded, (1000, 1001)).unwrap();
+        let text = render(&loaded, (1000, 1001));
         let line = |text: &str, source: &str| format!("{text:<39} # {source}\n");
         for want in [
             "# file: /etc/a.toml (read)\n".to_owned(),
@@ -153,6 +225,34 @@ mod tests {
         let mut want = loaded.config.clone();
         want.socket_gid = Some(1001);
         assert_eq!(reread.config, want);
-        assert_eq!(reread.log, "debug");
+        assert_eq!(reread.config.log, "debug");
+    }
+
+    #[test]
+    fn shipped_file_is_the_default_file_of_the_key_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/agent.toml");
+        let want = default_file();
+        if std::env::var_os("SOCKFWD_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap();
+        assert!(
+            shipped == want,
+            "dist/agent.toml is not what the key table makes; write it anew with \
+             SOCKFWD_BLESS=1 cargo nextest run -p sockfwd-agent shipped_file"
+        );
+        // Read back as a file, its defaults are the defaults.
+        let uncommented: String = want
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = effective(Some(uncommented), "/shipped.toml", "", Keys::default());
+        assert_eq!(e.config, AgentConfig::default());
     }
 }
