@@ -5,7 +5,9 @@ use crate::config::AgentConfig;
 use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
 use crate::registry::Registry;
-use sockfwd_proto::transport::{Peer, VMADDR_CID_HOST};
+use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::transport::{Listener, Peer, Stream, VMADDR_CID_HOST};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +74,29 @@ impl AgentState {
             );
         }
         allowed
+    }
+
+    /// Accepts on the host-facing `port` (`control` or `streams`) until
+    /// shutdown, and serves each connection [`from_host`](Self::from_host)
+    /// in its own task.
+    pub async fn serve_host_port<F, Fut>(self: &Arc<Self>, port: &str, listener: Listener, serve: F)
+    where
+        F: Fn(Arc<AgentState>, Stream) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, tasks) = (&self.shutdown.stop, &self.tasks);
+        serve_each(&listener, stop, tasks, |(stream, peer)| {
+            let serving = self
+                .from_host(port, peer)
+                .then(|| serve(Arc::clone(self), stream));
+            async move {
+                if let Some(serving) = serving {
+                    serving.await;
+                }
+            }
+        })
+        .await;
+        tracing::debug!(port, listener = %listener.address(), "listener closed");
     }
 
     /// A fresh control connection ID.

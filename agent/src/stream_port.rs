@@ -8,7 +8,6 @@
 //! that asked for it claims it, or `--claim-timeout` passes and it is closed.
 
 use crate::state::AgentState;
-use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::handshake;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
@@ -17,19 +16,7 @@ use std::sync::Arc;
 
 /// Accepts stream-port connections until shutdown.
 pub async fn serve(state: Arc<AgentState>, listener: Listener) {
-    let (stop, tasks) = (state.shutdown.stop.clone(), state.tasks.clone());
-    serve_each(&listener, &stop, &tasks, |(stream, peer)| {
-        let handshake = state
-            .from_host("streams", peer)
-            .then(|| handle(state.clone(), stream));
-        async move {
-            if let Some(handshake) = handshake {
-                handshake.await;
-            }
-        }
-    })
-    .await;
-    tracing::debug!(listener = %listener.address(), "stream port closed");
+    state.serve_host_port("streams", listener, handle).await;
 }
 
 /// One stream-port connection: handshake, register, wait to be claimed.

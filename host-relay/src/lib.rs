@@ -78,7 +78,8 @@ pub use sockfwd_proto::report;
 pub use sockfwd_proto::counters::{CounterSnapshot, ForwardCounters};
 
 pub use config::{Config, ConfigError, Control};
-pub use control::channel::{BACKOFF_MAX, BACKOFF_MIN};
+pub use control::channel::{ChannelError, BACKOFF_MAX, BACKOFF_MIN};
+pub use control::connector::ReachError;
 pub use control::session::SessionError;
 pub use local::guest_handle::{Guest, GuestOptions, PortEvents, ProxyError};
 #[allow(deprecated)]
@@ -97,8 +98,8 @@ pub use rpc::CallError;
 pub use streams::StreamError;
 
 use admin::server::{self, Admin, AdminAccess};
-use control::channel::{self, ChannelError};
-use control::connector::{Connector, ReachError};
+use control::channel;
+use control::connector::Connector;
 use control::session::SessionParts;
 use limits::Caps;
 use local::auto_forward::{self, AutoForward};
@@ -108,7 +109,7 @@ use remote_connect::RemoteForwards;
 use rpc::Peer;
 use shared::Shared;
 use sockfwd_proto::log_throttle::LogThrottle;
-use sockfwd_proto::transport::{Address, DialError, ListenerError};
+use sockfwd_proto::transport::ListenerError;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -127,61 +128,19 @@ pub enum RelayError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// `--control`: the agent could not be dialed within the boot timeout.
-    #[error("cannot reach the agent's control port")]
-    AgentUnreachable {
-        /// The control address.
-        addr: Address,
-        /// The last dial error (it names the address).
-        #[source]
-        source: DialError,
-    },
-    /// `--control-listen`: the listener could not be created.
-    #[error("cannot listen for the agent")]
-    Listen(#[source] ListenerError),
-    /// `--control-listen`: no agent dialed in within the boot timeout.
-    #[error("no agent dialed in on {addr} within {after:?}")]
-    NoAgentDialedIn {
-        /// The control address.
-        addr: Address,
-        /// The boot timeout.
-        after: Duration,
-    },
+    /// The control channel never worked: no first connection (the agent
+    /// unreachable, no agent dialing in, no listener), or no first session.
+    #[error(transparent)]
+    Control(#[from] ChannelError),
     /// An `-L` listener could not be bound (the others were closed).
     #[error("cannot start the host listeners")]
     Local(#[source] ProxyError),
     /// The admin socket could not be created.
     #[error("cannot create the admin socket")]
     Admin(#[source] ListenerError),
-    /// The first session never became ready: Bind refused, or the boot timeout passed.
-    #[error("no working control session on {addr}")]
-    NoSession {
-        /// The control address.
-        addr: Address,
-        /// The last session's failure.
-        #[source]
-        source: SessionError,
-    },
     /// The task [`Relay::start`] runs the relay in failed (it panicked).
     #[error("the relay's task failed")]
     Task(#[source] tokio::task::JoinError),
-}
-
-impl RelayError {
-    /// The control channel's errors as the relay's: one variant each.
-    fn from_channel(e: ChannelError, addr: &Address) -> RelayError {
-        match e {
-            ChannelError::Reach(ReachError::Unreachable(source)) => RelayError::AgentUnreachable {
-                addr: addr.clone(),
-                source,
-            },
-            ChannelError::Reach(ReachError::Listen(e)) => RelayError::Listen(e),
-            ChannelError::Reach(ReachError::NoAgentDialedIn { addr, after }) => {
-                RelayError::NoAgentDialedIn { addr, after }
-            }
-            ChannelError::NoSession { addr, source } => RelayError::NoSession { addr, source },
-        }
-    }
 }
 
 /// Runs the relay until `shutdown` is cancelled (then `Ok`, after open relays
@@ -320,8 +279,8 @@ fn set_up(
         .map_err(RelayError::Admin)?;
     let listeners = Arc::new(ListenerTable::default());
     bind_locals(&config, &guest, &listeners)?;
-    let connector = Connector::new(&config.control, shutdown.clone())
-        .map_err(|e| RelayError::from_channel(e.into(), config.control.address()))?;
+    let connector =
+        Connector::new(&config.control, shutdown.clone()).map_err(ChannelError::from)?;
     let remote = RemoteControl::new(Arc::clone(&table), guest.clone(), config.bind_timeout);
     let shared = Arc::new(Shared {
         caps: Caps::new(limits),
@@ -383,7 +342,7 @@ async fn drive(run: SetUp) -> Result<(), RelayError> {
     let requests = RemoteForwards(Arc::clone(&shared));
     let result = channel::run(&parts, &connector, &requests)
         .await
-        .map_err(|e| RelayError::from_channel(e, shared.config.control.address()));
+        .map_err(RelayError::Control);
     // Shutdown or a fatal error: no session takes requests any more, and no
     // listener accepts.
     shared.shutdown.cancel();

@@ -5,7 +5,7 @@ use clap::Parser as _;
 use sockfwd_proto::report::{self, for_main};
 use sockfwd_relay::admin::client::{AdminCommand, ClientError};
 use sockfwd_relay::cli::Cli;
-use sockfwd_relay::{Config, ConfigError, RelayError};
+use sockfwd_relay::{ChannelError, Config, ConfigError, ReachError, RelayError};
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use thiserror::Error;
@@ -35,11 +35,12 @@ impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
             MainError::Config(_) | MainError::Relay(RelayError::Config(_)) => ExitCode::from(2),
-            MainError::Relay(
-                RelayError::AgentUnreachable { .. }
-                | RelayError::NoAgentDialedIn { .. }
-                | RelayError::NoSession { .. },
-            ) => ExitCode::from(3),
+            MainError::Relay(RelayError::Control(
+                ChannelError::Reach(
+                    ReachError::Unreachable(_) | ReachError::NoAgentDialedIn { .. },
+                )
+                | ChannelError::NoSession { .. },
+            )) => ExitCode::from(3),
             MainError::Admin(e) if e.is_usage() => ExitCode::from(2),
             _ => ExitCode::FAILURE,
         }

@@ -15,7 +15,8 @@ mod tests {
     use sockfwd_proto::transport::{Address, Stream};
     use sockfwd_relay::framing::FramingPolicy;
     use sockfwd_relay::{
-        Config, Control, Forward, ForwardTable, Guest, GuestListen, GuestOptions, Relay, RelayError,
+        ChannelError, Config, Control, Forward, ForwardTable, Guest, GuestListen, GuestOptions,
+        ReachError, Relay, RelayError,
     };
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -542,7 +543,13 @@ mod tests {
         c.boot_timeout = Duration::from_millis(300);
         let (_token, _table, relay) = start(c);
         let err = timeout(WAIT, relay).await.unwrap().unwrap().unwrap_err();
-        assert!(matches!(err, RelayError::AgentUnreachable { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RelayError::Control(ChannelError::Reach(ReachError::Unreachable(_)))
+            ),
+            "{err}"
+        );
         let text = sockfwd_relay::report::chain(&err);
         assert!(text.contains("nobody.sock"), "{text}");
     }
@@ -640,7 +647,10 @@ mod tests {
         let (_token, _table, relay) =
             start(config(&h, control, vec![forward("f", "/g/f.sock", &host)]));
         let err = timeout(WAIT, relay).await.unwrap().unwrap().unwrap_err();
-        assert!(matches!(err, RelayError::NoSession { .. }), "{err}");
+        assert!(
+            matches!(err, RelayError::Control(ChannelError::NoSession { .. })),
+            "{err}"
+        );
         let causes = sockfwd_relay::report::causes(&err);
         // The forward the agent's answer names, with its spec.
         assert_eq!(

@@ -22,7 +22,6 @@
 use crate::control::service::Service;
 use crate::state::AgentState;
 use futures::StreamExt as _;
-use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::create_socket_forward;
@@ -43,19 +42,9 @@ const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Accepts control connections until shutdown.
 pub async fn listen(state: Arc<AgentState>, listener: Listener) {
-    let (stop, tasks) = (state.shutdown.stop.clone(), state.tasks.clone());
-    serve_each(&listener, &stop, &tasks, |(stream, peer)| {
-        let serve = state
-            .from_host("control", peer)
-            .then(|| serve_connection(state.clone(), stream));
-        async move {
-            if let Some(serve) = serve {
-                serve.await;
-            }
-        }
-    })
-    .await;
-    tracing::debug!(listener = %listener.address(), "control listener closed");
+    state
+        .serve_host_port("control", listener, serve_connection)
+        .await;
 }
 
 /// Dials the host and serves each connection, redialing until shutdown.

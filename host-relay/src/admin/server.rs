@@ -14,7 +14,7 @@
 //! a log line with its uid and pid.
 
 use crate::admin::request::{answer, AdminRequest, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
-use crate::admin::status::{self, Row};
+use crate::admin::status::{self, Direction, Row};
 use crate::local::guest_handle::{Guest, ProxyError};
 use crate::local::listener_table::{announce, ListenerTable, Origin};
 use crate::local_spec::{LocalSpec, LocalSpecError};
@@ -23,6 +23,7 @@ use crate::remote_spec::{Forward, SpecError};
 use crate::rpc::{call, context, Peer};
 use crate::shared::Shared;
 use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::counters::CounterSnapshot;
 use sockfwd_proto::log_text::escape_clipped;
 use sockfwd_proto::report::chain;
 use sockfwd_proto::rpc::ListForwardsRequest;
@@ -307,24 +308,24 @@ async fn rows(admin: &Admin) -> Vec<Row> {
     let shared = &admin.shared;
     let mut rows = Vec::new();
     for e in shared.table.entries() {
-        rows.push(Row::new(
-            "guest_to_host",
-            "relay",
-            e.forward.id.clone(),
-            e.guest_text(),
-            e.forward.target.to_string(),
-            e.counters.snapshot(),
-        ));
+        rows.push(Row {
+            direction: Direction::Remote,
+            side: "relay",
+            id: e.forward.id.clone(),
+            from: e.guest_text(),
+            to: e.forward.target.to_string(),
+            counters: e.counters.snapshot(),
+        });
     }
     for l in admin.listeners.rows() {
-        rows.push(Row::new(
-            "host_to_guest",
-            "relay",
-            l.id,
-            l.local.to_string(),
-            l.remote,
-            l.counters,
-        ));
+        rows.push(Row {
+            direction: Direction::Local,
+            side: "relay",
+            id: l.id,
+            from: l.local.to_string(),
+            to: l.remote,
+            counters: l.counters,
+        });
     }
     // The agent's own view of the guest-side listeners, when it answers.
     if let Some(Peer { client, .. }) = shared.peer() {
@@ -343,18 +344,21 @@ async fn rows(admin: &Admin) -> Vec<Row> {
                     } else {
                         f.tcp_listen
                     };
-                    rows.push(Row {
-                        direction: "guest_to_host",
-                        side: "agent",
-                        id: f.forward_id,
-                        from,
-                        to: String::new(),
+                    let counters = CounterSnapshot {
                         active: f.active,
                         total: f.total,
                         refused: f.refused,
                         failed: f.failed,
                         bytes_to_guest: f.bytes_to_guest,
                         bytes_to_host: f.bytes_to_host,
+                    };
+                    rows.push(Row {
+                        direction: Direction::Remote,
+                        side: "agent",
+                        id: f.forward_id,
+                        from,
+                        to: String::new(),
+                        counters,
                     });
                 }
             }

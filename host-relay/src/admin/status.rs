@@ -5,11 +5,31 @@
 use sockfwd_proto::counters::CounterSnapshot;
 use std::fmt::Write as _;
 
+/// Which way a forward goes, in the words of the status table and the
+/// metrics (kept from before the vocabulary: dashboards and scripts read them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A remote forward (`--forward`): listens in the guest, dials on the host.
+    Remote,
+    /// A local forward (`-L`, auto-forward): listens on the host, dials in the guest.
+    Local,
+}
+
+impl Direction {
+    /// The `direction` label: `guest_to_host` or `host_to_guest`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Remote => "guest_to_host",
+            Direction::Local => "host_to_guest",
+        }
+    }
+}
+
 /// One forward's counters as reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    /// `guest_to_host` (`--forward`) or `host_to_guest` (`-L`, auto-forward).
-    pub direction: &'static str,
+    /// Which way it goes.
+    pub direction: Direction,
     /// Whose counters: `relay` or `agent`.
     pub side: &'static str,
     /// The forward ID.
@@ -18,44 +38,8 @@ pub struct Row {
     pub from: String,
     /// Where they go.
     pub to: String,
-    /// Connections open now.
-    pub active: u64,
-    /// Connections seen.
-    pub total: u64,
-    /// Connections refused by a cap.
-    pub refused: u64,
-    /// Connections that failed to set up.
-    pub failed: u64,
-    /// Bytes towards the guest (finished connections).
-    pub bytes_to_guest: u64,
-    /// Bytes towards the host (finished connections).
-    pub bytes_to_host: u64,
-}
-
-impl Row {
-    /// A row of the relay's own counters.
-    pub fn new(
-        direction: &'static str,
-        side: &'static str,
-        id: String,
-        from: String,
-        to: String,
-        c: CounterSnapshot,
-    ) -> Row {
-        Row {
-            direction,
-            side,
-            id,
-            from,
-            to,
-            active: c.active,
-            total: c.total,
-            refused: c.refused,
-            failed: c.failed,
-            bytes_to_guest: c.bytes_to_guest,
-            bytes_to_host: c.bytes_to_host,
-        }
-    }
+    /// The counters.
+    pub counters: CounterSnapshot,
 }
 
 /// A fixed-width table, one row per forward.
@@ -76,18 +60,19 @@ pub fn table(rows: &[Row]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let c = &r.counters;
             vec![
-                r.direction.to_owned(),
+                r.direction.label().to_owned(),
                 r.side.to_owned(),
                 r.id.clone(),
                 r.from.clone(),
                 r.to.clone(),
-                r.active.to_string(),
-                r.total.to_string(),
-                r.refused.to_string(),
-                r.failed.to_string(),
-                r.bytes_to_guest.to_string(),
-                r.bytes_to_host.to_string(),
+                c.active.to_string(),
+                c.total.to_string(),
+                c.refused.to_string(),
+                c.failed.to_string(),
+                c.bytes_to_guest.to_string(),
+                c.bytes_to_host.to_string(),
             ]
         })
         .collect();
@@ -128,43 +113,48 @@ fn label(v: &str) -> String {
 
 /// Prometheus text exposition.
 pub fn prometheus(rows: &[Row]) -> String {
-    type Metric = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
+    type Metric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&CounterSnapshot) -> u64,
+    );
     let metrics: [Metric; 6] = [
         (
             "sockfwd_connections_active",
             "gauge",
             "Connections open now.",
-            |r| r.active,
+            |c| c.active,
         ),
         (
             "sockfwd_connections_total",
             "counter",
             "Connections seen.",
-            |r| r.total,
+            |c| c.total,
         ),
         (
             "sockfwd_connections_refused_total",
             "counter",
             "Connections refused by a cap.",
-            |r| r.refused,
+            |c| c.refused,
         ),
         (
             "sockfwd_connections_failed_total",
             "counter",
             "Connections that failed to set up.",
-            |r| r.failed,
+            |c| c.failed,
         ),
         (
             "sockfwd_bytes_to_guest_total",
             "counter",
             "Bytes relayed towards the guest (finished connections).",
-            |r| r.bytes_to_guest,
+            |c| c.bytes_to_guest,
         ),
         (
             "sockfwd_bytes_to_host_total",
             "counter",
             "Bytes relayed towards the host (finished connections).",
-            |r| r.bytes_to_host,
+            |c| c.bytes_to_host,
         ),
     ];
     let mut out = String::new();
@@ -175,10 +165,10 @@ pub fn prometheus(rows: &[Row]) -> String {
             let _ = writeln!(
                 out,
                 "{name}{{direction=\"{}\",side=\"{}\",id=\"{}\"}} {}",
-                r.direction,
+                r.direction.label(),
                 r.side,
                 label(&r.id),
-                value(r)
+                value(&r.counters)
             );
         }
     }
@@ -191,17 +181,19 @@ mod tests {
 
     fn row(id: &str) -> Row {
         Row {
-            direction: "host_to_guest",
+            direction: Direction::Local,
             side: "relay",
             id: id.into(),
             from: "127.0.0.1:1".into(),
             to: "127.0.0.1:2".into(),
-            active: 1,
-            total: 2,
-            refused: 0,
-            failed: 1,
-            bytes_to_guest: 10,
-            bytes_to_host: 20,
+            counters: CounterSnapshot {
+                active: 1,
+                total: 2,
+                refused: 0,
+                failed: 1,
+                bytes_to_guest: 10,
+                bytes_to_host: 20,
+            },
         }
     }
 
