@@ -1,4 +1,4 @@
-//! Forwards a guest port to the host and fetches through it.
+//! A local forward to a guest port, and a fetch through it.
 //!
 //! ```text
 //! cargo run -p sockfwd-relay --example forward_and_fetch -- \
@@ -12,7 +12,7 @@
 //! answer's first line, then opens one raw connection the same way.
 
 use sockfwd_proto::transport::Address;
-use sockfwd_relay::{Guest, GuestOptions, ProxyManager};
+use sockfwd_relay::{Guest, GuestOptions, LocalForwards};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -44,14 +44,14 @@ async fn run(
     .await?;
 
     // One mapping: a free port on the host's loopback to the guest target.
-    let manager = ProxyManager::new();
-    let session = manager.add(guest.forward(&format!("0:{target}")).await?);
+    let forwards = LocalForwards::new();
+    let forward = forwards.add(guest.forward(&format!("0:{target}")).await?);
     println!(
         "listening {} -> {}",
-        session.local_addr(),
-        session.spec().remote
+        forward.local_addr(),
+        forward.spec().remote
     );
-    let status = fetch(&session.local_addr().to_string(), &target).await?;
+    let status = fetch(&forward.local_addr().to_string(), &target).await?;
     println!("through the listener: {status}");
 
     // One raw connection, no listener.
@@ -68,8 +68,8 @@ async fn run(
             .unwrap_or("")
     );
 
-    manager.close_all();
-    manager.wait_all().await;
+    forwards.close_all();
+    forwards.wait_all().await;
     Ok(())
 }
 

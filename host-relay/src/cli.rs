@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Forwards Unix sockets from a microVM guest to sockets on the host.
+/// Forwards sockets between a microVM guest and the host: a remote forward
+/// (-R, --forward, --uds-mount) listens in the guest and dials on the host; a
+/// local forward (-L, --auto-forward) listens on the host and dials in the guest.
 ///
 /// ADDR: unix://PATH | vsock://CID:PORT | hvsock://PATH:PORT.
 /// DUR: 500ms, 10s, 1m (humantime). A cap of 0 means no cap.
@@ -56,12 +58,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", required = true, value_parser = address)]
     pub streams: Option<Address>,
 
-    /// A forward (repeatable). ID defaults to the first 16 hex digits of
+    /// A remote forward (repeatable): listens at GUEST_PATH in the guest, dials
+    /// HOST_PATH on the host. ID defaults to the first 16 hex digits of
     /// sha256(GUEST_PATH); GUEST_PATH is absolute and holds no ':'.
     #[arg(long = "forward", value_name = "[ID=]GUEST_PATH:HOST_PATH")]
     pub forwards: Vec<String>,
 
-    /// Remote forward (repeatable), as ssh -R seen from the guest:
+    /// A remote forward (repeatable), as ssh -R seen from the guest:
     /// GUEST_PORT:HOST:HOSTPORT or GUEST_BIND:GUEST_PORT:HOST:HOSTPORT,
     /// GUEST_PORT:/HOST/PATH or GUEST_BIND:GUEST_PORT:/HOST/PATH,
     /// /GUEST/PATH:HOST:HOSTPORT, /GUEST/PATH:/HOST/PATH; each may start with
@@ -72,8 +75,8 @@ pub struct Cli {
     #[arg(short = 'R', long = "remote", value_name = "SPEC")]
     pub remotes: Vec<String>,
 
-    /// nerdbox form (repeatable): ID = hex sha256("CONTAINER_ID:DEST"), guest
-    /// path GUEST_DIR/ID.sock.
+    /// A remote forward in nerdbox's form (repeatable): ID = hex
+    /// sha256("CONTAINER_ID:DEST"), guest path GUEST_DIR/ID.sock.
     #[arg(long = "uds-mount", value_name = "CONTAINER_ID:HOST_PATH:DEST")]
     pub uds_mounts: Vec<String>,
 
@@ -137,8 +140,8 @@ pub struct Cli {
     #[arg(short = 'L', long = "local", value_name = "SPEC")]
     pub locals: Vec<String>,
 
-    /// Give each TCP port the guest listens on a host listener on the same
-    /// port (or the next free one, printed): all ports, or a list like
+    /// A local forward for each TCP port the guest listens on, on the same
+    /// host port (or the next free one, printed): all ports, or a list like
     /// 3000,8000-8999.
     #[arg(long, value_name = "all|PORTS", num_args = 0..=1, default_missing_value = "all")]
     pub auto_forward: Option<PortFilter>,

@@ -29,9 +29,9 @@
 //! # Library use
 //!
 //! A host program reaches services in a guest with a [`Guest`] handle:
-//! [`Guest::forward`] one mapping (a [`ProxySession`] with its bound address,
+//! [`Guest::forward`] one mapping (a [`LocalForward`] with its bound address,
 //! `close()` and `closed().await`), [`Guest::forward_all`] (all or nothing),
-//! [`Guest::open`] one raw connection, and a [`ProxyManager`] for many
+//! [`Guest::open`] one raw connection, and a [`LocalForwards`] for many
 //! sessions. See `examples/forward_and_fetch.rs`.
 //!
 //! A program that runs the relay itself ([`Relay::start`]) also adds remote
@@ -81,10 +81,21 @@ pub use config::{Config, ConfigError, Control};
 pub use control::channel::{ChannelError, BACKOFF_MAX, BACKOFF_MIN};
 pub use control::connector::ReachError;
 pub use control::session::SessionError;
-pub use local::guest_handle::{Guest, GuestOptions, PortEvents, ProxyError};
 #[allow(deprecated)]
-pub use local::proxy_session::LocalAddr;
-pub use local::proxy_session::{ProxyManager, ProxySession};
+pub use local::forward::LocalAddr;
+pub use local::forward::{LocalForward, LocalForwards};
+pub use local::guest_handle::{Guest, GuestOptions, LocalForwardError, PortEvents};
+
+/// A local forward's handle: [`LocalForward`] (its name before the vocabulary).
+#[deprecated(since = "0.2.0", note = "renamed LocalForward")]
+pub type ProxySession = LocalForward;
+/// Many local forwards' handles: [`LocalForwards`] (its name before the vocabulary).
+#[deprecated(since = "0.2.0", note = "renamed LocalForwards")]
+pub type ProxyManager = LocalForwards;
+/// Why a local-forward operation failed: [`LocalForwardError`] (its name
+/// before the vocabulary).
+#[deprecated(since = "0.2.0", note = "renamed LocalForwardError")]
+pub type ProxyError = LocalForwardError;
 pub use local_spec::{LocalSpec, LocalSpecError};
 pub use remote_connect::{BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
 pub use remote_control::{RemoteControl, RemoteError, RemoteForward};
@@ -134,7 +145,7 @@ pub enum RelayError {
     Control(#[from] ChannelError),
     /// An `-L` listener could not be bound (the others were closed).
     #[error("cannot start the host listeners")]
-    Local(#[source] ProxyError),
+    Local(#[source] LocalForwardError),
     /// The admin socket could not be created.
     #[error("cannot create the admin socket")]
     Admin(#[source] ListenerError),

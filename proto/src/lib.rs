@@ -9,7 +9,7 @@
 //! [`info`] the names an agent lists in its capability call.
 //!
 //! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
-//! grammar of host-to-guest connections, [`transport::SUN_PATH_MAX`].
+//! grammar of local forwards' targets, [`transport::SUN_PATH_MAX`].
 //! [`tcp_dial`] is how either daemon dials a TCP target (names, `localhost`,
 //! the order of addresses).
 //!

@@ -1,4 +1,4 @@
-//! The target grammar of host-to-guest connections: what the host names in a
+//! The target grammar of local forwards: what the host names in a
 //! `Connect` request and what the relay's `-L` specs reach in the guest.
 //!
 //! A target is `HOST:PORT` with HOST an IPv4 literal or a host name (resolved

@@ -8,8 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is a test failure
 
+pub mod local_forwards;
 pub mod peers;
-pub mod reverse;
 pub mod servers;
 
 use std::io::{Read, Write};

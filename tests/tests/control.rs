@@ -11,7 +11,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::reverse::{admin, metric, Relay};
+use sockfwd_tests::local_forwards::{admin, metric, Relay};
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{connect, request, wait_connectable, wait_until, Env, READY_DEADLINE};
 use std::io::{Read, Write};
@@ -84,7 +84,7 @@ fn forwards_are_added_and_removed_at_runtime_in_both_directions() {
     );
     relay.daemon.wait_log("relay ready");
 
-    // Guest to host.
+    // A remote forward.
     let guest = env.path("g/added.sock");
     let spec = format!("{}:{}", guest.display(), host.display());
     let out = admin(&admin_sock, "add", &["--forward", &spec]).unwrap();
@@ -92,7 +92,7 @@ fn forwards_are_added_and_removed_at_runtime_in_both_directions() {
     wait_connectable(&guest);
     assert_eq!(request(&guest, b"ping"), b"ping");
 
-    // Host to guest: a random port to the guest's echo socket.
+    // A local forward: a random port to the guest's echo socket.
     let out = admin(
         &admin_sock,
         "add",
@@ -121,7 +121,7 @@ fn forwards_are_added_and_removed_at_runtime_in_both_directions() {
     let err = admin(&admin_sock, "add", &["-L", "nonsense"]).unwrap_err();
     assert!(err.contains("invalid -L \"nonsense\""), "{err}");
 
-    // Removal by spec (guest to host) and by ID (host to guest).
+    // Removal by spec (a remote forward) and by ID (a local forward).
     assert!(admin(&admin_sock, "remove", &[&spec])
         .unwrap()
         .starts_with("removed forward"));
@@ -164,11 +164,11 @@ fn counters_match_the_traffic_sent() {
     // Not a probe through the forward: it would count as a connection.
     relay.daemon.wait_log("relay ready");
 
-    // Guest to host: 3 connections of 1000, 2000, 3000 bytes, echoed back.
+    // The remote forward: 3 connections of 1000, 2000, 3000 bytes, echoed back.
     for n in [1000usize, 2000, 3000] {
         assert_eq!(request(&guest, &vec![7u8; n]).len(), n);
     }
-    // Host to guest: 2 connections of 5000 and 7000 bytes.
+    // The local forward: 2 connections of 5000 and 7000 bytes.
     for n in [5000usize, 7000] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(&vec![9u8; n]).unwrap();

@@ -61,7 +61,7 @@ fn agent_out_of_descriptors_backs_off_and_recovers() {
 
     // Far more connections than the agent has descriptors for.
     let held = hold(&guest, 200);
-    agent.wait_log("open-file limit reached: guest connection refused");
+    agent.wait_log("open-file limit reached: client refused");
     let ticks = ticks_over_two_seconds(&agent);
     assert!(
         ticks < 100,

@@ -15,7 +15,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::reverse::{self, admin, curl, free_port, http_tcp, metric, Relay};
+use sockfwd_tests::local_forwards::{self, admin, curl, free_port, http_tcp, metric, Relay};
 use sockfwd_tests::{bin, peers, require_tool, wait_connectable, Daemon, Env, READY_DEADLINE};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    reverse::served_dir(env, "www", "hello from the host\n")
+    local_forwards::served_dir(env, "www", "hello from the host\n")
 }
 
 /// Sends `msg` to a guest TCP address, half-closes, reads the whole answer.

@@ -67,16 +67,16 @@ keys! {
     /// connection from the host
     streams: Address = Address::Vsock { cid: VMADDR_CID_ANY, port: STREAMS_PORT }, Listen;
 
-    /// How long a guest connection waits for the host to answer it, then is
-    /// closed
+    /// How long a remote forward's client waits for the host to answer it,
+    /// then is closed
     pending_timeout: Duration = Duration::from_secs(30), Timeout;
 
     /// How long one Accept stream may take to answer before the request is
     /// offered to another
     result_timeout: Duration = Duration::from_secs(10), Timeout;
 
-    /// Guest connections waiting for the host at once; beyond it new ones are
-    /// closed and logged
+    /// Clients waiting for the host at once; beyond it new ones are closed and
+    /// logged
     max_pending: usize = 4096, Count<{ usize::MAX }>;
 
     /// Longest stream ID accepted on the stream port, in bytes (at most the

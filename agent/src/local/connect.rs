@@ -107,7 +107,7 @@ pub async fn connect(
     state
         .connections
         .spawn(relay(task_state, local, stream, framing).instrument(span));
-    tracing::debug!(stream_id = %id, %target, ?framing, "host connection connected");
+    tracing::debug!(stream_id = %id, %target, ?framing, "target connected");
     Ok(())
 }
 

@@ -298,7 +298,7 @@ async fn accept(
             ForwardCounters::bump(&stats.refused);
             tracing::warn!(
                 %forward_id,
-                "open-file limit reached: guest connection refused (raise LimitNOFILE)"
+                "open-file limit reached: client refused (raise LimitNOFILE)"
             );
             drop(conn);
             continue;

@@ -89,7 +89,7 @@ async fn wait_for_host(
         ..Default::default()
     };
     if let Err(err) = state.dispatcher.lock().submit(request, tx) {
-        tracing::warn!(cause = %err, "guest connection refused");
+        tracing::warn!(cause = %err, "client refused");
         ForwardCounters::bump(&stats.refused);
         return None;
     }
@@ -107,7 +107,7 @@ async fn wait_for_host(
             () = sleep_until(deadline) => {
                 tracing::error!(
                     timeout = ?state.config.pending_timeout,
-                    "no result from the host in time; closing the guest connection"
+                    "no result from the host in time; closing the client"
                 );
                 ForwardCounters::bump(&stats.failed);
                 return None;
@@ -126,7 +126,7 @@ async fn wait_for_host(
                 Some(Event::Ready { framing }) => return Some(framing),
                 Some(Event::Refused(reason)) => {
                     if state.shutdown.stop.is_cancelled() {
-                        tracing::info!(cause = %escape(&reason), "guest connection closed");
+                        tracing::info!(cause = %escape(&reason), "client closed");
                         ForwardCounters::bump(&stats.refused);
                     } else {
                         tracing::error!(cause = %escape(&reason), "the host refused the connection; closing it");

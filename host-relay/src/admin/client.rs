@@ -31,14 +31,14 @@ pub enum AdminCommand {
         /// The running relay's admin socket.
         #[arg(long, value_name = "PATH")]
         admin: PathBuf,
-        /// Remote forward (guest to host): [ID=]GUEST_PATH:HOST_PATH.
+        /// A remote forward (listens in the guest, dials on the host): [ID=]GUEST_PATH:HOST_PATH.
         #[arg(long, value_name = "SPEC")]
         forward: Option<String>,
-        /// Remote forward (guest to host): an -R spec; prints the guest
-        /// address it got.
+        /// A remote forward (listens in the guest, dials on the host): an -R
+        /// spec; prints the guest address it got.
         #[arg(short = 'R', long = "remote", value_name = "SPEC")]
         remote: Option<String>,
-        /// Local forward (host to guest): an -L spec.
+        /// A local forward (listens on the host, dials in the guest): an -L spec.
         #[arg(short = 'L', long = "local", value_name = "SPEC")]
         local: Option<String>,
     },

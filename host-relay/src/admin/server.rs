@@ -15,7 +15,7 @@
 
 use crate::admin::request::{answer, AdminRequest, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
 use crate::admin::status::{self, Direction, Row};
-use crate::local::guest_handle::{Guest, ProxyError};
+use crate::local::guest_handle::{Guest, LocalForwardError};
 use crate::local::listener_table::{announce, ListenerTable, Origin};
 use crate::local_spec::{LocalSpec, LocalSpecError};
 use crate::remote_control::{RemoteControl, RemoteError};
@@ -121,7 +121,7 @@ pub enum AdminError {
     },
     /// `add local`: the host listener could not be bound.
     #[error(transparent)]
-    Listen(ProxyError),
+    Listen(LocalForwardError),
     /// `remove` of something that is not there.
     #[error("no forward or listener {0:?}")]
     NotFound(String),
@@ -270,7 +270,7 @@ fn add_local(admin: &Admin, raw: &str) -> Result<String, AdminError> {
         spec: raw.to_owned(),
         source,
     })?;
-    let session = admin
+    let forward = admin
         .guest
         .forward_specs(std::slice::from_ref(&spec), &[raw])
         .map_err(AdminError::Listen)?
@@ -281,11 +281,11 @@ fn add_local(admin: &Admin, raw: &str) -> Result<String, AdminError> {
         })?;
     let line = format!(
         "listening {} -> {}",
-        session.local_addr(),
+        forward.local_addr(),
         spec.remote_text()
     );
     announce(&line);
-    let id = admin.listeners.add(Origin::Spec(raw.to_owned()), session);
+    let id = admin.listeners.add(Origin::Spec(raw.to_owned()), forward);
     tracing::info!(forward_id = %id, "{}", escape_clipped(&line, 512));
     Ok(format!("{id} {line}\n"))
 }

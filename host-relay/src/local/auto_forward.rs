@@ -134,9 +134,9 @@ impl AutoForward {
             remote: Target::Ip(SocketAddr::new(target, port)),
         };
         match self.guest.forward_near(&spec, PORT_TRIES) {
-            Ok(session) => {
-                let local = session.local_addr().clone();
-                let remote = session.spec().remote_text();
+            Ok(forward) => {
+                let local = forward.local_addr().clone();
+                let remote = forward.spec().remote_text();
                 if !matches!(&local, ListenAt::Tcp(a) if a.port() == port) {
                     tracing::info!(port, %local, "guest port: the same host port is taken; using the next free one");
                 }
@@ -145,7 +145,7 @@ impl AutoForward {
                     "auto-forward {local} -> {remote} (pid {})",
                     ev.pid
                 ));
-                self.listeners.add(Origin::Auto { address, port }, session);
+                self.listeners.add(Origin::Auto { address, port }, forward);
             }
             Err(e) => tracing::warn!(port, cause = %Chain(&e), "auto-forward: no host port"),
         }

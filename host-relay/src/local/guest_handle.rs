@@ -54,9 +54,10 @@ impl Default for GuestOptions {
     }
 }
 
-/// Why a host-to-guest operation failed.
+/// Why an operation of the [`Guest`] handle (a local forward, a connection in
+/// the guest, the port watch) failed.
 #[derive(Debug, Error)]
-pub enum ProxyError {
+pub enum LocalForwardError {
     /// The control port could not be reached.
     #[error("cannot reach the agent's control port")]
     Control(#[source] DialError),
@@ -149,15 +150,15 @@ impl Guest {
         streams: Address,
         options: GuestOptions,
         boot_timeout: Duration,
-    ) -> Result<Guest, ProxyError> {
+    ) -> Result<Guest, LocalForwardError> {
         let stream = dial_with_retry(control, options.stream_timeout, boot_timeout)
             .await
-            .map_err(ProxyError::Control)?;
+            .map_err(LocalForwardError::Control)?;
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
         let client = SocketForwardClient::new(client);
         let info = ask_info(&client, options.call_timeout)
             .await
-            .map_err(ProxyError::Info)?;
+            .map_err(LocalForwardError::Info)?;
         let peer = Peer {
             client,
             info: Arc::new(info),
@@ -215,25 +216,25 @@ impl Guest {
     }
 
     /// The current session's agent, waiting up to the stream deadline for one.
-    pub(crate) async fn peer(&self) -> Result<Peer, ProxyError> {
+    pub(crate) async fn peer(&self) -> Result<Peer, LocalForwardError> {
         let limit = self.inner.options.stream_timeout;
         let mut rx = self.inner.client.clone();
         let got = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
         match got {
-            Ok(Ok(c)) => c.clone().ok_or(ProxyError::NoSession(limit)),
-            _ => Err(ProxyError::NoSession(limit)),
+            Ok(Ok(c)) => c.clone().ok_or(LocalForwardError::NoSession(limit)),
+            _ => Err(LocalForwardError::NoSession(limit)),
         }
     }
 
     /// The current control client, waiting up to the stream deadline for one.
-    pub(crate) async fn client(&self) -> Result<SocketForwardClient, ProxyError> {
+    pub(crate) async fn client(&self) -> Result<SocketForwardClient, LocalForwardError> {
         Ok(self.peer().await?.client)
     }
 
     /// What the agent of the current control session supports (its answer to
     /// `Info`, asked once per session; [`AgentInfo::core_only`] for a nerdbox
     /// guest), waiting up to the stream deadline for a session.
-    pub async fn agent_info(&self) -> Result<Arc<AgentInfo>, ProxyError> {
+    pub async fn agent_info(&self) -> Result<Arc<AgentInfo>, LocalForwardError> {
         Ok(self.peer().await?.info)
     }
 
@@ -243,14 +244,14 @@ impl Guest {
         &self,
         target: &Target,
         framing: Framing,
-    ) -> Result<Stream, ProxyError> {
+    ) -> Result<Stream, LocalForwardError> {
         let o = &self.inner.options;
         let client = self.client().await?;
         let id = stream_id::generate(SOCKET_FORWARD_PREFIX);
         // Registered in the guest before Connect names it.
         let stream = open_stream(&self.inner.streams, &id, o.stream_timeout, false)
             .await
-            .map_err(ProxyError::Stream)?;
+            .map_err(LocalForwardError::Stream)?;
         let mut req = ConnectTargetRequest::new();
         req.stream_id = id.clone();
         req.target = target.to_string();
@@ -258,7 +259,7 @@ impl Guest {
         let limit = o.call_timeout;
         call(limit, client.connect(context(limit), &req))
             .await
-            .map_err(|source| ProxyError::Connect {
+            .map_err(|source| LocalForwardError::Connect {
                 target: req.target.clone(),
                 source,
             })?;
@@ -271,10 +272,10 @@ impl Guest {
     /// target grammar, [`sockfwd_proto::target`]). The stream is the
     /// contract's plain byte stream (no EOF framing), an
     /// `AsyncRead + AsyncWrite`.
-    pub async fn open(&self, target: &str) -> Result<Stream, ProxyError> {
+    pub async fn open(&self, target: &str) -> Result<Stream, LocalForwardError> {
         let target = target
             .parse::<Target>()
-            .map_err(|source| ProxyError::Target {
+            .map_err(|source| LocalForwardError::Target {
                 target: target.to_owned(),
                 source,
             })?;
@@ -283,7 +284,7 @@ impl Guest {
 
     /// Subscribes to the guest's TCP listeners: the current set first, then
     /// changes as they happen.
-    pub async fn watch_ports(&self) -> Result<PortEvents, ProxyError> {
+    pub async fn watch_ports(&self) -> Result<PortEvents, LocalForwardError> {
         let client = self.client().await?;
         let limit = self.inner.options.call_timeout;
         let rx = call(
@@ -294,7 +295,7 @@ impl Guest {
             ),
         )
         .await
-        .map_err(ProxyError::Watch)?;
+        .map_err(LocalForwardError::Watch)?;
         Ok(PortEvents { rx })
     }
 }

@@ -9,8 +9,8 @@
 //! connections already open run to their end. [`Guest::forward_all`] binds
 //! several listeners, all or nothing.
 
-use crate::local::guest_handle::{Guest, ProxyError};
-use crate::local::proxy_session::ProxySession;
+use crate::local::forward::LocalForward;
+use crate::local::guest_handle::{Guest, LocalForwardError};
 use crate::local_spec::{LocalSpec, LocalSpecError};
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
@@ -27,9 +27,9 @@ use tracing::Instrument as _;
 impl Guest {
     /// Binds a host listener for `spec` (an `-L` spec, see [`crate::local_spec`])
     /// and forwards each client to the guest target.
-    pub async fn forward(&self, spec: &str) -> Result<ProxySession, ProxyError> {
+    pub async fn forward(&self, spec: &str) -> Result<LocalForward, LocalForwardError> {
         let mut v = self.forward_all(&[spec]).await?;
-        v.pop().ok_or(ProxyError::Spec {
+        v.pop().ok_or(LocalForwardError::Spec {
             spec: spec.to_owned(),
             source: LocalSpecError::Shape,
         })
@@ -37,15 +37,19 @@ impl Guest {
 
     /// Binds every listener, or none: if one spec is malformed or cannot be
     /// bound, the listeners already bound are closed and the error names the
-    /// spec. Sessions come back in the order of `specs`.
-    pub async fn forward_all(&self, specs: &[&str]) -> Result<Vec<ProxySession>, ProxyError> {
+    /// spec. The forwards come back in the order of `specs`.
+    pub async fn forward_all(
+        &self,
+        specs: &[&str],
+    ) -> Result<Vec<LocalForward>, LocalForwardError> {
         let parsed = specs
             .iter()
             .map(|s| {
-                s.parse::<LocalSpec>().map_err(|source| ProxyError::Spec {
-                    spec: (*s).to_owned(),
-                    source,
-                })
+                s.parse::<LocalSpec>()
+                    .map_err(|source| LocalForwardError::Spec {
+                        spec: (*s).to_owned(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.forward_specs(&parsed, specs)
@@ -57,7 +61,7 @@ impl Guest {
         &self,
         specs: &[LocalSpec],
         names: &[&str],
-    ) -> Result<Vec<ProxySession>, ProxyError> {
+    ) -> Result<Vec<LocalForward>, LocalForwardError> {
         let mut bound = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             match ClientListener::bind(&spec.listen) {
@@ -65,7 +69,7 @@ impl Guest {
                 Err(source) => {
                     // Dropping what was bound closes it (and unlinks Unix sockets).
                     drop(bound);
-                    return Err(ProxyError::Listen {
+                    return Err(LocalForwardError::Listen {
                         spec: names
                             .get(i)
                             .map_or_else(|| spec.to_string(), |s| (*s).to_owned()),
@@ -83,12 +87,12 @@ impl Guest {
     }
 
     /// Binds `spec`, trying `spec`'s port first and then the next ones, up to
-    /// `tries` ports; the session of the first that binds.
+    /// `tries` ports; the local forward of the first that binds.
     pub(crate) fn forward_near(
         &self,
         spec: &LocalSpec,
         tries: u16,
-    ) -> Result<ProxySession, ProxyError> {
+    ) -> Result<LocalForward, LocalForwardError> {
         let ListenAt::Tcp(first) = spec.listen else {
             return self
                 .forward_specs(std::slice::from_ref(spec), &[])
@@ -103,19 +107,19 @@ impl Guest {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ProxyError::Spec {
+        Err(last.unwrap_or(LocalForwardError::Spec {
             spec: spec.to_string(),
             source: LocalSpecError::Shape,
         }))
     }
 
     /// Starts the accept loop of `listener` on the handle's tracker.
-    fn serve(&self, spec: LocalSpec, listener: ClientListener) -> ProxySession {
+    fn serve(&self, spec: LocalSpec, listener: ClientListener) -> LocalForward {
         let stop = self.tasks().stop.child_token();
         let done = CancellationToken::new();
         let counters = Arc::new(ForwardCounters::default());
         let local = listener.at().clone();
-        let session = ProxySession::new(
+        let forward = LocalForward::new(
             spec.clone(),
             local.clone(),
             counters.clone(),
@@ -145,7 +149,7 @@ impl Guest {
             tracing::info!(%local, "host listener closed");
             done.cancel();
         });
-        session
+        forward
     }
 }
 
@@ -157,7 +161,7 @@ async fn connection(guest: Guest, target: Target, conn: Stream, counters: Arc<Fo
         Ok(s) => s,
         Err(e) => {
             ForwardCounters::bump(&counters.failed);
-            tracing::warn!(%target, cause = %Chain(&e), "host connection closed: the guest side failed");
+            tracing::warn!(%target, cause = %Chain(&e), "client closed: the guest side failed");
             return;
         }
     };

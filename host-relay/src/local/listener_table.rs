@@ -3,7 +3,7 @@
 //! has an ID (`local-N`, `auto-PORT`) for `status` and `remove`; each one
 //! opened is announced on stdout (`announce`) for scripts.
 
-use crate::local::proxy_session::ProxySession;
+use crate::local::forward::LocalForward;
 use crate::local_spec::LocalSpec;
 use sockfwd_proto::counters::CounterSnapshot;
 use sockfwd_proto::transport::ListenAt;
@@ -35,7 +35,7 @@ pub enum Origin {
 
 struct Entry {
     origin: Origin,
-    session: ProxySession,
+    forward: LocalForward,
 }
 
 /// One row of `status` for a local forward.
@@ -68,8 +68,8 @@ impl ListenerTable {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `session`; returns its ID.
-    pub fn add(&self, origin: Origin, session: ProxySession) -> String {
+    /// Keeps `forward`; returns its ID.
+    pub fn add(&self, origin: Origin, forward: LocalForward) -> String {
         let mut t = self.lock();
         let id = match &origin {
             Origin::Spec(_) => {
@@ -78,7 +78,7 @@ impl ListenerTable {
             }
             Origin::Auto { port, .. } => format!("auto-{port}"),
         };
-        t.by_id.insert(id.clone(), Entry { origin, session });
+        t.by_id.insert(id.clone(), Entry { origin, forward });
         id
     }
 
@@ -93,12 +93,12 @@ impl ListenerTable {
                 .iter()
                 .find(|(_, e)| {
                     e.origin == Origin::Spec(id_or_spec.to_owned())
-                        || canonical.as_ref() == Some(e.session.spec())
+                        || canonical.as_ref() == Some(e.forward.spec())
                 })
                 .map(|(id, _)| id.clone())?
         };
         let e = t.by_id.remove(&id)?;
-        e.session.close();
+        e.forward.close();
         Some(id)
     }
 
@@ -126,8 +126,8 @@ impl ListenerTable {
             return None;
         }
         let e = t.by_id.remove(&id)?;
-        e.session.close();
-        Some(e.session.local_addr().clone())
+        e.forward.close();
+        Some(e.forward.local_addr().clone())
     }
 
     /// Closes every auto-forward (the session that reported them ended).
@@ -136,7 +136,7 @@ impl ListenerTable {
         t.by_id.retain(|_, e| {
             let auto = matches!(e.origin, Origin::Auto { .. });
             if auto {
-                e.session.close();
+                e.forward.close();
             }
             !auto
         });
@@ -149,9 +149,9 @@ impl ListenerTable {
             .iter()
             .map(|(id, e)| LocalRow {
                 id: id.clone(),
-                local: e.session.local_addr().clone(),
-                remote: e.session.spec().remote_text(),
-                counters: e.session.counters(),
+                local: e.forward.local_addr().clone(),
+                remote: e.forward.spec().remote_text(),
+                counters: e.forward.counters(),
             })
             .collect()
     }

@@ -4,11 +4,11 @@
 //!
 //! [`guest_handle`] opens one connection in the guest (a stream, then
 //! `Connect`); [`listen`] serves host listeners with it, each one a
-//! [`proxy_session::ProxySession`]; [`listener_table`] keeps the relay's;
+//! [`forward::LocalForward`]; [`listener_table`] keeps the relay's;
 //! [`auto_forward`] follows the guest's listening ports.
 
 pub mod auto_forward;
+pub mod forward;
 pub mod guest_handle;
 pub mod listen;
 pub mod listener_table;
-pub mod proxy_session;

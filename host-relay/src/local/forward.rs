@@ -1,6 +1,6 @@
 //! Handles on local forwards, in the shape of Sprites' proxy API: a
-//! [`ProxySession`] per host listener with its bound address, `close()` and an
-//! awaitable end; a [`ProxyManager`] closes or awaits many together. The
+//! [`LocalForward`] per host listener with its bound address, `close()` and an
+//! awaitable end; a [`LocalForwards`] closes or awaits many together. The
 //! listeners themselves are served by `listen`.
 
 use crate::local_spec::LocalSpec;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub type LocalAddr = ListenAt;
 
 /// One host listener forwarding to a guest target. Dropping it closes it too.
-pub struct ProxySession {
+pub struct LocalForward {
     spec: LocalSpec,
     local: ListenAt,
     counters: Arc<ForwardCounters>,
@@ -26,8 +26,8 @@ pub struct ProxySession {
     done: CancellationToken,
 }
 
-impl ProxySession {
-    /// A session for the listener serving `spec` at `local`; the listener's
+impl LocalForward {
+    /// The handle of the listener serving `spec` at `local`; the listener's
     /// loop ends on `stop` and cancels `done` once it is gone.
     pub(crate) fn new(
         spec: LocalSpec,
@@ -35,8 +35,8 @@ impl ProxySession {
         counters: Arc<ForwardCounters>,
         stop: CancellationToken,
         done: CancellationToken,
-    ) -> ProxySession {
-        ProxySession {
+    ) -> LocalForward {
+        LocalForward {
             spec,
             local,
             counters,
@@ -50,7 +50,7 @@ impl ProxySession {
         &self.local
     }
 
-    /// The mapping this session serves.
+    /// The mapping it serves.
     pub fn spec(&self) -> &LocalSpec {
         &self.spec
     }
@@ -78,47 +78,47 @@ impl ProxySession {
     }
 }
 
-impl Drop for ProxySession {
+impl Drop for LocalForward {
     fn drop(&mut self) {
         self.stop.cancel();
     }
 }
 
-impl fmt::Debug for ProxySession {
+impl fmt::Debug for LocalForward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ProxySession({} -> {})",
+            "LocalForward({} -> {})",
             self.local,
             self.spec.remote_text()
         )
     }
 }
 
-/// Many sessions closed or awaited together.
+/// Many local forwards closed or awaited together.
 #[derive(Default)]
-pub struct ProxyManager {
-    sessions: Mutex<Vec<Arc<ProxySession>>>,
+pub struct LocalForwards {
+    forwards: Mutex<Vec<Arc<LocalForward>>>,
 }
 
-impl ProxyManager {
+impl LocalForwards {
     /// An empty manager.
-    pub fn new() -> ProxyManager {
-        ProxyManager::default()
+    pub fn new() -> LocalForwards {
+        LocalForwards::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<ProxySession>>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<LocalForward>>> {
+        self.forwards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds a session; the manager keeps it open until `close_all`.
-    pub fn add(&self, session: ProxySession) -> Arc<ProxySession> {
-        let s = Arc::new(session);
+    pub fn add(&self, forward: LocalForward) -> Arc<LocalForward> {
+        let s = Arc::new(forward);
         self.lock().push(s.clone());
         s
     }
 
-    /// How many sessions it holds.
+    /// How many local forwards it holds.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -128,14 +128,14 @@ impl ProxyManager {
         self.len() == 0
     }
 
-    /// Closes every session.
+    /// Closes every local forward.
     pub fn close_all(&self) {
         for s in self.lock().iter() {
             s.close();
         }
     }
 
-    /// Resolves once every session is closed.
+    /// Resolves once every local forward is closed.
     pub async fn wait_all(&self) {
         let all: Vec<_> = self.lock().clone();
         for s in all {

@@ -1,7 +1,7 @@
-//! Host to guest through the real agent and relay: every `-L` spec form
+//! Local forwards through the real agent and relay: every `-L` spec form
 //! reaching a Python HTTP server in the guest role (TCP, and over a Unix
 //! socket), fetched with curl on the host side; the all-or-nothing binding
-//! rule; refusals closing the host connection at once.
+//! rule; refusals closing the client's connection at once.
 
 // An integration-test crate: every #[test] here is one, and a failed unwrap is a
 // failed test.
@@ -11,14 +11,14 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::reverse::{self, curl, free_port, http_tcp, Relay};
+use sockfwd_tests::local_forwards::{self, curl, free_port, http_tcp, Relay};
 use sockfwd_tests::{peers, wait_connectable, Env};
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    reverse::served_dir(env, "www", "hello from the guest\n")
+    local_forwards::served_dir(env, "www", "hello from the guest\n")
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Helpers for the host-to-guest tests: a relay whose stdout (the lines it
-//! prints for `-L`, auto-forward and guest TCP listeners) is kept in a file, free
+//! Helpers for the local-forward tests, and the remote-forward tests that read
+//! what the relay prints: a relay whose stdout (the lines it prints for `-L`,
+//! auto-forward and guest TCP listeners) is kept in a file, free
 //! loopback ports, a Python HTTP server on TCP in the guest role, curl, and the
 //! relay's admin subcommands.
 
