@@ -1,7 +1,7 @@
 //! The admin subcommands of `sockfwd-relay` (`status`, `add`, `remove`): the
 //! client of a running relay's admin socket.
 
-use crate::admin::request::{parse_answer, AdminRequest, RequestError};
+use crate::admin::request::{AdminRequest, Answer, RequestError};
 use clap::Subcommand;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -142,7 +142,11 @@ pub fn request(path: &Path, req: &AdminRequest) -> Result<String, ClientError> {
     s.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     s.take(MAX_ANSWER).read_to_string(&mut answer).map_err(io)?;
-    parse_answer(&answer).map_err(ClientError::Refused)
+    let Ok(answer) = answer.parse::<Answer>();
+    match answer {
+        Answer::Done(body) => Ok(body),
+        Answer::Refused(why) => Err(ClientError::Refused(why)),
+    }
 }
 
 #[cfg(test)]

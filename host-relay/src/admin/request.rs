@@ -95,23 +95,48 @@ impl AdminRequest {
     }
 }
 
-/// The answer text for a request's outcome: `ok` and the body, or one
-/// `error: ...` line.
-pub fn answer(outcome: Result<String, String>) -> String {
-    match outcome {
-        Ok(body) => format!("ok\n{body}"),
-        Err(message) => format!("error: {}\n", message.replace(['\n', '\r'], " ")),
+/// The answer to one request: what the server writes and the client reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Done: the body (a table, Prometheus text, a line); written `ok` and the
+    /// body.
+    Done(String),
+    /// Refused or failed: why, written as one `error: ...` line.
+    Refused(String),
+}
+
+impl Answer {
+    /// The answer to a request's outcome; an error is worded by its chain.
+    pub fn of<E: std::error::Error + 'static>(outcome: Result<String, E>) -> Answer {
+        match outcome {
+            Ok(body) => Answer::Done(body),
+            Err(e) => Answer::Refused(sockfwd_proto::report::chain(&e)),
+        }
     }
 }
 
-/// Reads an answer: the body, or the server's error message.
-pub fn parse_answer(text: &str) -> Result<String, String> {
-    match text.split_once('\n') {
-        Some(("ok", body)) => Ok(body.to_owned()),
-        _ => {
-            let text = text.trim_end();
-            Err(text.strip_prefix("error: ").unwrap_or(text).to_owned())
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Done(body) => write!(f, "ok\n{body}"),
+            Answer::Refused(why) => writeln!(f, "error: {}", why.replace(['\n', '\r'], " ")),
         }
+    }
+}
+
+impl FromStr for Answer {
+    type Err = std::convert::Infallible;
+
+    /// Any text reads: `ok` and a body, else a refusal (an `error: ` prefix
+    /// dropped).
+    fn from_str(text: &str) -> Result<Answer, Self::Err> {
+        Ok(match text.split_once('\n') {
+            Some(("ok", body)) => Answer::Done(body.to_owned()),
+            _ => {
+                let text = text.trim_end();
+                Answer::Refused(text.strip_prefix("error: ").unwrap_or(text).to_owned())
+            }
+        })
     }
 }
 
@@ -160,13 +185,17 @@ mod tests {
 
     #[test]
     fn answers_round_trip() {
+        let again = |a: Answer| a.to_string().parse::<Answer>().unwrap();
         assert_eq!(
-            parse_answer(&answer(Ok("body\n".into()))),
-            Ok("body\n".into())
+            again(Answer::Done("body\n".into())),
+            Answer::Done("body\n".into())
         );
-        assert_eq!(parse_answer(&answer(Ok(String::new()))), Ok(String::new()));
-        let err = answer(Err("two\nlines".into()));
+        assert_eq!(
+            again(Answer::Done(String::new())),
+            Answer::Done(String::new())
+        );
+        let err = Answer::Refused("two\nlines".into()).to_string();
         assert_eq!(err, "error: two lines\n");
-        assert_eq!(parse_answer(&err), Err("two lines".into()));
+        assert_eq!(err.parse(), Ok(Answer::Refused("two lines".into())));
     }
 }

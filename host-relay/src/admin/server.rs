@@ -13,7 +13,7 @@
 //! gets `error: permission denied` before a byte of the request is read, and
 //! a log line with its uid and pid.
 
-use crate::admin::request::{answer, AdminRequest, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
+use crate::admin::request::{AdminRequest, Answer, RequestError, MAX_REQUEST, REQUEST_TIMEOUT};
 use crate::admin::status::{self, Direction, Row};
 use crate::local::guest_handle::{Guest, LocalForwardError};
 use crate::local::listener_table::{announce, ListenerTable, Origin};
@@ -201,7 +201,7 @@ fn permitted(admin: &Admin, s: &Stream) -> bool {
 
 async fn handle(admin: &Admin, s: Stream) {
     if !permitted(admin, &s) {
-        let text = answer(Err(PERMISSION_DENIED.to_owned()));
+        let text = Answer::Refused(PERMISSION_DENIED.to_owned()).to_string();
         if let Err(e) = s.write_all(text.as_bytes()).await {
             tracing::debug!(cause = %e, "refused admin client left before the answer");
         }
@@ -219,7 +219,7 @@ async fn handle(admin: &Admin, s: Stream) {
             Err(e) => Err(e.into()),
         },
     };
-    let text = answer(outcome.map_err(|e| chain(&e)));
+    let text = Answer::of(outcome).to_string();
     if let Err(e) = s.write_all(text.as_bytes()).await {
         tracing::debug!(cause = %e, "admin client left before the answer");
     }
