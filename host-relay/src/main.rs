@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
 /// The program name every message starts with.
@@ -103,8 +104,11 @@ fn daemon(cli: Cli) -> Result<(), MainError> {
         .build()
         .map_err(MainError::Runtime)?;
     runtime.block_on(async {
+        // Process-wide helpers; they end with the runtime.
+        let helpers = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        watch_signals(shutdown.clone()).map_err(MainError::Signals)?;
+        watch_signals(&helpers, shutdown.clone()).map_err(MainError::Signals)?;
+        helpers.close();
         sockfwd_relay::run(config, shutdown)
             .await
             .map_err(MainError::Relay)
@@ -112,10 +116,10 @@ fn daemon(cli: Cli) -> Result<(), MainError> {
 }
 
 /// SIGTERM or SIGINT cancels `shutdown`; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+fn watch_signals(tasks: &TaskTracker, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut first = true;
         loop {
             let name = tokio::select! {
