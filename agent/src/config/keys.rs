@@ -1,4 +1,4 @@
-//! The machinery of the key table in `mod.rs`. [`keys!`] turns one row per
+//! The machinery of the key table in `mod.rs`. `keys!` turns one row per
 //! setting into its [`AgentConfig`](super::AgentConfig) field and default, its
 //! flag (typed: clap reads the value with the key's [`Kind`], and `--help`
 //! shows the default), its file and `sockfwd.` key, a layer's values of it

@@ -5,7 +5,7 @@
 //! The table below is every setting, once: its doc comment (the flag's help,
 //! the field's doc and the shipped file's comment), its field and type, its
 //! default, and the [`values`] kind that reads its value the same way in every
-//! layer. [`keys!`](keys::keys) makes the rest of it: the field of
+//! layer. `keys!` (in [`keys`]) makes the rest of it: the field of
 //! [`AgentConfig`] and its `Default`, the typed flag (`--pending-timeout`, the
 //! default in its help), the file key (`pending_timeout`) and the kernel
 //! command line key (`sockfwd.pending_timeout`), how one layer's values land
@@ -15,7 +15,7 @@
 //! # Adding a key
 //!
 //! One row in the table, nowhere else (a new kind of value is a [`values`]
-//! kind, or a [`Kind`](values::Kind) beside its domain type as
+//! kind, or a `Kind` beside its domain type as
 //! [`forward::Forward`] is); then `SOCKFWD_BLESS=1 cargo nextest run -p
 //! sockfwd-agent shipped_file` writes `dist/agent.toml` anew. An alias (another
 //! key for a setting above, such as `control_port`) is a row after `[aliases]`.
