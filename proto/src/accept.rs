@@ -1,6 +1,6 @@
 //! The one accept loop of both daemons: every listener (the agent's control and
-//! stream ports, the relay's admin socket, control listener and `-L`
-//! listeners) accepts through [`accept_next`].
+//! stream ports and remote forwards, the relay's admin socket, control
+//! listener and local forwards) accepts through [`accept_next`].
 //!
 //! An accept that fails is retried after a [`Backoff`] pause, never at once:
 //! out of descriptors (EMFILE, ENFILE) the listening socket stays readable, so
@@ -8,7 +8,7 @@
 //! The pause ends early when the loop is stopped. A success resets the backoff.
 
 use crate::backoff::Backoff;
-use crate::transport::{Listener, Peer, Stream};
+use crate::transport::{ClientListener, Listener, Peer, Stream};
 use std::future::Future;
 use std::io;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,18 @@ impl Accept for Listener {
 
     fn describe(&self) -> String {
         self.address().to_string()
+    }
+}
+
+impl Accept for ClientListener {
+    type Conn = Stream;
+
+    fn accept(&self) -> impl Future<Output = io::Result<Stream>> + Send {
+        ClientListener::accept(self)
+    }
+
+    fn describe(&self) -> String {
+        self.at().to_string()
     }
 }
 

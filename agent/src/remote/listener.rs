@@ -76,7 +76,6 @@ pub fn bind(addr: SocketAddr) -> Result<BoundTcp, TcpListenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockfwd_proto::accept::Accept as _;
     use sockfwd_proto::transport::ListenAt;
 
     fn addr(s: &str) -> SocketAddr {

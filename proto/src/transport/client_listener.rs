@@ -4,7 +4,6 @@
 //! either ([`ClientListener`]), with `TCP_NODELAY` on every TCP client.
 
 use super::{Address, Listener, ListenerError, SocketFileError, Stream};
-use crate::accept::Accept;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -128,21 +127,10 @@ impl ClientListener {
     pub fn at(&self) -> &ListenAt {
         &self.at
     }
-}
 
-impl AsRawFd for ClientListener {
-    fn as_raw_fd(&self) -> RawFd {
-        match &self.inner {
-            Inner::Unix(l) => l.as_raw_fd(),
-            Inner::Tcp(l) => l.as_raw_fd(),
-        }
-    }
-}
-
-impl Accept for ClientListener {
-    type Conn = Stream;
-
-    async fn accept(&self) -> io::Result<Stream> {
+    /// Accepts one client (a TCP one with `TCP_NODELAY`). Errors (EMFILE
+    /// included) are the caller's to back off from.
+    pub async fn accept(&self) -> io::Result<Stream> {
         match &self.inner {
             Inner::Unix(l) => Ok(l.accept().await?.0),
             Inner::Tcp(l) => {
@@ -154,9 +142,14 @@ impl Accept for ClientListener {
             }
         }
     }
+}
 
-    fn describe(&self) -> String {
-        self.at.to_string()
+impl AsRawFd for ClientListener {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.inner {
+            Inner::Unix(l) => l.as_raw_fd(),
+            Inner::Tcp(l) => l.as_raw_fd(),
+        }
     }
 }
 
@@ -198,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
         let unix = ClientListener::bind(&ListenAt::Unix(path.clone())).unwrap();
-        assert_eq!(unix.describe(), path.display().to_string());
+        assert_eq!(unix.at().to_string(), path.display().to_string());
         let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
         unix.accept().await.unwrap();
         let err = ClientListener::bind(unix.at()).err().unwrap();
