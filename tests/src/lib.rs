@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is a test failure
 
-pub mod local_forwards;
+pub mod forwards;
 pub mod peers;
 pub mod servers;
 

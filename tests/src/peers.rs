@@ -2,7 +2,7 @@
 //! on a Unix socket or on TCP only), and a Python HTTP server on a Unix socket.
 //! A missing program fails the test with the package to install; it never skips.
 
-use crate::local_forwards::wait_tcp;
+use crate::forwards::wait_tcp;
 use crate::{require_tool, wait_connectable, Daemon};
 use std::path::{Path, PathBuf};
 use std::process::Command;

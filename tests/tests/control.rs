@@ -11,7 +11,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{admin, metric, Relay};
+use sockfwd_tests::forwards::{admin, metric, Relay};
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{connect, request, wait_connectable, wait_until, Env, READY_DEADLINE};
 use std::io::{Read, Write};

@@ -10,7 +10,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{free_port, http_tcp};
+use sockfwd_tests::forwards::{free_port, http_tcp};
 use sockfwd_tests::{bin_dir, Env};
 use std::process::Command;
 

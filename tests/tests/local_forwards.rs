@@ -11,14 +11,14 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{self, curl, free_port, http_tcp, Relay};
+use sockfwd_tests::forwards::{self, curl, free_port, http_tcp, Relay};
 use sockfwd_tests::{peers, wait_connectable, Env};
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    local_forwards::served_dir(env, "www", "hello from the guest\n")
+    forwards::served_dir(env, "www", "hello from the guest\n")
 }
 
 #[test]

@@ -12,7 +12,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{admin, Relay};
+use sockfwd_tests::forwards::{admin, Relay};
 use sockfwd_tests::servers::{Behaviour, Server};
 use sockfwd_tests::{
     bin, require_tool, wait_connectable, wait_forwarding, wait_until, Daemon, Env, READY_DEADLINE,

@@ -11,7 +11,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{curl, free_port, http_tcp, Relay};
+use sockfwd_tests::forwards::{curl, free_port, http_tcp, Relay};
 use sockfwd_tests::Env;
 use std::net::TcpStream;
 

@@ -11,7 +11,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{free_port, Relay};
+use sockfwd_tests::forwards::{free_port, Relay};
 use sockfwd_tests::{peers, require_tool, Env};
 use std::process::Command;
 

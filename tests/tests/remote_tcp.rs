@@ -1,4 +1,4 @@
-//! Guest to host over TCP (`-R`, issue 11) through the real agent and relay:
+//! Remote forwards over TCP (`-R`, issue 11) through the real agent and relay:
 //! every spec form reaching a host service (TCP and a Unix socket) from a
 //! guest TCP listener or socket file; port 0 printed and in `status`; a start
 //! that cannot create every listener leaves none; forwards added and removed
@@ -15,7 +15,7 @@
     clippy::expect_used
 )]
 
-use sockfwd_tests::local_forwards::{self, admin, curl, free_port, http_tcp, metric, Relay};
+use sockfwd_tests::forwards::{self, admin, curl, free_port, http_tcp, metric, Relay};
 use sockfwd_tests::{bin, peers, require_tool, wait_connectable, Daemon, Env, READY_DEADLINE};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn served_dir(env: &Env) -> std::path::PathBuf {
-    local_forwards::served_dir(env, "www", "hello from the host\n")
+    forwards::served_dir(env, "www", "hello from the host\n")
 }
 
 /// Sends `msg` to a guest TCP address, half-closes, reads the whole answer.

@@ -1,13 +1,12 @@
-//! Helpers for the local-forward tests, and the remote-forward tests that read
-//! what the relay prints: a relay whose stdout (the lines it prints for `-L`,
-//! auto-forward and guest TCP listeners) is kept in a file, free
-//! loopback ports, a Python HTTP server on TCP in the guest role, curl, and the
-//! relay's admin subcommands.
+//! Helpers for the tests of forwards in either direction as a user sets them
+//! up: a relay whose stdout (the lines it prints for `-L`, auto-forward and
+//! guest TCP listeners) is kept in a file, free loopback ports, a Python HTTP
+//! server on TCP, curl, and the relay's admin subcommands.
 
 use crate::{bin, require_tool, wait_until, Daemon, Env, READY_DEADLINE};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to 0, then closed).
 pub fn free_port() -> u16 {
@@ -171,11 +170,7 @@ pub fn curl(args: &[&str]) -> Result<String, String> {
         .args(args)
         .output()
         .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    stdout_or_stderr(&out)
 }
 
 /// Runs `sockfwd-relay SUBCOMMAND --admin PATH ARGS`: its stdout, or its stderr.
@@ -187,10 +182,16 @@ pub fn admin(path: &Path, subcommand: &str, args: &[&str]) -> Result<String, Str
         .args(args)
         .output()
         .map_err(|e| e.to_string())?;
+    stdout_or_stderr(&out)
+}
+
+/// A finished command's stdout if it succeeded, else its stderr.
+fn stdout_or_stderr(out: &Output) -> Result<String, String> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(text(&out.stdout))
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(text(&out.stderr))
     }
 }
 
