@@ -5,11 +5,11 @@ use crate::framing::FramingPolicy;
 use crate::limits::Limits;
 use crate::local_spec::{LocalArg, LocalSpecError};
 use crate::port_filter::PortFilter;
-use crate::remote_spec::{Forward, GuestListen, SpecError};
+use crate::remote_spec::{Forward, SpecError};
 pub use sockfwd_proto::duration::MAX_DURATION;
 use sockfwd_proto::duration::{self, DurationError};
 use sockfwd_proto::relay::RelayConfig;
-use sockfwd_proto::transport::Address;
+use sockfwd_proto::transport::{Address, ListenAt};
 use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
@@ -130,16 +130,16 @@ pub enum ConfigError {
         /// The shared ID.
         id: String,
         /// Where the first forward listens.
-        first: GuestListen,
+        first: ListenAt,
         /// Where the second forward listens.
-        second: GuestListen,
+        second: ListenAt,
     },
     /// Two forwards listen at the same place in the guest (a socket file, or a
     /// TCP address other than port 0).
     #[error("guest listener {at} is given twice (forward IDs {first:?} and {second:?})")]
     DuplicateListener {
         /// The shared place.
-        at: GuestListen,
+        at: ListenAt,
         /// The first forward's ID.
         first: String,
         /// The second forward's ID.
@@ -207,7 +207,7 @@ impl Config {
             duration::check(name, value, positive)?;
         }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();
-        let mut places: HashMap<&GuestListen, &Forward> = HashMap::new();
+        let mut places: HashMap<&ListenAt, &Forward> = HashMap::new();
         for f in &self.forwards {
             f.check().map_err(|source| ConfigError::BadForward {
                 id: f.id.clone(),
@@ -292,7 +292,7 @@ mod tests {
         c.control = Control::Listen("hvsock:///v:1025".parse().unwrap());
         assert!(matches!(c.validate(), Err(ConfigError::ListenOnHybrid(_))));
         let mut f = Forward::from_spec("/g/a.sock:/h").unwrap();
-        f.listen = GuestListen::Unix("rel".into());
+        f.listen = ListenAt::Unix("rel".into());
         assert!(matches!(
             base(vec![f]).validate(),
             Err(ConfigError::BadForward { .. })

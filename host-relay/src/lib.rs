@@ -101,11 +101,14 @@ pub use remote_connect::{BAD_STREAM_ID, DIAL_FAILED, SHUTTING_DOWN};
 pub use remote_control::{RemoteControl, RemoteError, RemoteForward};
 /// `--forward` and `--uds-mount` specs (the module's name before the layers).
 pub use remote_spec as spec;
-pub use remote_spec::{Forward, GuestListen, HostTarget};
+pub use remote_spec::{Forward, HostTarget};
 /// The remote forward table (the module's name before the layers).
 pub use remote_table as forwards;
 pub use remote_table::{ForwardTable, NO_TCP_LISTEN};
 pub use rpc::CallError;
+/// Where a forward listens: a socket file or a TCP address (the shared type,
+/// [`sockfwd_proto::transport::ListenAt`]).
+pub use sockfwd_proto::transport::ListenAt;
 pub use streams::StreamError;
 
 use admin::server::{self, Admin, AdminAccess};

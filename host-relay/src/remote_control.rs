@@ -13,13 +13,14 @@
 
 use crate::local::guest_handle::Guest;
 use crate::local::listener_table::announce;
-use crate::remote_spec::{Forward, GuestListen, SpecError};
+use crate::remote_spec::{Forward, SpecError};
 use crate::remote_table::{socket, ForwardEntry, ForwardTable, InsertError, NO_TCP_LISTEN};
 use crate::rpc::{call, context, CallError, Peer};
 use sockfwd_proto::counters::CounterSnapshot;
 use sockfwd_proto::info::TCP_LISTEN;
 use sockfwd_proto::log_text::{escape, escape_clipped};
 use sockfwd_proto::rpc::{BindRequest, UnbindRequest};
+use sockfwd_proto::transport::ListenAt;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -268,7 +269,7 @@ impl RemoteForward {
     /// Where it listens in the guest now: its socket file, or its TCP address
     /// with the port the agent picked for port 0 (`None` until bound, and
     /// again after a new agent's session until it is bound there).
-    pub fn guest_addr(&self) -> Option<GuestListen> {
+    pub fn guest_addr(&self) -> Option<ListenAt> {
         self.entry.guest_addr()
     }
 

@@ -1,8 +1,9 @@
 //! Remote forward specs from the command line: `-R SPEC` (ssh's `-R`, as the
 //! guest sees it), `--forward [ID=]GUEST_PATH:HOST_PATH` and nerdbox's
 //! `--uds-mount CONTAINER_ID:HOST_PATH:DESTINATION`. Each is a listener in the
-//! guest ([`GuestListen`]: a socket file or a TCP address) and the host socket
-//! its clients reach ([`HostTarget`]: a Unix socket or a TCP address).
+//! guest ([`ListenAt`]: a socket file or a TCP address, the place type both
+//! daemons use) and the host socket its clients reach ([`HostTarget`]: a Unix
+//! socket or a TCP address).
 //!
 //! | `-R` spec | listens in the guest | reaches on the host |
 //! |---|---|---|
@@ -34,9 +35,10 @@
 use sha2::{Digest, Sha256};
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::target::{split_host_port, Target, TargetParseError};
-use sockfwd_proto::transport::SUN_PATH_MAX;
+use sockfwd_proto::transport::{ListenAt, SUN_PATH_MAX};
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -46,37 +48,6 @@ pub const DERIVED_ID_HEX: usize = 16;
 pub const DEFAULT_GUEST_DIR: &str = "/run/socketfwd";
 /// The guest address a TCP `-R` spec listens on without a GUEST_BIND.
 pub const DEFAULT_GUEST_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// Where a remote forward listens, inside the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum GuestListen {
-    /// A socket file at this absolute path.
-    Unix(String),
-    /// A TCP address (port 0: the agent picks one); sent only to an agent
-    /// that lists the `tcp-listen` extension.
-    Tcp(SocketAddr),
-}
-
-impl GuestListen {
-    /// The place it takes for itself, which no other forward may share, if it
-    /// names one: a socket file, or a TCP address with its port (port 0 takes
-    /// whichever port is free).
-    pub fn place(&self) -> Option<&GuestListen> {
-        match self {
-            GuestListen::Tcp(addr) if addr.port() == 0 => None,
-            other => Some(other),
-        }
-    }
-}
-
-impl fmt::Display for GuestListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GuestListen::Unix(p) => f.write_str(p),
-            GuestListen::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
 
 /// What a remote forward's connections reach, on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,8 +79,10 @@ impl fmt::Display for HostTarget {
 pub struct Forward {
     /// The ID the agent reports in `ConnectRequest.forward_id`; resolved only here.
     pub id: String,
-    /// Where the agent listens, inside the guest.
-    pub listen: GuestListen,
+    /// Where the agent listens, inside the guest: a socket file (an absolute
+    /// UTF-8 path, as the wire carries it) or a TCP address (port 0: the agent
+    /// picks one; sent only to an agent that lists the `tcp-listen` extension).
+    pub listen: ListenAt,
     /// What each guest connection is spliced to.
     pub target: HostTarget,
     /// Listener mode in the guest (extension, socket files only; `None`: the agent's default).
@@ -144,6 +117,9 @@ pub enum SpecError {
     /// The guest path (or guest directory) is relative.
     #[error("guest path {0:?} must be absolute")]
     RelativeGuestPath(String),
+    /// A hand-built forward's guest path is not UTF-8 (the wire carries text).
+    #[error("guest path {0:?} is not UTF-8")]
+    GuestPathNotUtf8(PathBuf),
     /// The guest path does not fit a Unix socket address.
     #[error("guest path {path:?} is {len} bytes; a Unix socket path holds at most {SUN_PATH_MAX}")]
     GuestPathTooLong {
@@ -198,20 +174,24 @@ pub fn nerdbox_forward_id(container_id: &str, destination: &str) -> String {
 /// The ID of a `--forward` without `ID=`: the first [`DERIVED_ID_HEX`] hex digits
 /// of the SHA-256 of the guest path.
 pub fn derived_forward_id(guest_path: &str) -> String {
-    let mut id = hex(&Sha256::digest(guest_path.as_bytes()));
+    derived_id(guest_path.as_bytes())
+}
+
+fn derived_id(text: &[u8]) -> String {
+    let mut id = hex(&Sha256::digest(text));
     id.truncate(DERIVED_ID_HEX);
     id
 }
 
 /// The ID of a spec without `ID=` (see the module docs): derived from where
 /// it listens, and for guest port 0 from its target too.
-pub fn derived_remote_id(listen: &GuestListen, target: &HostTarget) -> String {
+pub fn derived_remote_id(listen: &ListenAt, target: &HostTarget) -> String {
     match listen {
-        GuestListen::Unix(path) => derived_forward_id(path),
-        GuestListen::Tcp(addr) if addr.port() == 0 => {
+        ListenAt::Unix(path) => derived_id(path.as_os_str().as_bytes()),
+        ListenAt::Tcp(addr) if addr.port() == 0 => {
             derived_forward_id(&format!("tcp:{addr}:{target}"))
         }
-        GuestListen::Tcp(addr) => derived_forward_id(&format!("tcp:{addr}")),
+        ListenAt::Tcp(addr) => derived_forward_id(&format!("tcp:{addr}")),
     }
 }
 
@@ -326,7 +306,7 @@ fn host_target(s: &str) -> Result<HostTarget, SpecError> {
 
 impl Forward {
     /// A forward with the agent's default mode and owner.
-    pub fn new(id: String, listen: GuestListen, target: HostTarget) -> Forward {
+    pub fn new(id: String, listen: ListenAt, target: HostTarget) -> Forward {
         Forward {
             id,
             listen,
@@ -348,7 +328,7 @@ impl Forward {
         let host_path = check_host_path(host)?;
         Ok(Forward::new(
             id.map_or_else(|| derived_forward_id(guest), str::to_owned),
-            GuestListen::Unix(guest.to_owned()),
+            ListenAt::Unix(guest.into()),
             HostTarget::Unix(host_path),
         ))
     }
@@ -359,7 +339,7 @@ impl Forward {
         let (listen, target) = if body.starts_with('/') {
             let (guest, host) = body.split_once(':').ok_or(SpecError::RemoteShape)?;
             check_guest_path(guest)?;
-            (GuestListen::Unix(guest.to_owned()), host_target(host)?)
+            (ListenAt::Unix(guest.into()), host_target(host)?)
         } else {
             let (first, rest) = next_part(body)?;
             let (bind, port, rest) = if is_digits(first) {
@@ -370,7 +350,7 @@ impl Forward {
                 (bind, port, rest)
             };
             let addr = SocketAddr::new(bind, guest_port(port)?);
-            (GuestListen::Tcp(addr), host_target(rest)?)
+            (ListenAt::Tcp(addr), host_target(rest)?)
         };
         let id = id.map_or_else(|| derived_remote_id(&listen, &target), str::to_owned);
         Ok(Forward::new(id, listen, target))
@@ -394,7 +374,7 @@ impl Forward {
         check_guest_path(&guest_path)?;
         Ok(Forward::new(
             id,
-            GuestListen::Unix(guest_path),
+            ListenAt::Unix(guest_path.into()),
             HostTarget::Unix(host_path),
         ))
     }
@@ -407,7 +387,7 @@ impl Forward {
 
     /// Whether it listens on a guest TCP address (the `tcp-listen` extension).
     pub fn listens_on_tcp(&self) -> bool {
-        matches!(self.listen, GuestListen::Tcp(_))
+        matches!(self.listen, ListenAt::Tcp(_))
     }
 
     /// Checks a forward however it was built (a library caller may build one
@@ -416,13 +396,17 @@ impl Forward {
     pub fn check(&self) -> Result<(), SpecError> {
         forward_id::check(&self.id)?;
         match &self.listen {
-            GuestListen::Unix(path) => check_guest_path(path)?,
-            GuestListen::Tcp(_)
-                if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() =>
-            {
+            ListenAt::Unix(path) => {
+                // The wire carries the path as text.
+                let text = path
+                    .to_str()
+                    .ok_or_else(|| SpecError::GuestPathNotUtf8(path.clone()))?;
+                check_guest_path(text)?;
+            }
+            ListenAt::Tcp(_) if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() => {
                 return Err(SpecError::OwnerOnTcp)
             }
-            GuestListen::Tcp(_) => {}
+            ListenAt::Tcp(_) => {}
         }
         match &self.target {
             HostTarget::Unix(path) => {
@@ -461,7 +445,7 @@ mod tests {
     fn fwd(id: &str, guest: &str, host: &str) -> Forward {
         Forward::new(
             id.to_owned(),
-            GuestListen::Unix(guest.to_owned()),
+            ListenAt::Unix(guest.into()),
             HostTarget::Unix(PathBuf::from(host)),
         )
     }
@@ -473,8 +457,8 @@ mod tests {
         }
     }
 
-    fn at(addr: &str) -> GuestListen {
-        GuestListen::Tcp(addr.parse().unwrap())
+    fn at(addr: &str) -> ListenAt {
+        ListenAt::Tcp(addr.parse().unwrap())
     }
 
     #[test]
@@ -569,7 +553,7 @@ mod tests {
             Forward::from_uds_mount("abc:/h:x.sock:/run/docker.sock", "/g/")
                 .map(|f| (f.listen, f.target)),
             Ok((
-                GuestListen::Unix(format!("/g/{id}.sock")),
+                ListenAt::Unix(format!("/g/{id}.sock").into()),
                 HostTarget::Unix(PathBuf::from("/h:x.sock"))
             ))
         );
@@ -631,12 +615,12 @@ mod tests {
             ),
             (
                 "/run/pg.sock:127.0.0.1:5432",
-                GuestListen::Unix("/run/pg.sock".into()),
+                ListenAt::Unix("/run/pg.sock".into()),
                 tcp("127.0.0.1", 5432),
             ),
             (
                 "/g/x.sock:/h:y.sock",
-                GuestListen::Unix("/g/x.sock".into()),
+                ListenAt::Unix("/g/x.sock".into()),
                 HostTarget::Unix("/h:y.sock".into()),
             ),
         ];
@@ -739,5 +723,14 @@ mod tests {
         assert_eq!(f.check(), Ok(()));
         f.id = "a b".into();
         assert!(matches!(f.check(), Err(SpecError::BadId(_))));
+        let mut f = Forward::from_spec("/g/a.sock:/h").unwrap();
+        let not_utf8 = PathBuf::from(std::ffi::OsStr::from_bytes(b"/g/\xff.sock"));
+        f.listen = ListenAt::Unix(not_utf8.clone());
+        assert_eq!(f.check(), Err(SpecError::GuestPathNotUtf8(not_utf8)));
+        f.listen = ListenAt::Unix("g/a.sock".into());
+        assert_eq!(
+            f.check(),
+            Err(SpecError::RelativeGuestPath("g/a.sock".into()))
+        );
     }
 }

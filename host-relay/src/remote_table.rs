@@ -5,11 +5,12 @@
 //! admin socket and the library add and remove forwards while the relay runs.
 
 use crate::limits::ForwardLimiter;
-use crate::remote_spec::{Forward, GuestListen};
+use crate::remote_spec::Forward;
 use crate::rpc::{list_forwards, CallError};
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::info::{AgentInfo, TCP_LISTEN};
 use sockfwd_proto::rpc::{BindRequest, ForwardInfo, Socket, SocketForwardClient};
+use sockfwd_proto::transport::ListenAt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -39,10 +40,10 @@ impl ForwardEntry {
     /// Where it listens in the guest now: the socket file, or the bound TCP
     /// address (with the port the agent picked for port 0); `None` while a TCP
     /// listener is not bound.
-    pub fn guest_addr(&self) -> Option<GuestListen> {
+    pub fn guest_addr(&self) -> Option<ListenAt> {
         match &self.forward.listen {
-            GuestListen::Unix(_) => Some(self.forward.listen.clone()),
-            GuestListen::Tcp(_) => self.bound().map(GuestListen::Tcp),
+            ListenAt::Unix(_) => Some(self.forward.listen.clone()),
+            ListenAt::Tcp(_) => self.bound().map(ListenAt::Tcp),
         }
     }
 
@@ -88,7 +89,7 @@ pub enum InsertError {
     #[error("guest listener {at} is already forward {id:?}")]
     ListenerTaken {
         /// The socket file or TCP address.
-        at: GuestListen,
+        at: ListenAt,
         /// The forward that has it.
         id: String,
     },
@@ -248,14 +249,12 @@ impl ForwardTable {
 pub fn socket(f: &Forward) -> Socket {
     let mut s = Socket::new();
     s.forward_id = f.id.clone();
-    match &f.listen {
-        GuestListen::Unix(path) => {
-            s.socket_path = path.clone();
-            s.mode = f.mode;
-            s.uid = f.uid;
-            s.gid = f.gid;
-        }
-        GuestListen::Tcp(addr) => s.tcp_listen = addr.to_string(),
+    s.socket_path = f.listen.socket_path();
+    s.tcp_listen = f.listen.tcp_listen();
+    if let ListenAt::Unix(_) = f.listen {
+        s.mode = f.mode;
+        s.uid = f.uid;
+        s.gid = f.gid;
     }
     s
 }
@@ -315,7 +314,7 @@ mod tests {
         assert!(t.record_bound(&[listed]).is_empty());
         assert_eq!(
             t.get("a").unwrap().guest_addr(),
-            Some(GuestListen::Unix("/g/a.sock".into()))
+            Some(ListenAt::Unix("/g/a.sock".into()))
         );
         assert_eq!(
             entry.remote_line(),
@@ -334,7 +333,7 @@ mod tests {
             t.insert(Forward::from_spec("b=/g/a.sock:/h/b").unwrap())
                 .unwrap_err(),
             InsertError::ListenerTaken {
-                at: GuestListen::Unix("/g/a.sock".into()),
+                at: ListenAt::Unix("/g/a.sock".into()),
                 id: "a".into()
             }
         );

@@ -15,7 +15,7 @@ mod tests {
     use sockfwd_proto::transport::{Address, Stream};
     use sockfwd_relay::framing::FramingPolicy;
     use sockfwd_relay::{
-        ChannelError, Config, Control, Forward, ForwardTable, Guest, GuestListen, GuestOptions,
+        ChannelError, Config, Control, Forward, ForwardTable, Guest, GuestOptions, ListenAt,
         ReachError, Relay, RelayError,
     };
     use std::path::{Path, PathBuf};
@@ -898,7 +898,7 @@ mod tests {
             h.wires.calls.lock().unwrap()[..4],
             ["Info", "Bind", "ListForwards", "Accept"]
         );
-        let got = |port: u16| Some(GuestListen::Tcp(([127, 0, 0, 1], port).into()));
+        let got = |port: u16| Some(ListenAt::Tcp(([127, 0, 0, 1], port).into()));
         let db = relay.remote().get("db").unwrap();
         assert_eq!(db.guest_addr(), got(41233));
 

@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 use sockfwd_relay::spec::{derived_forward_id, derived_remote_id, nerdbox_forward_id};
-use sockfwd_relay::{Forward, GuestListen, HostTarget};
+use sockfwd_relay::{Forward, HostTarget, ListenAt};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -72,9 +72,10 @@ proptest! {
     #[test]
     fn forward_spec_parser_never_panics(s in "\\PC{0,200}") {
         if let Ok(f) = Forward::from_spec(&s) {
-            let GuestListen::Unix(path) = &f.listen else {
+            let ListenAt::Unix(path) = &f.listen else {
                 return Err(TestCaseError::fail("--forward listens on a socket file"));
             };
+            let path = path.to_string_lossy();
             prop_assert!(path.starts_with('/'));
             prop_assert!(!path.contains(':'));
             prop_assert!(!f.id.is_empty());
@@ -85,7 +86,7 @@ proptest! {
     fn uds_mount_parser_never_panics(s in "\\PC{0,200}") {
         if let Ok(f) = Forward::from_uds_mount(&s, "/run/socketfwd") {
             prop_assert_eq!(f.id.len(), 64);
-            prop_assert_eq!(f.listen, GuestListen::Unix(format!("/run/socketfwd/{}.sock", f.id)));
+            prop_assert_eq!(f.listen, ListenAt::Unix(format!("/run/socketfwd/{}.sock", f.id).into()));
         }
     }
 
@@ -100,7 +101,7 @@ proptest! {
             None => format!("{guest}:{host}"),
         };
         let f = Forward::from_spec(&spec).unwrap();
-        prop_assert_eq!(&f.listen, &GuestListen::Unix(guest.clone()));
+        prop_assert_eq!(&f.listen, &ListenAt::Unix(guest.clone().into()));
         prop_assert_eq!(&f.target, &HostTarget::Unix(PathBuf::from(&host)));
         prop_assert_eq!(f.id, id.unwrap_or_else(|| derived_forward_id(&guest)));
     }
@@ -137,7 +138,7 @@ proptest! {
             None => format!("{listen_text}{target_text}"),
         };
         let f = Forward::from_remote_spec(&spec).unwrap();
-        let listen = GuestListen::Tcp(SocketAddr::new(bind, port));
+        let listen = ListenAt::Tcp(SocketAddr::new(bind, port));
         prop_assert_eq!(&f.listen, &listen);
         prop_assert_eq!(&f.target, &target);
         prop_assert_eq!(&f.id, &id.unwrap_or_else(|| derived_remote_id(&listen, &target)));
@@ -151,7 +152,7 @@ proptest! {
         (target_text, target) in host_target(),
     ) {
         let f = Forward::from_remote_spec(&format!("{guest}:{target_text}")).unwrap();
-        prop_assert_eq!(&f.listen, &GuestListen::Unix(guest.clone()));
+        prop_assert_eq!(&f.listen, &ListenAt::Unix(guest.clone().into()));
         prop_assert_eq!(&f.target, &target);
         // A socket file's ID is --forward's, whatever the target.
         prop_assert_eq!(f.id, derived_forward_id(&guest));

@@ -188,14 +188,10 @@ fn tcp_forward(id: &str, addr: &str) -> Result<BootForward, ValueError> {
 impl BootForward {
     /// The Bind request entry for this forward.
     pub fn to_socket(&self) -> Socket {
-        let (socket_path, tcp_listen) = match &self.listen {
-            ListenAt::Unix(p) => (p.to_string_lossy().into_owned(), String::new()),
-            ListenAt::Tcp(a) => (String::new(), a.to_string()),
-        };
         Socket {
             forward_id: self.id.clone(),
-            socket_path,
-            tcp_listen,
+            socket_path: self.listen.socket_path(),
+            tcp_listen: self.listen.tcp_listen(),
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,

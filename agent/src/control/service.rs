@@ -7,7 +7,6 @@
 //! the extensions of this build ([`sockfwd_proto::info::SUPPORTED`]).
 
 use crate::dispatch::{AcceptId, ConnId};
-use crate::forwards::ListenAt;
 use crate::local::connect::{self, ConnectError};
 use crate::local::target::TargetError;
 use crate::remote::bind::{self, BindError, UnbindError};
@@ -246,10 +245,8 @@ impl SocketForward for Service {
             .map(|(id, at, s)| {
                 let mut f = ForwardInfo::new();
                 f.forward_id = id;
-                match at {
-                    ListenAt::Unix(path) => f.socket_path = path.display().to_string(),
-                    ListenAt::Tcp(addr) => f.tcp_listen = addr.to_string(),
-                }
+                f.socket_path = at.socket_path();
+                f.tcp_listen = at.tcp_listen();
                 f.active = s.active;
                 f.total = s.total;
                 f.refused = s.refused;

@@ -14,7 +14,9 @@ use thiserror::Error;
 /// Pending connections a TCP listener queues before the accept loop takes them.
 const TCP_BACKLOG: u32 = 1024;
 
-/// Where a forward listens for its clients.
+/// Where a forward listens for its clients: in the guest for a remote forward
+/// (the relay names it in `Bind`, the agent binds it), on the host for a local
+/// one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ListenAt {
     /// A Unix socket file.
@@ -31,6 +33,34 @@ impl ListenAt {
         match (self, asked) {
             (ListenAt::Tcp(bound), ListenAt::Tcp(a)) if a.port() == 0 => bound.ip() == a.ip(),
             _ => self == asked,
+        }
+    }
+
+    /// The place it takes for itself, which no other forward may share, if it
+    /// names one: a socket file, or a TCP address with its port (port 0 takes
+    /// whichever port is free, so it names none).
+    pub fn place(&self) -> Option<&ListenAt> {
+        match self {
+            ListenAt::Tcp(addr) if addr.port() == 0 => None,
+            other => Some(other),
+        }
+    }
+
+    /// The wire's `socket_path` for it (`Socket`, `ForwardInfo`): the path, or
+    /// empty for a TCP address.
+    pub fn socket_path(&self) -> String {
+        match self {
+            ListenAt::Unix(p) => p.to_string_lossy().into_owned(),
+            ListenAt::Tcp(_) => String::new(),
+        }
+    }
+
+    /// The wire's `tcp_listen` for it (`Socket`, `ForwardInfo`, extension
+    /// `tcp-listen`): the address, or empty for a socket file.
+    pub fn tcp_listen(&self) -> String {
+        match self {
+            ListenAt::Tcp(a) => a.to_string(),
+            ListenAt::Unix(_) => String::new(),
         }
     }
 }
@@ -167,6 +197,24 @@ mod tests {
         assert!(!bound.answers(&tcp("[::1]:0")));
         assert!(!bound.answers(&ListenAt::Unix("127.0.0.1:0".into())));
         assert_eq!(tcp("[::1]:1").to_string(), "[::1]:1");
+    }
+
+    #[test]
+    fn port_zero_takes_no_place_and_the_wire_gets_one_field() {
+        let tcp = |s: &str| ListenAt::Tcp(s.parse().unwrap());
+        assert_eq!(tcp("127.0.0.1:0").place(), None);
+        assert_eq!(tcp("[::1]:5").place(), Some(&tcp("[::1]:5")));
+        let unix = ListenAt::Unix("/run/a.sock".into());
+        assert_eq!(unix.place(), Some(&unix));
+        assert_eq!(
+            (unix.socket_path(), unix.tcp_listen()),
+            ("/run/a.sock".to_owned(), String::new())
+        );
+        let v6 = tcp("[::1]:5432");
+        assert_eq!(
+            (v6.socket_path(), v6.tcp_listen()),
+            (String::new(), "[::1]:5432".to_owned())
+        );
     }
 
     #[tokio::test]
