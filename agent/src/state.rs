@@ -6,6 +6,7 @@ use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
 use crate::registry::Registry;
 use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::transport::{Listener, Peer, Stream, VMADDR_CID_HOST};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,9 @@ pub struct AgentState {
     /// (`sockfwd_proto::limits`): out of permits, a new client is refused at
     /// once rather than starving the stream connections it needs.
     pub client_slots: Arc<Semaphore>,
+    /// Throttles per-connection log lines (refusals, failures), one allowance
+    /// per kind: a guest or host flood cannot flood the log.
+    pub log_throttle: LogThrottle,
     next_conn: AtomicU64,
 }
 
@@ -53,6 +57,7 @@ impl AgentState {
             connections: TaskTracker::new(),
             tasks: TaskTracker::new(),
             client_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
+            log_throttle: LogThrottle::per_second(),
             next_conn: AtomicU64::new(0),
             config,
         }
@@ -67,11 +72,14 @@ impl AgentState {
             Peer::Vsock { cid, .. } => self.config.allow_any_cid || cid == VMADDR_CID_HOST,
         };
         if !allowed {
-            tracing::warn!(
-                port,
-                ?peer,
-                "connection from a CID other than the host; closed"
-            );
+            if let Some(pass) = self.log_throttle.allow("foreign CID") {
+                tracing::warn!(
+                    port,
+                    ?peer,
+                    suppressed = pass.suppressed,
+                    "connection from a CID other than the host; closed"
+                );
+            }
         }
         allowed
     }

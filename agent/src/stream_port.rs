@@ -33,7 +33,10 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
         r = read => match r {
             Ok(id) => id,
             Err(err) => {
-                tracing::warn!(cause = %Chain(&err), "stream handshake failed; closed");
+                if let Some(pass) = state.log_throttle.allow("stream handshake failed") {
+                    tracing::warn!(cause = %Chain(&err), suppressed = pass.suppressed,
+                        "stream handshake failed; closed");
+                }
                 return;
             }
         },
@@ -41,7 +44,10 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
     let mut registration = match state.registry.reserve(&id) {
         Ok(r) => r,
         Err(err) => {
-            tracing::warn!(stream_id = %escape(&id), cause = %err, "duplicate stream ID refused");
+            if let Some(pass) = state.log_throttle.allow("duplicate stream ID") {
+                tracing::warn!(stream_id = %escape(&id), cause = %err, suppressed = pass.suppressed,
+                    "duplicate stream ID refused");
+            }
             let message = handshake::duplicate_message(&id);
             if let Err(err) =
                 handshake::refuse(&mut stream, &message, config.handshake_timeout).await
@@ -52,7 +58,10 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
         }
     };
     if let Err(err) = handshake::accept(&mut stream, &id, config.handshake_timeout).await {
-        tracing::warn!(stream_id = %escape(&id), cause = %Chain(&err), "stream handshake failed; closed");
+        if let Some(pass) = state.log_throttle.allow("stream handshake failed") {
+            tracing::warn!(stream_id = %escape(&id), cause = %Chain(&err),
+                suppressed = pass.suppressed, "stream handshake failed; closed");
+        }
         return;
     }
     registration.fill(stream);
@@ -60,11 +69,14 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
     tokio::select! {
         claimed = registration.claimed_within(config.claim_timeout) => {
             if !claimed {
-                tracing::warn!(
-                    stream_id = %escape(&id),
-                    timeout = ?config.claim_timeout,
-                    "stream not claimed in time; closed"
-                );
+                if let Some(pass) = state.log_throttle.allow("stream not claimed") {
+                    tracing::warn!(
+                        stream_id = %escape(&id),
+                        timeout = ?config.claim_timeout,
+                        suppressed = pass.suppressed,
+                        "stream not claimed in time; closed"
+                    );
+                }
             }
         }
         () = stop.cancelled() => {}

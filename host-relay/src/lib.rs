@@ -125,16 +125,11 @@ use shared::Shared;
 use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::transport::ListenerError;
 use std::sync::Arc;
-use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Log lines per second for each kind of per-connection refusal and failure;
-/// the rest are counted and reported with the next line that gets through.
-const LOG_LINES_PER_SEC: u32 = 20;
 
 /// Why the relay stopped (shutdown is not an error).
 #[derive(Debug, Error)]
@@ -303,7 +298,7 @@ fn set_up(
         tracker,
         shutdown,
         hard_stop,
-        log_throttle: LogThrottle::new(LOG_LINES_PER_SEC, Duration::from_secs(1)),
+        log_throttle: LogThrottle::per_second(),
         client,
     });
     if let Some(listener) = admin_listener {

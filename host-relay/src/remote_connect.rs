@@ -88,6 +88,8 @@ impl fmt::Display for Failure {
             Failure::BadStreamId(e) => write!(f, "{BAD_STREAM_ID}: {e}"),
             Failure::Capped(r) => write!(f, "{r}"),
             Failure::HostUnreachable(e) => write!(f, "{DIAL_FAILED}: {}", Chain(e)),
+            // The agent's text (a refused handshake) is the peer's: escaped.
+            Failure::Stream(e) => write!(f, "{}", Chain(e)),
             other => f.write_str(&other.wire_text()),
         }
     }
@@ -284,7 +286,7 @@ async fn connect_and_relay(
                 ForwardCounters::bump(&counters.failed);
                 if let Some(pass) = shared.log_throttle.allow("failed") {
                     tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
-                        target = %entry.forward.target, cause = %failure,
+                        target = %escape(&entry.forward.target.to_string()), cause = %failure,
                         suppressed = pass.suppressed, "connection failed");
                 }
             } else {

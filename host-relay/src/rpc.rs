@@ -124,7 +124,7 @@ pub async fn ask_info(
             Ok(info)
         }
         Err(e) if e.is_unsupported() => {
-            tracing::info!(cause = %e,
+            tracing::info!(cause = %sockfwd_proto::report::Chain(&e),
                 "the agent does not answer Info: a core-only peer, extensions after Info are off");
             Ok(AgentInfo::core_only())
         }

@@ -14,6 +14,7 @@
 
 use crate::transport::Stream;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest frame accepted from a peer: a hostile length costs at most this much.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -60,9 +61,14 @@ impl Framing {
     }
 }
 
-/// Reads `src` and writes frames to `dst`; an EOF on `src` becomes a 0-length frame.
-pub(crate) async fn frame_out(src: &Stream, dst: &Stream, buffer_size: usize) -> io::Result<u64> {
-    let mut moved = 0u64;
+/// Reads `src` and writes frames to `dst`; an EOF on `src` becomes a 0-length
+/// frame. The bytes carried are added to `moved` as they go.
+pub(crate) async fn frame_out(
+    src: &Stream,
+    dst: &Stream,
+    buffer_size: usize,
+    moved: &AtomicU64,
+) -> io::Result<()> {
     let chunk = buffer_size.clamp(1, MAX_FRAME);
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -83,9 +89,9 @@ pub(crate) async fn frame_out(src: &Stream, dst: &Stream, buffer_size: usize) ->
         buf[..4].copy_from_slice(&len.to_be_bytes());
         dst.write_all(&buf[..4 + n]).await?;
         if n == 0 {
-            return Ok(moved);
+            return Ok(());
         }
-        moved += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -105,9 +111,14 @@ async fn read_exact(src: &Stream, mut buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// Reads frames from `src` and writes their bytes to `dst`; the 0-length frame
-/// half-closes `dst`. A close without that frame is an abort (an error).
-pub(crate) async fn frame_in(src: &Stream, dst: &Stream, buffer_size: usize) -> io::Result<u64> {
-    let mut moved = 0u64;
+/// half-closes `dst`. A close without that frame is an abort (an error). The
+/// bytes carried are added to `moved` as they go.
+pub(crate) async fn frame_in(
+    src: &Stream,
+    dst: &Stream,
+    buffer_size: usize,
+    moved: &AtomicU64,
+) -> io::Result<()> {
     let chunk = buffer_size.clamp(1, MAX_FRAME);
     loop {
         let mut header = [0u8; 4];
@@ -115,7 +126,7 @@ pub(crate) async fn frame_in(src: &Stream, dst: &Stream, buffer_size: usize) -> 
         let len = u32::from_be_bytes(header) as usize;
         if len == 0 {
             dst.shutdown_write()?;
-            return Ok(moved);
+            return Ok(());
         }
         if len > MAX_FRAME {
             return Err(io::Error::new(
@@ -130,8 +141,8 @@ pub(crate) async fn frame_in(src: &Stream, dst: &Stream, buffer_size: usize) -> 
             read_exact(src, &mut buf[..take]).await?;
             dst.write_all(&buf[..take]).await?;
             left -= take;
+            moved.fetch_add(take as u64, Ordering::Relaxed);
         }
-        moved += len as u64;
     }
 }
 

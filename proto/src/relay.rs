@@ -10,6 +10,13 @@
 //! connection holds none. [`CopyMode::Copy`] is the plain read/write path, with a
 //! buffer allocated while data flows and freed when the source runs dry; a
 //! direction also falls back to it when the kernel refuses to splice a socket.
+//!
+//! With [`RelayConfig::idle_timeout`], a relay in which no byte has moved
+//! either way for that long ends (a [`RelayError`] of kind `TimedOut`), which
+//! closes both sockets: an idle client gives back what it holds (a forward's
+//! concurrency slot). Each direction counts its bytes in an atomic the idle
+//! watch reads every quarter of the timeout, so it fires between the timeout
+//! and a quarter more after the last byte, and costs nothing when unset.
 
 use crate::framing::{frame_in, frame_out, Framing};
 use crate::transport::Stream;
@@ -17,6 +24,8 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use thiserror::Error;
 
 /// How bytes are moved.
@@ -37,6 +46,9 @@ pub struct RelayConfig {
     pub pipe_size: usize,
     /// Buffer size of the copy path.
     pub buffer_size: usize,
+    /// Ends the relay once no byte has moved either way for this long;
+    /// `None` (the default): never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -47,6 +59,7 @@ impl Default for RelayConfig {
             mode: CopyMode::Splice,
             pipe_size: 1 << 20,
             buffer_size: 64 << 10,
+            idle_timeout: None,
         }
     }
 }
@@ -71,23 +84,89 @@ pub struct RelayError {
     pub source: io::Error,
 }
 
-/// Relays between `a` and `b` until both directions end; see the module docs.
+/// Bytes moved by each direction of one relay, read by its idle watch.
+#[derive(Debug, Default)]
+struct Moved {
+    a_to_b: AtomicU64,
+    b_to_a: AtomicU64,
+}
+
+impl Moved {
+    fn total(&self) -> u64 {
+        self.a_to_b
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.b_to_a.load(Ordering::Relaxed))
+    }
+
+    fn stats(&self) -> RelayStats {
+        RelayStats {
+            a_to_b: self.a_to_b.load(Ordering::Relaxed),
+            b_to_a: self.b_to_a.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Both directions of one relay, ended early by `idle_timeout` when set.
+async fn until_idle(
+    both: impl std::future::Future<Output = Result<(), RelayError>>,
+    moved: &Moved,
+    idle_timeout: Option<Duration>,
+) -> Result<RelayStats, RelayError> {
+    let Some(timeout) = idle_timeout else {
+        both.await?;
+        return Ok(moved.stats());
+    };
+    let watch = async {
+        let tick = (timeout / 4).max(Duration::from_millis(1));
+        let (mut last, mut quiet) = (moved.total(), Duration::ZERO);
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = moved.total();
+            if now == last {
+                quiet += tick;
+                if quiet >= timeout {
+                    return;
+                }
+            } else {
+                (last, quiet) = (now, Duration::ZERO);
+            }
+        }
+    };
+    tokio::select! {
+        r = both => r.map(|()| moved.stats()),
+        () = watch => Err(RelayError {
+            direction: "both ways",
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("idle: no byte either way for {timeout:?}"),
+            ),
+        }),
+    }
+}
+
+/// Relays between `a` and `b` until both directions end (or the idle timeout
+/// passes); see the module docs.
 pub async fn relay(a: &Stream, b: &Stream, config: &RelayConfig) -> Result<RelayStats, RelayError> {
+    let moved = Moved::default();
     let ab = async {
-        one_way(a, b, config).await.map_err(|source| RelayError {
-            direction: "a->b",
-            source,
-        })
+        one_way_counted(a, b, config, &moved.a_to_b)
+            .await
+            .map_err(|source| RelayError {
+                direction: "a->b",
+                source,
+            })
     };
     let ba = async {
-        one_way(b, a, config).await.map_err(|source| RelayError {
-            direction: "b->a",
-            source,
-        })
+        one_way_counted(b, a, config, &moved.b_to_a)
+            .await
+            .map_err(|source| RelayError {
+                direction: "b->a",
+                source,
+            })
     };
     // try_join drops the other direction at the first error: both sockets close.
-    let (a_to_b, b_to_a) = tokio::try_join!(ab, ba)?;
-    Ok(RelayStats { a_to_b, b_to_a })
+    let both = async { tokio::try_join!(ab, ba).map(|_| ()) };
+    until_idle(both, &moved, config.idle_timeout).await
 }
 
 /// Relays between a local socket and a stream-port connection carried with
@@ -101,8 +180,9 @@ pub async fn relay_stream(
     match framing {
         Framing::Raw => relay(local, stream, config).await,
         Framing::EofFrames => {
+            let moved = Moved::default();
             let out = async {
-                frame_out(local, stream, config.buffer_size)
+                frame_out(local, stream, config.buffer_size, &moved.a_to_b)
                     .await
                     .map_err(|source| RelayError {
                         direction: "a->b",
@@ -110,35 +190,45 @@ pub async fn relay_stream(
                     })
             };
             let inn = async {
-                frame_in(stream, local, config.buffer_size)
+                frame_in(stream, local, config.buffer_size, &moved.b_to_a)
                     .await
                     .map_err(|source| RelayError {
                         direction: "b->a",
                         source,
                     })
             };
-            let (a_to_b, b_to_a) = tokio::try_join!(out, inn)?;
-            Ok(RelayStats { a_to_b, b_to_a })
+            let both = async { tokio::try_join!(out, inn).map(|_| ()) };
+            until_idle(both, &moved, config.idle_timeout).await
         }
     }
 }
 
 /// Copies `src` to `dst` until EOF, then half-closes `dst`. Returns the bytes moved.
 pub async fn one_way(src: &Stream, dst: &Stream, config: &RelayConfig) -> io::Result<u64> {
-    let mut moved = 0u64;
+    let moved = AtomicU64::new(0);
+    one_way_counted(src, dst, config, &moved).await?;
+    Ok(moved.into_inner())
+}
+
+/// [`one_way`], adding the bytes to `moved` as they go.
+async fn one_way_counted(
+    src: &Stream,
+    dst: &Stream,
+    config: &RelayConfig,
+    moved: &AtomicU64,
+) -> io::Result<()> {
     if config.mode == CopyMode::Splice {
         let mut spliced = false;
-        match splice_until_eof(src, dst, config.pipe_size, &mut moved, &mut spliced).await {
+        match splice_until_eof(src, dst, config.pipe_size, moved, &mut spliced).await {
             // Checked on the first splice, before it moved a byte: nothing is lost
             // by carrying on with the copy path.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !spliced => {
                 tracing::debug!("splice refused for this socket pair; copying instead");
             }
-            other => return other.map(|()| moved),
+            other => return other,
         }
     }
-    copy_until_eof(src, dst, config.buffer_size, &mut moved).await?;
-    Ok(moved)
+    copy_until_eof(src, dst, config.buffer_size, moved).await
 }
 
 fn new_pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -197,7 +287,7 @@ async fn splice_until_eof(
     src: &Stream,
     dst: &Stream,
     pipe_size: usize,
-    moved: &mut u64,
+    moved: &AtomicU64,
     spliced: &mut bool,
 ) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
@@ -226,7 +316,7 @@ async fn splice_until_eof(
             if !rest.is_empty() {
                 dst.write_all(&rest).await?;
             }
-            *moved += n as u64;
+            moved.fetch_add(n as u64, Ordering::Relaxed);
             if n == SMALL_READ {
                 // Out of descriptors (EMFILE/ENFILE) this direction keeps copying
                 // through the stack buffer: slower, but the connection lives.
@@ -259,7 +349,7 @@ async fn splice_until_eof(
                 Err(_would_block) => continue,
             }
         }
-        *moved += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -267,7 +357,7 @@ async fn copy_until_eof(
     src: &Stream,
     dst: &Stream,
     buffer_size: usize,
-    moved: &mut u64,
+    moved: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -289,13 +379,14 @@ async fn copy_until_eof(
             return dst.shutdown_write();
         }
         dst.write_all(&buf[..n]).await?;
-        *moved += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (Stream, Stream) {
@@ -381,6 +472,73 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"late reply");
         assert_eq!(agent.await.unwrap().unwrap().a_to_b, 2_500_000);
         assert_eq!(host.await.unwrap().unwrap().b_to_a, 2_500_000);
+    }
+
+    /// A byte each way every `every`, `times` times, through client and server.
+    async fn keep_busy(client: &mut Stream, server: &mut Stream, every: Duration, times: u32) {
+        let mut one = [0u8; 1];
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut one).await.unwrap();
+            server.write_all(b"y").await.unwrap();
+            client.read_exact(&mut one).await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_ends_at_its_idle_timeout_and_a_busy_one_does_not() {
+        use tokio::time::Instant;
+        for framing in [Framing::Raw, Framing::EofFrames] {
+            let (mut client, a) = pair();
+            let (b, mut far) = pair();
+            // Framed: a second relay turns the frames back into bytes.
+            let (c, mut server) = pair();
+            let config = RelayConfig {
+                idle_timeout: Some(Duration::from_secs(10)),
+                ..RelayConfig::default()
+            };
+            let c2 = config.clone();
+            let tested = tokio::spawn(async move { relay_stream(&a, &b, framing, &c2).await });
+            let unframe = tokio::spawn(async move {
+                match framing {
+                    Framing::Raw => relay(&far, &c, &RelayConfig::default()).await.map(|_| ()),
+                    Framing::EofFrames => relay_stream(&c, &far, framing, &RelayConfig::default())
+                        .await
+                        .map(|_| ()),
+                }
+            });
+            // A byte every 5 s for a minute: never idle for 10 s.
+            keep_busy(&mut client, &mut server, Duration::from_secs(5), 12).await;
+            assert!(!tested.is_finished(), "{framing:?}: busy relay closed");
+            let quiet_from = Instant::now();
+            let err = tested.await.unwrap().unwrap_err();
+            let idle = quiet_from.elapsed();
+            assert_eq!(err.source.kind(), io::ErrorKind::TimedOut, "{framing:?}");
+            assert!(
+                idle >= Duration::from_secs(10) && idle <= Duration::from_millis(12_600),
+                "{framing:?}: closed after {idle:?} idle"
+            );
+            // Both sockets closed with it: the client sees the end.
+            let mut rest = Vec::new();
+            let _ = client.read_to_end(&mut rest).await;
+            assert!(rest.is_empty());
+            drop(server);
+            let _ = unframe.await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_idle_timeout_an_idle_relay_stays() {
+        let (mut client, a) = pair();
+        let (b, mut server) = pair();
+        let relay = tokio::spawn(async move { relay(&a, &b, &RelayConfig::default()).await });
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert!(!relay.is_finished());
+        keep_busy(&mut client, &mut server, Duration::from_secs(1), 1).await;
+        drop(client);
+        drop(server);
+        relay.await.unwrap().unwrap();
     }
 
     #[tokio::test]

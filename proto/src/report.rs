@@ -1,7 +1,9 @@
-//! Error chains as text, the one style both daemons print: [`chain`] (or
-//! [`Chain`] in a log field) puts a chain on one line joined by `: `, for logs
-//! and `ConnectResult.error`; [`for_main`] is what a binary prints when it
-//! stops on an error:
+//! Error chains as text, the one style both daemons print: [`chain`] puts a
+//! chain on one line joined by `: `, for `ConnectResult.error` and ttrpc
+//! statuses; [`Chain`] is the same for a log field, each cause escaped and
+//! clipped by [`log_text`](crate::log_text) (an error's text often carries a
+//! path or a name a peer or a user sent); [`for_main`] is what a binary prints
+//! when it stops on an error:
 //!
 //! ```text
 //! PROGRAM: error: the outermost message
@@ -9,8 +11,14 @@
 //!   caused by: that one's source
 //! ```
 
+use crate::log_text::escape_clipped;
 use std::error::Error;
 use std::fmt;
+
+/// How many characters of each cause a log line keeps: a cause that names a
+/// nerdbox socket path (`binding socket forward listener at
+/// /run/socketfwd/<64 hex digits>.sock`) fits whole.
+pub const CAUSE_TEXT_MAX: usize = 256;
 
 /// Every message of `err`'s chain, outermost first. A cause whose text the
 /// message before it already ends with is skipped (some errors print their
@@ -34,13 +42,21 @@ pub fn chain(err: &(dyn Error + 'static)) -> String {
     causes(err).join(": ")
 }
 
-/// [`chain`] as a `Display` value, for a log field: `cause = %Chain(&err)`.
+/// [`chain`] as a `Display` value for a log field (`cause = %Chain(&err)`):
+/// each cause escaped and clipped to [`CAUSE_TEXT_MAX`] characters, so the
+/// field stays on one line, without control characters, and bounded.
 #[derive(Clone, Copy)]
 pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&chain(self.0))
+        for (i, cause) in causes(self.0).iter().enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            write!(f, "{}", escape_clipped(cause, CAUSE_TEXT_MAX))?;
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +118,32 @@ mod tests {
             "gave up after 1s: connecting to unix:///x.sock: entity not found"
         );
         assert_eq!(Chain(&outer).to_string(), chain(&outer));
+    }
+
+    #[test]
+    fn a_chain_in_a_log_field_is_escaped_and_clipped_per_cause() {
+        let forged = format!(
+            "/run/x\n2026-01-01 INFO forged\u{1b}[31m\0{}",
+            "a".repeat(4000)
+        );
+        let err = DialError::GaveUp {
+            after: Duration::from_secs(1),
+            last: Box::new(DialError::Connect {
+                addr: Address::Unix(forged.into()),
+                source: std::io::Error::other("refused\nagain"),
+            }),
+        };
+        let shown = Chain(&err).to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\n2026-01-01 INFO forged\\u{1b}[31m\\0aaa"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(": refused\\nagain"),
+            "the last cause is kept: {shown}"
+        );
+        assert!(shown.len() < 3 * CAUSE_TEXT_MAX, "{} bytes", shown.len());
     }
 
     #[test]

@@ -108,7 +108,9 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
                 () = conn_token.cancelled() => {}
             }
         }
-        Err(err) => tracing::error!(conn, cause = %err, "cannot serve the control connection"),
+        Err(err) => {
+            tracing::error!(conn, cause = %Chain(&err), "cannot serve the control connection")
+        }
     }
     conn_token.cancel();
     state.dispatcher.lock().close_conn(conn);

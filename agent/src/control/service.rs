@@ -114,12 +114,15 @@ impl SocketForward for Service {
         match bind::bind(&self.state, Some(self.conn), &req.sockets).await {
             Ok(()) => Ok(Empty::new()),
             Err(err) => {
-                tracing::error!(
-                    conn = self.conn,
-                    path = %escape(&err.path),
-                    cause = %Chain(&err.cause),
-                    "Bind failed"
-                );
+                if let Some(pass) = self.state.log_throttle.allow("Bind failed") {
+                    tracing::error!(
+                        conn = self.conn,
+                        path = %escape(&err.path),
+                        cause = %Chain(&err.cause),
+                        suppressed = pass.suppressed,
+                        "Bind failed"
+                    );
+                }
                 Err(RpcError::from(err).status())
             }
         }
@@ -162,7 +165,10 @@ impl SocketForward for Service {
         match ended {
             Ok(()) => tracing::info!(conn = self.conn, accept, "Accept stream closed"),
             Err(err) => {
-                tracing::warn!(conn = self.conn, accept, cause = %err, "Accept stream failed; closed");
+                if let Some(pass) = self.state.log_throttle.allow("Accept stream failed") {
+                    tracing::warn!(conn = self.conn, accept, cause = %Chain(&err),
+                        suppressed = pass.suppressed, "Accept stream failed; closed");
+                }
             }
         }
         Ok(())
@@ -196,8 +202,11 @@ impl SocketForward for Service {
         match connect::connect(&self.state, req, deadline).await {
             Ok(()) => Ok(Empty::new()),
             Err(err) => {
-                tracing::warn!(conn = self.conn, stream_id = %escape(&stream_id),
-                    target = %escape(&target), cause = %Chain(&err), "Connect refused");
+                if let Some(pass) = self.state.log_throttle.allow("Connect refused") {
+                    tracing::warn!(conn = self.conn, stream_id = %escape(&stream_id),
+                        target = %escape(&target), cause = %Chain(&err),
+                        suppressed = pass.suppressed, "Connect refused");
+                }
                 Err(RpcError::from(err).status())
             }
         }
@@ -215,7 +224,7 @@ impl SocketForward for Service {
         tokio::select! {
             r = crate::ports::watch(&sender, || self.state.forwards.tcp_inodes()) => {
                 if let Err(err) = r {
-                    tracing::debug!(conn = self.conn, cause = %err, "WatchPorts stream ended");
+                    tracing::debug!(conn = self.conn, cause = %Chain(&err), "WatchPorts stream ended");
                 }
             }
             () = stop.cancelled() => {}

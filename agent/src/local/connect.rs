@@ -11,6 +11,7 @@
 use crate::local::target::{self, TargetError};
 use crate::state::AgentState;
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::ConnectTargetRequest;
@@ -102,12 +103,13 @@ pub async fn connect(
         target: target.to_string(),
         source,
     })?;
-    let span = tracing::info_span!("connect", stream_id = %id, target = %target);
+    let shown = target.to_string();
+    let span = tracing::info_span!("connect", stream_id = %id, target = %escape(&shown));
     let task_state = state.clone();
     state
         .connections
         .spawn(relay(task_state, local, stream, framing).instrument(span));
-    tracing::debug!(stream_id = %id, %target, ?framing, "target connected");
+    tracing::debug!(stream_id = %id, target = %escape(&shown), ?framing, "target connected");
     Ok(())
 }
 

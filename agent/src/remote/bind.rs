@@ -296,10 +296,13 @@ async fn accept(
         ForwardCounters::bump(&stats.total);
         let Ok(slot) = state.client_slots.clone().try_acquire_owned() else {
             ForwardCounters::bump(&stats.refused);
-            tracing::warn!(
-                %forward_id,
-                "open-file limit reached: client refused (raise LimitNOFILE)"
-            );
+            if let Some(pass) = state.log_throttle.allow("open-file limit") {
+                tracing::warn!(
+                    %forward_id,
+                    suppressed = pass.suppressed,
+                    "open-file limit reached: client refused (raise LimitNOFILE)"
+                );
+            }
             drop(conn);
             continue;
         };

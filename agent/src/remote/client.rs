@@ -36,10 +36,13 @@ pub async fn serve(
             return;
         };
         let Some(framing) = Framing::from_wire(framing) else {
-            tracing::error!(
-                framing,
-                "the host chose a framing this agent does not speak; closing"
-            );
+            if let Some(pass) = state.log_throttle.allow("unknown framing") {
+                tracing::error!(
+                    framing,
+                    suppressed = pass.suppressed,
+                    "the host chose a framing this agent does not speak; closing"
+                );
+            }
             ForwardCounters::bump(&stats.failed);
             return;
         };
@@ -48,9 +51,12 @@ pub async fn serve(
             .claim(&stream_id, state.config.handshake_timeout)
             .await
         else {
-            tracing::error!(
-                "the host reported success but no stream with this ID is registered; closing"
-            );
+            if let Some(pass) = state.log_throttle.allow("stream never came") {
+                tracing::error!(
+                    suppressed = pass.suppressed,
+                    "the host reported success but no stream with this ID is registered; closing"
+                );
+            }
             ForwardCounters::bump(&stats.failed);
             return;
         };
@@ -89,7 +95,9 @@ async fn wait_for_host(
         ..Default::default()
     };
     if let Err(err) = state.dispatcher.lock().submit(request, tx) {
-        tracing::warn!(cause = %err, "client refused");
+        if let Some(pass) = state.log_throttle.allow("client refused") {
+            tracing::warn!(cause = %err, suppressed = pass.suppressed, "client refused");
+        }
         ForwardCounters::bump(&stats.refused);
         return None;
     }
@@ -105,10 +113,13 @@ async fn wait_for_host(
         };
         tokio::select! {
             () = sleep_until(deadline) => {
-                tracing::error!(
-                    timeout = ?state.config.pending_timeout,
-                    "no result from the host in time; closing the client"
-                );
+                if let Some(pass) = state.log_throttle.allow("no result") {
+                    tracing::error!(
+                        timeout = ?state.config.pending_timeout,
+                        suppressed = pass.suppressed,
+                        "no result from the host in time; closing the client"
+                    );
+                }
                 ForwardCounters::bump(&stats.failed);
                 return None;
             }
@@ -126,10 +137,16 @@ async fn wait_for_host(
                 Some(Event::Ready { framing }) => return Some(framing),
                 Some(Event::Refused(reason)) => {
                     if state.shutdown.stop.is_cancelled() {
-                        tracing::info!(cause = %escape(&reason), "client closed");
+                        if let Some(pass) = state.log_throttle.allow("closed at shutdown") {
+                            tracing::info!(cause = %escape(&reason), suppressed = pass.suppressed,
+                                "client closed");
+                        }
                         ForwardCounters::bump(&stats.refused);
                     } else {
-                        tracing::error!(cause = %escape(&reason), "the host refused the connection; closing it");
+                        if let Some(pass) = state.log_throttle.allow("host refused") {
+                            tracing::error!(cause = %escape(&reason), suppressed = pass.suppressed,
+                                "the host refused the connection; closing it");
+                        }
                         ForwardCounters::bump(&stats.failed);
                     }
                     return None;

@@ -313,7 +313,7 @@ async fn accept_loop(
             // One garbled message is the agent's bug, not a dead channel.
             Err(e) if is_decode_error(&e) => {
                 if let Some(pass) = parts.throttle.allow("undecodable request") {
-                    tracing::warn!(cause = %e, suppressed = pass.suppressed,
+                    tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed,
                         "ignoring an undecodable ConnectRequest");
                 }
             }
@@ -329,7 +329,7 @@ async fn shutdown_agent(client: &SocketForwardClient, grace: Duration, limit: Du
     match call(limit, client.shutdown(context(limit), &req)).await {
         Ok(_) => tracing::info!("agent shut down its listeners"),
         Err(e) if e.is_unsupported() => {
-            tracing::info!(cause = %e, "the agent does not support Shutdown; leaving it running");
+            tracing::info!(cause = %Chain(&e), "the agent does not support Shutdown; leaving it running");
         }
         Err(e) => tracing::warn!(cause = %Chain(&e), "Shutdown call to the agent failed"),
     }

@@ -15,6 +15,7 @@ use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::info::AgentInfo;
 use sockfwd_proto::log_text::escape;
+use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::relay::RelayConfig;
 use sockfwd_proto::rpc::{ConnectTargetRequest, PortEvent, SocketForwardClient, WatchPortsRequest};
 use sockfwd_proto::stream_id::{self, SOCKET_FORWARD_PREFIX};
@@ -132,6 +133,8 @@ struct Inner {
     streams: Address,
     options: GuestOptions,
     tasks: Tasks,
+    /// Throttles the per-connection lines of its local forwards.
+    log_throttle: LogThrottle,
 }
 
 /// A handle on one guest; cheap to clone. See the module docs.
@@ -176,6 +179,7 @@ impl Guest {
                 streams,
                 options,
                 tasks,
+                log_throttle: LogThrottle::per_second(),
             }),
         })
     }
@@ -194,6 +198,7 @@ impl Guest {
                 streams,
                 options,
                 tasks,
+                log_throttle: LogThrottle::per_second(),
             }),
         }
     }
@@ -204,6 +209,11 @@ impl Guest {
 
     pub(crate) fn tasks(&self) -> &Tasks {
         &self.inner.tasks
+    }
+
+    /// The throttle of its per-connection log lines.
+    pub(crate) fn log_throttle(&self) -> &LogThrottle {
+        &self.inner.log_throttle
     }
 
     /// The framing forwarded connections use on this guest's stream port.
@@ -263,7 +273,7 @@ impl Guest {
                 target: req.target.clone(),
                 source,
             })?;
-        tracing::debug!(stream_id = %id, %target, "connected to the guest target");
+        tracing::debug!(stream_id = %id, target = %escape(&req.target), "connected to the guest target");
         Ok(stream)
     }
 

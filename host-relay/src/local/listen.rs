@@ -15,6 +15,7 @@ use crate::local_spec::{LocalSpec, LocalSpecError};
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::relay_stream;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::target::Target;
@@ -131,7 +132,8 @@ impl Guest {
             let mut backoff = Backoff::accept();
             while let Some(conn) = accept_next(&listener, &mut backoff, &stop).await {
                 ForwardCounters::bump(&counters.total);
-                let span = tracing::debug_span!("local", local = %local, target = %spec.remote);
+                let span = tracing::debug_span!("local", local = %escape(&local.to_string()),
+                    target = %escape(&spec.remote.to_string()));
                 let task = connection(guest.clone(), spec.remote.clone(), conn, counters.clone());
                 let tasks = guest.tasks();
                 let hard_stop = tasks.hard_stop.clone();
@@ -146,7 +148,7 @@ impl Guest {
                 );
             }
             drop(listener);
-            tracing::info!(%local, "host listener closed");
+            tracing::info!(local = %escape(&local.to_string()), "host listener closed");
             done.cancel();
         });
         forward
@@ -161,7 +163,10 @@ async fn connection(guest: Guest, target: Target, conn: Stream, counters: Arc<Fo
         Ok(s) => s,
         Err(e) => {
             ForwardCounters::bump(&counters.failed);
-            tracing::warn!(%target, cause = %Chain(&e), "client closed: the guest side failed");
+            if let Some(pass) = guest.log_throttle().allow("local connection failed") {
+                tracing::warn!(target = %escape(&target.to_string()), cause = %Chain(&e),
+                    suppressed = pass.suppressed, "client closed: the guest side failed");
+            }
             return;
         }
     };
