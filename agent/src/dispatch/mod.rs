@@ -13,9 +13,20 @@
 //!   (bound from boot configuration) may use any Accept stream;
 //! - with no such stream open, the request waits and is sent as soon as one
 //!   opens or ownership moves to a connection that has one;
+//! - routing is learned per stream and forward, while the stream is open (a
+//!   nerdbox host opens one Accept stream per container on one connection, each
+//!   knowing only its container's forwards): a stream that answered
+//!   `unknown forward ID` for a forward is not offered that forward again; one
+//!   that answered anything else serves it, and streams that serve a forward
+//!   are preferred for it. A stream not known either way gets one request of
+//!   the forward at a time (a probe); others of that forward wait for the
+//!   answer rather than being misrouted too. So each stream costs a forward at
+//!   most one misroute. A Bind of the forward forgets the refusals (the host
+//!   may know it now), an Unbind all it learned of it;
 //! - an `unknown forward ID` answer or a missed result moves the request to an
 //!   untried stream of the same connection, then of any other; with none left
-//!   the client connection is closed;
+//!   (none that has not refused the forward, or is not answering a probe for
+//!   it) the client connection is closed;
 //! - when a stream or its connection ends, its requests in flight go back to
 //!   waiting (a restarted relay answers them);
 //! - a success from any stream the request was offered to completes it; results
@@ -26,7 +37,7 @@
 
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::rpc::{ConnectRequest, ConnectResult};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
@@ -90,6 +101,45 @@ struct AcceptStream {
     /// Results it missed since it last answered: a stream left open by a host
     /// that no longer serves it is chosen last.
     silent: u32,
+    /// Forwards it answered for other than `unknown forward ID`.
+    serves: HashSet<String>,
+    /// Forwards it answered `unknown forward ID` for: not offered again.
+    refuses: HashSet<String>,
+    /// Forwards it is neither known to serve nor refuse, with the stream ID of
+    /// the one request of each it is answering (the probe).
+    probing: HashMap<String, String>,
+}
+
+impl AcceptStream {
+    fn new(conn: ConnId, requests: UnboundedSender<ConnectRequest>) -> AcceptStream {
+        AcceptStream {
+            conn,
+            requests,
+            silent: 0,
+            serves: HashSet::new(),
+            refuses: HashSet::new(),
+            probing: HashMap::new(),
+        }
+    }
+
+    /// Whether a request of `forward` may be offered to it now.
+    fn may_take(&self, forward: &str) -> bool {
+        !self.refuses.contains(forward)
+            && (self.serves.contains(forward) || !self.probing.contains_key(forward))
+    }
+
+    /// Learns from an answer for `forward`: `true` for `unknown forward ID`.
+    fn learn(&mut self, forward: &str, unknown: bool) {
+        let (add, remove) = if unknown {
+            (&mut self.refuses, &mut self.serves)
+        } else {
+            (&mut self.serves, &mut self.refuses)
+        };
+        remove.remove(forward);
+        if !add.contains(forward) {
+            add.insert(forward.to_owned());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -149,14 +199,7 @@ impl Router {
         self.next_accept += 1;
         let id = self.next_accept;
         self.conns.entry(conn).or_default().streams.push(id);
-        self.streams.insert(
-            id,
-            AcceptStream {
-                conn,
-                requests,
-                silent: 0,
-            },
-        );
+        self.streams.insert(id, AcceptStream::new(conn, requests));
         self.route_waiting(|_| true);
         id
     }
@@ -184,13 +227,26 @@ impl Router {
         self.route_waiting(|_| true);
     }
 
-    /// `forward_id` was bound by `owner` (`None`: boot configuration).
+    /// `forward_id` was bound by `owner` (`None`: boot configuration). The
+    /// refusals learned for it are forgotten: the host may know it now.
     pub fn set_owner(&mut self, forward_id: &str, owner: Option<ConnId>) {
         match owner {
             Some(c) => self.owners.insert(forward_id.to_owned(), c),
             None => self.owners.remove(forward_id),
         };
+        for s in self.streams.values_mut() {
+            s.refuses.remove(forward_id);
+        }
         self.route_waiting(|p| p.request.forward_id == forward_id);
+    }
+
+    /// `forward_id` was unbound: its owner and all that was learned of it go.
+    pub fn forget_forward(&mut self, forward_id: &str) {
+        self.owners.remove(forward_id);
+        for s in self.streams.values_mut() {
+            s.refuses.remove(forward_id);
+            s.serves.remove(forward_id);
+        }
     }
 
     /// Takes a new request; it is sent at once if a suitable stream is open.
@@ -228,7 +284,11 @@ impl Router {
 
     /// The client connection gave up (deadline, shutdown): forget the request.
     pub fn cancel(&mut self, stream_id: &str) {
-        self.pending.remove(stream_id);
+        if let Some(p) = self.pending.remove(stream_id) {
+            if let Some(at) = p.at {
+                self.end_probe(at, &p.request.forward_id, stream_id);
+            }
+        }
     }
 
     /// A `ConnectResult` arrived on `stream`.
@@ -245,6 +305,16 @@ impl Router {
             tracing::debug!(stream_id = %escape(id), "result from an Accept stream never asked; ignored");
             return;
         }
+        let forward = p.request.forward_id.clone();
+        let unknown = result.error.starts_with(UNKNOWN_FORWARD);
+        // Late or not, the answer says whether the stream knows the forward.
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.learn(&forward, unknown);
+        }
+        let probed = self.end_probe(stream, &forward, id);
+        let Some(p) = self.pending.get_mut(id) else {
+            return;
+        };
         if result.error.is_empty() {
             self.finish(
                 id,
@@ -252,19 +322,19 @@ impl Router {
                     framing: result.framing,
                 },
             );
-            return;
-        }
-        if p.at != Some(stream) {
+        } else if p.at != Some(stream) {
             tracing::debug!(stream_id = %escape(id), cause = %escape(&result.error), "stale error result; ignored");
-            return;
-        }
-        if result.error.starts_with(UNKNOWN_FORWARD) {
+        } else if unknown {
             p.last_error = Some(result.error);
             p.at = None;
             let conn = self.streams.get(&stream).map(|s| s.conn);
             self.route_fallback(&result.stream_id, conn);
         } else {
             self.finish(id, Event::Refused(result.error));
+        }
+        if probed {
+            // Requests of the forward that waited for this answer go on.
+            self.route_waiting(|p| p.request.forward_id == forward);
         }
     }
 
@@ -278,11 +348,16 @@ impl Router {
         };
         p.last_error = Some("no result from the host in time".to_owned());
         p.at = None;
+        let forward = p.request.forward_id.clone();
         let conn = self.streams.get_mut(&at).map(|s| {
             s.silent = s.silent.saturating_add(1);
             s.conn
         });
+        let probed = self.end_probe(at, &forward, stream_id);
         self.route_fallback(stream_id, conn);
+        if probed {
+            self.route_waiting(|p| p.request.forward_id == forward);
+        }
     }
 
     /// Refuses every waiting request and any new one (shutdown).
@@ -391,21 +466,129 @@ mod tests {
 
     #[test]
     fn owned_forwards_go_only_to_their_connection_round_robin() {
-        let mut r = Router::new(10);
-        let (_a1, mut rx_a1) = stream(&mut r, 1);
-        let (_a2, mut rx_a2) = stream(&mut r, 1);
-        let (_b, mut rx_b) = stream(&mut r, 2);
+        let mut r = Router::new(20);
+        let (a1, mut rx_a1) = stream(&mut r, 1);
+        let (a2, mut rx_a2) = stream(&mut r, 1);
+        let (b, mut rx_b) = stream(&mut r, 2);
         r.set_owner("fa", Some(1));
         r.set_owner("fb", Some(2));
+        // One probe of each forward per stream; the rest wait for the answers.
         for i in 0..4 {
             request(&mut r, &format!("a{i}"), "fa");
             request(&mut r, &format!("b{i}"), "fb");
         }
+        assert_eq!(sent(&mut rx_a1), ["a0"]);
+        assert_eq!(sent(&mut rx_a2), ["a1"]);
+        assert_eq!(sent(&mut rx_b), ["b0"]);
+        r.on_result(a1, result("a0", ""));
+        r.on_result(a2, result("a1", ""));
+        r.on_result(b, result("b0", ""));
+        assert_eq!(sent(&mut rx_b), ["b1", "b2", "b3"]);
+        // Both of connection 1's streams serve fa now: round-robin.
         let (x, y) = (sent(&mut rx_a1), sent(&mut rx_a2));
-        assert_eq!(x.len() + y.len(), 4);
-        assert_eq!(x.len(), 2, "round-robin: {x:?} {y:?}");
+        assert_eq!(x.len() + y.len(), 2, "{x:?} {y:?}");
+        for i in 4..8 {
+            request(&mut r, &format!("a{i}"), "fa");
+        }
+        let (x, y) = (sent(&mut rx_a1), sent(&mut rx_a2));
+        assert_eq!((x.len(), y.len()), (2, 2), "round-robin: {x:?} {y:?}");
         assert!(x.iter().chain(&y).all(|id| id.starts_with('a')));
-        assert_eq!(sent(&mut rx_b), ["b0", "b1", "b2", "b3"]);
+    }
+
+    /// A host with streams that each know only some forwards, as nerdbox's
+    /// (one Accept stream per container): answers what each stream was sent,
+    /// until nothing is left, counting `unknown forward ID` answers.
+    fn serve_all(
+        r: &mut Router,
+        streams: &mut [(AcceptId, UnboundedReceiver<ConnectRequest>, &str)],
+        misroutes: &mut HashMap<(AcceptId, String), u32>,
+    ) {
+        loop {
+            let mut answered = false;
+            for (id, rx, knows) in streams.iter_mut() {
+                while let Ok(req) = rx.try_recv() {
+                    answered = true;
+                    if req.forward_id == *knows {
+                        r.on_result(*id, result(&req.stream_id, ""));
+                    } else {
+                        *misroutes.entry((*id, req.forward_id.clone())).or_default() += 1;
+                        let text = format!("{UNKNOWN_FORWARD}: {}", req.forward_id);
+                        r.on_result(*id, result(&req.stream_id, &text));
+                    }
+                }
+            }
+            if !answered {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn nerdbox_streams_on_one_connection_misroute_each_forward_at_most_once() {
+        let mut r = Router::new(1000);
+        let (a, rx_a) = stream(&mut r, 1);
+        let (b, rx_b) = stream(&mut r, 1);
+        let (c, rx_c) = stream(&mut r, 1);
+        for f in ["f1", "f2", "f3"] {
+            r.set_owner(f, Some(1));
+        }
+        let mut host = [(a, rx_a, "f1"), (b, rx_b, "f2"), (c, rx_c, "f3")];
+        let mut misroutes = HashMap::new();
+        let mut guests = Vec::new();
+        // Bursts: many requests of each forward before any answer, then more.
+        for round in 0..3 {
+            for i in 0..50 {
+                for f in ["f1", "f2", "f3"] {
+                    guests.push(request(&mut r, &format!("{f}-{round}-{i}"), f));
+                }
+            }
+            serve_all(&mut r, &mut host, &mut misroutes);
+        }
+        for g in &mut guests {
+            let last = std::iter::from_fn(|| g.next()).last();
+            assert_eq!(last, Some(Event::Ready { framing: 0 }));
+        }
+        assert_eq!(r.pending_len(), 0);
+        assert!(
+            misroutes.values().all(|&n| n == 1),
+            "at most one misroute per forward and stream: {misroutes:?}"
+        );
+        // Each forward was offered to each stream that does not know it at most once.
+        assert!(misroutes.len() <= 6, "{misroutes:?}");
+    }
+
+    #[test]
+    fn a_probe_holds_back_the_forward_and_a_bind_forgets_refusals() {
+        let mut r = Router::new(10);
+        let (a, mut rx_a) = stream(&mut r, 1);
+        r.set_owner("f", Some(1));
+        let mut g1 = request(&mut r, "1", "f");
+        let mut g2 = request(&mut r, "2", "f");
+        assert_eq!(sent(&mut rx_a), ["1"], "one probe at a time");
+        r.on_result(a, result("1", "unknown forward ID: f"));
+        // The only stream refused f: both end at once, without another offer.
+        assert!(sent(&mut rx_a).is_empty());
+        let last = |g: &mut Guest| std::iter::from_fn(|| g.next()).last();
+        assert!(matches!(last(&mut g1), Some(Event::Refused(_))));
+        assert_eq!(
+            last(&mut g2),
+            Some(Event::Refused(
+                "unknown forward ID: every Accept stream that may serve it answered so".into()
+            ))
+        );
+        // Still refused while the stream stays open...
+        let mut g3 = request(&mut r, "3", "f");
+        assert!(matches!(g3.next(), Some(Event::Refused(_))));
+        assert!(sent(&mut rx_a).is_empty());
+        // ...until the host binds f again: it may know it now.
+        r.set_owner("f", Some(1));
+        let _g4 = request(&mut r, "4", "f");
+        assert_eq!(sent(&mut rx_a), ["4"]);
+        // A new stream knows nothing yet of f.
+        r.forget_forward("f");
+        let (_b, mut rx_b) = stream(&mut r, 2);
+        let _g5 = request(&mut r, "5", "f");
+        assert_eq!(sent(&mut rx_b), ["5"], "unowned after Unbind: any stream");
     }
 
     #[test]
@@ -559,9 +742,14 @@ mod tests {
     fn a_stream_that_stopped_answering_is_chosen_last() {
         let mut r = Router::new(100);
         let (dead, mut rx_dead) = stream(&mut r, 1);
-        let (_live, mut rx_live) = stream(&mut r, 1);
+        let (live, mut rx_live) = stream(&mut r, 1);
         r.set_owner("f", Some(1));
-        // Whichever request lands on the dead stream times out there once.
+        // Both serve f (each answered once)...
+        request(&mut r, "p1", "f");
+        request(&mut r, "p2", "f");
+        r.on_result(dead, result(&sent(&mut rx_dead)[0], ""));
+        r.on_result(live, result(&sent(&mut rx_live)[0], ""));
+        // ...then whichever request lands on the dead stream times out there once.
         let _g = request(&mut r, "first", "f");
         if sent(&mut rx_dead) == ["first"] {
             r.result_timeout("first", 1);
@@ -592,11 +780,13 @@ mod tests {
         let mut r = Router::new(10);
         let (_a, rx_a) = stream(&mut r, 1);
         drop(rx_a);
-        let (_b, mut rx_b) = stream(&mut r, 1);
+        let (b, mut rx_b) = stream(&mut r, 1);
         r.set_owner("f", Some(1));
         for i in 0..3 {
             request(&mut r, &i.to_string(), "f");
         }
-        assert_eq!(sent(&mut rx_b), ["0", "1", "2"]);
+        assert_eq!(sent(&mut rx_b), ["0"], "b's probe");
+        r.on_result(b, result("0", ""));
+        assert_eq!(sent(&mut rx_b), ["1", "2"]);
     }
 }

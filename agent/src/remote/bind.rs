@@ -326,6 +326,7 @@ pub async fn unbind(state: &AgentState, forward_id: &str) -> Result<ListenAt, Un
     let Some(removed) = state.forwards.remove(forward_id) else {
         return Err(UnbindError::Unknown(forward_id.to_owned()));
     };
+    state.dispatcher.lock().forget_forward(forward_id);
     removed.tokens.stop.cancel();
     if tokio::time::timeout(UNBIND_WAIT, removed.tokens.done.cancelled())
         .await
