@@ -13,7 +13,8 @@
 //! - [`stream_port`]: the stream port, where the host opens each stream;
 //! - [`boot`]: the configuration's forwards, bound before the agent is ready;
 //! - [`shutdown`]: the order things stop in; [`notify`]: systemd readiness;
-//! - [`ports`]: the guest's listening TCP ports, for `WatchPorts`.
+//! - [`ports`]: the guest's listening TCP ports, and [`port_watch`], the one
+//!   watcher of them every `WatchPorts` call shares.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
 //! [`run`]. The wire contract is `docs/wire-protocol.md` in the repository.
@@ -26,6 +27,7 @@ pub mod dispatch;
 pub mod forwards;
 pub mod local;
 pub mod notify;
+pub mod port_watch;
 pub mod ports;
 pub mod registry;
 pub mod remote;

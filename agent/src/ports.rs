@@ -9,11 +9,11 @@
 //!
 //! sock_diag has no notifications for listen state (its multicast groups
 //! report destroyed sockets only), and there is no other event source for a
-//! socket entering LISTEN short of eBPF, so the watcher compares snapshots
-//! every [`POLL_INTERVAL`]. A change is followed by a short [`SETTLE`] pause
-//! and one more snapshot, so a burst (a server opening several ports, a
-//! restart) reaches the host as one diff. A subscriber gets the current set
-//! first, as OPENED events.
+//! socket entering LISTEN short of eBPF, so the watcher
+//! ([`port_watch`](crate::port_watch)) compares snapshots every
+//! [`POLL_INTERVAL`]. A change is followed by a short [`SETTLE`] pause and one
+//! more snapshot, so a burst (a server opening several ports, a restart)
+//! reaches the host as one diff.
 //!
 //! The agent's own TCP listeners (remote forwards) are left out, by socket
 //! inode: a host that forwards every guest port back (`--auto-forward all`)
@@ -24,13 +24,11 @@ use nix::sys::socket::{
     SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
-use sockfwd_proto::rpc::{PortEvent, PortEventKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
-use ttrpc::r#async::ServerStreamSender;
 
 /// How often the listener set is compared.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -242,95 +240,6 @@ pub fn owners(inodes: &HashSet<u64>) -> HashMap<u64, u32> {
     found
 }
 
-fn event(kind: PortEventKind, key: &Key, pid: u32) -> PortEvent {
-    let mut e = PortEvent::new();
-    e.kind = kind.into();
-    e.port = u32::from(key.1);
-    e.address = key.0.to_string();
-    e.pid = pid;
-    e
-}
-
-/// The events that turn `old` into `new`; `pids` caches owners by key.
-pub fn diff(old: &Snapshot, new: &Snapshot, pids: &mut HashMap<Key, u32>) -> Vec<PortEvent> {
-    let mut events = Vec::new();
-    for (key, inode) in old {
-        if new.get(key) != Some(inode) {
-            let pid = pids.remove(key).unwrap_or(0);
-            events.push(event(PortEventKind::CLOSED, key, pid));
-        }
-    }
-    let fresh: Vec<(&Key, &u64)> = new
-        .iter()
-        .filter(|(key, inode)| old.get(key) != Some(inode))
-        .collect();
-    if !fresh.is_empty() {
-        let wanted: HashSet<u64> = fresh.iter().map(|(_, i)| **i).collect();
-        let by_inode = owners(&wanted);
-        for (key, inode) in fresh {
-            let pid = by_inode.get(inode).copied().unwrap_or(0);
-            pids.insert(*key, pid);
-            events.push(event(PortEventKind::OPENED, key, pid));
-        }
-    }
-    events
-}
-
-/// A snapshot without the listeners whose inodes `own` gives.
-async fn take_snapshot(own: &impl Fn() -> HashSet<u64>) -> io::Result<Snapshot> {
-    let mut s = tokio::task::spawn_blocking(snapshot)
-        .await
-        .map_err(io::Error::other)??;
-    let own = own();
-    s.retain(|_, inode| !own.contains(inode));
-    Ok(s)
-}
-
-/// Streams listener changes to one subscriber until sending fails (the host
-/// closed the stream); the caller ends it on its connection's end or shutdown.
-/// `own` gives the socket inodes of the agent's own listeners, left out.
-pub async fn watch(
-    sender: &ServerStreamSender<PortEvent>,
-    own: impl Fn() -> HashSet<u64>,
-) -> Result<(), ttrpc::Error> {
-    let mut current = Snapshot::new();
-    let mut pids = HashMap::new();
-    let mut first = true;
-    loop {
-        let mut next = match take_snapshot(&own).await {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot list the guest's TCP listeners");
-                tokio::time::sleep(POLL_INTERVAL).await;
-                continue;
-            }
-        };
-        if !first && next != current {
-            tokio::time::sleep(SETTLE).await;
-            if let Ok(settled) = take_snapshot(&own).await {
-                next = settled;
-            }
-        }
-        first = false;
-        // Owners are found by walking /proc: off the async threads.
-        let old = std::mem::take(&mut current);
-        let (events, new, kept) = tokio::task::spawn_blocking(move || {
-            let events = diff(&old, &next, &mut pids);
-            (events, next, pids)
-        })
-        .await
-        .map_err(|e| ttrpc::Error::Others(e.to_string()))?;
-        current = new;
-        pids = kept;
-        for e in &events {
-            tracing::debug!(kind = ?e.kind, port = e.port, address = %e.address, pid = e.pid,
-                "guest port event");
-            sender.send(e).await?;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,41 +262,6 @@ mod tests {
         let s = parse_proc_net(v6, true);
         assert_eq!(s.get(&("::1".parse().unwrap(), 80)), Some(&777));
         assert!(parse_proc_net("header\ngarbage line\n 0: zz:zz 0 0A", false).is_empty());
-    }
-
-    #[test]
-    fn diff_reports_closed_then_opened_and_keeps_pids() {
-        let k1: Key = ("127.0.0.1".parse().unwrap(), 1);
-        let k2: Key = ("::".parse().unwrap(), 2);
-        let mut pids = HashMap::new();
-        let a: Snapshot = [(k1, 10)].into();
-        let first = diff(&Snapshot::new(), &a, &mut pids);
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].kind, PortEventKind::OPENED.into());
-        pids.insert(k1, 42);
-        let b: Snapshot = [(k2, 11)].into();
-        let d = diff(&a, &b, &mut pids);
-        let got: Vec<(bool, u32, String, u32)> = d
-            .iter()
-            .map(|e| {
-                (
-                    e.kind == PortEventKind::OPENED.into(),
-                    e.port,
-                    e.address.clone(),
-                    e.pid,
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                (false, 1, "127.0.0.1".into(), 42),
-                (true, 2, "::".into(), got[1].3)
-            ]
-        );
-        // A socket replaced on the same port (new inode) is closed and opened.
-        let c: Snapshot = [(k2, 12)].into();
-        assert_eq!(diff(&b, &c, &mut pids).len(), 2);
     }
 
     #[test]

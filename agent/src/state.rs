@@ -2,8 +2,10 @@
 //! its shutdown (the steps themselves are [`crate::shutdown`]).
 
 use crate::config::AgentConfig;
+use crate::control::limits::Totals;
 use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
+use crate::port_watch::PortWatch;
 use crate::registry::Registry;
 use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::log_throttle::LogThrottle;
@@ -42,6 +44,10 @@ pub struct AgentState {
     /// Throttles per-connection log lines (refusals, failures), one allowance
     /// per kind: a guest or host flood cannot flood the log.
     pub log_throttle: LogThrottle,
+    /// What all control connections hold together, and what was refused.
+    pub control_totals: Arc<Totals>,
+    /// The one watcher of the guest's TCP listeners every `WatchPorts` shares.
+    pub ports: Arc<PortWatch>,
     next_conn: AtomicU64,
 }
 
@@ -58,6 +64,8 @@ impl AgentState {
             tasks: TaskTracker::new(),
             client_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
             log_throttle: LogThrottle::per_second(),
+            control_totals: Arc::new(Totals::default()),
+            ports: Arc::new(PortWatch::default()),
             next_conn: AtomicU64::new(0),
             config,
         }

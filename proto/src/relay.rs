@@ -491,7 +491,7 @@ mod tests {
         use tokio::time::Instant;
         for framing in [Framing::Raw, Framing::EofFrames] {
             let (mut client, a) = pair();
-            let (b, mut far) = pair();
+            let (b, far) = pair();
             // Framed: a second relay turns the frames back into bytes.
             let (c, mut server) = pair();
             let config = RelayConfig {

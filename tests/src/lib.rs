@@ -11,6 +11,7 @@
 pub mod forwards;
 pub mod peers;
 pub mod servers;
+pub mod ttrpc_raw;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -90,6 +90,11 @@ keys! {
     /// A registered stream that nobody claims within this is closed
     claim_timeout: Duration = Duration::from_secs(10), Timeout;
 
+    /// A control connection the agent accepted must send its first request
+    /// within this, or is closed; after it, it may stay idle (nerdbox hosts
+    /// do, for hours)
+    first_frame_timeout: Duration = Duration::from_secs(10), Timeout;
+
     /// How long open relays may run after Shutdown or SIGTERM
     shutdown_grace: Duration = Duration::from_secs(5), Grace;
 
@@ -111,6 +116,26 @@ keys! {
 
     /// Most sockets one Bind call may create
     max_sockets_per_bind: usize = 1024, Count<{ usize::MAX }>;
+
+    /// Control connections served at once; beyond it a new one is closed
+    /// before anything is read from it
+    max_control_conns: usize = 64, Count<{ usize::MAX }>;
+
+    /// Streaming calls (Accept, WatchPorts) open at once on one control
+    /// connection; beyond it a new one is refused with RESOURCE_EXHAUSTED (a
+    /// nerdbox host opens one Accept stream per container)
+    max_streaming_calls: usize = 256, Count<{ usize::MAX }>;
+
+    /// Streaming calls open at once on all control connections together
+    max_streaming_calls_total: usize = 1024, Count<{ usize::MAX }>;
+
+    /// Requests read from one control connection whose answers are not
+    /// written yet; at the cap the agent reads no more from it until answers
+    /// leave (a host that never reads its answers holds no more than this)
+    max_requests_in_flight: usize = 64, Count<{ usize::MAX }>;
+
+    /// Requests in flight on all control connections together
+    max_requests_in_flight_total: usize = 256, Count<{ usize::MAX }>;
 
     /// Accept vsock connections from any CID, not only the host (CID 2)
     allow_any_cid: bool = false, Switch,
@@ -208,6 +233,16 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.socket_mode, 0o666);
         assert_eq!(c.max_sockets_per_bind, 1024);
+        assert_eq!(c.max_control_conns, 64);
+        assert_eq!(
+            (c.max_streaming_calls, c.max_streaming_calls_total),
+            (256, 1024)
+        );
+        assert_eq!(
+            (c.max_requests_in_flight, c.max_requests_in_flight_total),
+            (64, 256)
+        );
+        assert_eq!(c.first_frame_timeout, Duration::from_secs(10));
         assert!(c.allow_dirs.is_empty());
         assert!(!c.allow_any_cid);
         assert_eq!((c.socket_uid, c.socket_gid), (None, None));

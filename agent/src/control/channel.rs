@@ -16,9 +16,17 @@
 //! a duplicate descriptor, so a writer blocked on a host that stopped reading
 //! cannot keep it open.
 //!
+//! What a connection may hold is bounded (see [`limits`](super::limits)): the
+//! socket is read through a [`Gate`] keeping its books, and its streaming
+//! calls are wrapped by [`cap_streams`]. A connection the agent accepted must
+//! send its first request within `--first-frame-timeout` (after that it may
+//! stay idle), and at most `--max-control-conns` are served at once.
+//!
 //! With `--control-dial` the agent dials the host instead and serves ttrpc on
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
+use crate::control::gate::Gate;
+use crate::control::limits::{cap_streams, Books, Caps};
 use crate::control::service::Service;
 use crate::state::AgentState;
 use futures::StreamExt as _;
@@ -29,10 +37,12 @@ use sockfwd_proto::transport::{dial as dial_host, Address, Listener, Stream};
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Deadline of one dial attempt to the host.
@@ -42,8 +52,23 @@ const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Accepts control connections until shutdown.
 pub async fn listen(state: Arc<AgentState>, listener: Listener) {
+    let slots = Arc::new(Semaphore::new(state.config.max_control_conns));
+    let deadline = Some(state.config.first_frame_timeout);
     state
-        .serve_host_port("control", listener, serve_connection)
+        .serve_host_port("control", listener, |state, stream| {
+            let slot = slots.clone().try_acquire_owned();
+            if slot.is_err() {
+                refuse_connection(&state);
+            }
+            let serve = slot
+                .ok()
+                .map(|slot| (slot, serve_connection(state, stream, deadline)));
+            async move {
+                if let Some((_slot, serve)) = serve {
+                    serve.await;
+                }
+            }
+        })
         .await;
 }
 
@@ -62,7 +87,9 @@ pub async fn dial(state: Arc<AgentState>, addr: Address) {
                 tracing::info!(%addr, "control connection to the host open");
                 backoff.reset();
                 quiet = false;
-                serve_connection(state.clone(), stream).await;
+                // The agent's own connection: no first-request deadline (a
+                // host may take its time to start using it).
+                serve_connection(state.clone(), stream, None).await;
             }
             // Said once per outage: a host that is not up yet is normal at boot.
             Err(err) if !quiet => {
@@ -80,8 +107,36 @@ pub async fn dial(state: Arc<AgentState>, addr: Address) {
     }
 }
 
-/// Serves ttrpc on one control connection until it ends or shutdown step 4.
-async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
+/// Logs (throttled) and counts a connection closed at `--max-control-conns`.
+fn refuse_connection(state: &AgentState) {
+    let total = state
+        .control_totals
+        .refused_conns
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    if let Some(pass) = state.log_throttle.allow("control connection refused") {
+        tracing::warn!(
+            max = state.config.max_control_conns,
+            refused_total = total,
+            suppressed = pass.suppressed,
+            "too many control connections (--max-control-conns); new one closed"
+        );
+    }
+}
+
+/// Waits out `deadline` for the connection's first request; returns only if
+/// none came (never without a deadline, or once one came).
+async fn silent_for(books: &Books, deadline: Option<Duration>) {
+    let first = books.first_request().cancelled();
+    match deadline {
+        Some(d) if tokio::time::timeout(d, first).await.is_err() => {}
+        _ => std::future::pending().await,
+    }
+}
+
+/// Serves ttrpc on one control connection until it ends or shutdown step 4;
+/// with a `first_request` deadline, until then if it sends no request.
+async fn serve_connection(state: Arc<AgentState>, stream: Stream, first_request: Option<Duration>) {
     let conn = state.next_conn_id();
     // A second handle on the socket, to cut it once ttrpc has had its chance to
     // flush: its writer can otherwise stay blocked on a host that stopped
@@ -93,11 +148,27 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
         stream,
         ended: ended.clone(),
     };
+    let c = &state.config;
+    let caps = Caps {
+        streaming: c.max_streaming_calls,
+        streaming_total: c.max_streaming_calls_total,
+        in_flight: c.max_requests_in_flight,
+        in_flight_total: c.max_requests_in_flight_total,
+    };
+    let books = Books::new(
+        caps,
+        state.control_totals.clone(),
+        state.log_throttle.clone(),
+        conn,
+    );
+    let socket = Gate::new(socket, books.clone());
     let service = Service::new(state.clone(), conn, conn_token.clone());
+    let mut services = create_socket_forward(Arc::new(service));
+    cap_streams(&mut services, &books);
     let incoming = futures::stream::once(futures::future::ready(Ok::<_, io::Error>(socket)))
         .chain(futures::stream::pending());
     let mut server = ttrpc::r#async::Server::new()
-        .register_service(create_socket_forward(Arc::new(service)))
+        .register_service(services)
         .add_listener(ttrpc::r#async::transport::Listener::new(incoming));
     state.dispatcher.lock().open_conn(conn);
     tracing::info!(conn, "control connection open");
@@ -106,6 +177,14 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
             tokio::select! {
                 () = ended.cancelled() => {}
                 () = conn_token.cancelled() => {}
+                () = silent_for(&books, first_request) => {
+                    let total = state.control_totals.silent_closed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(pass) = state.log_throttle.allow("silent control connection") {
+                        tracing::warn!(conn, timeout = ?first_request, silent_total = total,
+                            suppressed = pass.suppressed,
+                            "no request within --first-frame-timeout; control connection closed");
+                    }
+                }
             }
         }
         Err(err) => {
@@ -123,6 +202,7 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream) {
     if let Some(fd) = cut {
         let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
+    books.close();
     tracing::info!(conn, "control connection closed");
 }
 

@@ -221,8 +221,13 @@ impl SocketForward for Service {
         tracing::info!(conn = self.conn, "WatchPorts stream open");
         let stop = self.conn_token.clone();
         let shutdown = self.state.shutdown.stop.clone();
+        let state = self.state.clone();
+        let listings = self
+            .state
+            .ports
+            .subscribe(move || state.forwards.tcp_inodes(), shutdown.clone());
         tokio::select! {
-            r = crate::ports::watch(&sender, || self.state.forwards.tcp_inodes()) => {
+            r = crate::port_watch::follow(listings, &sender) => {
                 if let Err(err) = r {
                     tracing::debug!(conn = self.conn, cause = %Chain(&err), "WatchPorts stream ended");
                 }
