@@ -205,14 +205,17 @@ fn bind_file(
     if mode > 0o7777 {
         return Err(BindCause::Mode(mode));
     }
-    paths::prepare_parent(checked)?;
+    // The directory as walked: the socket is bound by name in it, so a
+    // directory swapped on the path meanwhile cannot redirect it.
+    let (dir, name) = paths::open_parent(checked)?;
     // Unset owner: the configured default, else the agent's own (no chown).
     let options = SocketFileOptions {
         mode: Some(mode),
         uid: s.uid.or(state.config.socket_uid),
         gid: s.gid.or(state.config.socket_gid),
     };
-    Listener::bind_unix(&checked.path, &options).map_err(BindCause::from)
+    let addr = sockfwd_proto::transport::Address::Unix(checked.path.clone());
+    Listener::bind_in(dir, &name, addr, &options).map_err(BindCause::from)
 }
 
 /// Bind: creates every listener of `sockets` or none; see the module docs.
