@@ -128,6 +128,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_rate_per_forward)]
     pub max_rate_per_forward: u32,
 
+    /// Close a forwarded connection once no byte has moved either way for
+    /// this long, so idle clients free their forward's slots; a --forward, -R
+    /// or -L spec ending in ,idle-timeout=DUR overrides it for that forward
+    /// (0: never) [default: never]
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
     /// Call the agent's Shutdown on exit (closes its listeners).
     #[arg(long)]
     pub shutdown_agent: bool,
@@ -255,7 +262,10 @@ impl TryFrom<Cli> for Config {
                 max_rate_per_forward: cli.max_rate_per_forward,
             },
             shutdown_agent: cli.shutdown_agent,
-            relay: RelayConfig::default(),
+            relay: RelayConfig {
+                idle_timeout: cli.idle_timeout,
+                ..RelayConfig::default()
+            },
             locals,
             auto_forward: cli.auto_forward,
             auto_forward_bind: cli.auto_forward_bind,

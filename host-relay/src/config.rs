@@ -206,6 +206,9 @@ impl Config {
         for (name, value, positive) in durations {
             duration::check(name, value, positive)?;
         }
+        if let Some(idle) = self.relay.idle_timeout {
+            duration::check("--idle-timeout", idle, true)?;
+        }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();
         let mut places: HashMap<&ListenAt, &Forward> = HashMap::new();
         for f in &self.forwards {

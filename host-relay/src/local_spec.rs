@@ -20,8 +20,10 @@
 //! The target is the shared grammar ([`sockfwd_proto::target`]): HOST is an
 //! IPv4 address, `[IPv6]`, or a name resolved inside the guest; a guest path
 //! is absolute. A host socket path starts with `/` or `.`; paths hold no `:`.
+//! A spec may end with options ([`crate::spec_options`]: `,idle-timeout=DUR`).
 //! Parsing is pure.
 
+use crate::spec_options::{self, OptionError, SpecOptions};
 use sockfwd_proto::target::{Target, TargetParseError};
 use sockfwd_proto::transport::{ListenAt, SUN_PATH_MAX};
 use std::fmt;
@@ -41,6 +43,8 @@ pub struct LocalSpec {
     pub listen: ListenAt,
     /// What each client reaches in the guest.
     pub remote: Target,
+    /// The spec's options (its connections' idle timeout).
+    pub options: SpecOptions,
 }
 
 impl LocalSpec {
@@ -99,6 +103,9 @@ pub enum LocalSpecError {
     /// The guest target breaks the target grammar.
     #[error(transparent)]
     Target(#[from] TargetParseError),
+    /// An option at the end is malformed.
+    #[error(transparent)]
+    Options(#[from] OptionError),
 }
 
 /// Splits on `:` outside `[...]`.
@@ -173,48 +180,58 @@ impl FromStr for LocalSpec {
     type Err = LocalSpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = tokens(s)?;
-        let first = t.first().copied().unwrap_or_default();
-        if first.starts_with('/') || first.starts_with('.') {
-            check_host_path(first)?;
+        let (s, options) = spec_options::split(s)?;
+        let mut spec = parse(s)?;
+        spec.options = options;
+        Ok(spec)
+    }
+}
+
+/// A spec without its options.
+fn parse(s: &str) -> Result<LocalSpec, LocalSpecError> {
+    let t = tokens(s)?;
+    let first = t.first().copied().unwrap_or_default();
+    if first.starts_with('/') || first.starts_with('.') {
+        check_host_path(first)?;
+        return Ok(LocalSpec {
+            listen: ListenAt::Unix(PathBuf::from(first)),
+            remote: remote(&t[1..])?,
+            options: SpecOptions::default(),
+        });
+    }
+    let (listen, rest) = match t.as_slice() {
+        // PORT:/path, PORT:HOST:PORT, PORT:PORT
+        [p, path] if is_port(p) && path.starts_with('/') => (loopback(listen_port(p)?), &t[1..]),
+        [p, q] if is_port(p) && is_port(q) => {
             return Ok(LocalSpec {
-                listen: ListenAt::Unix(PathBuf::from(first)),
-                remote: remote(&t[1..])?,
+                listen: loopback(listen_port(p)?),
+                remote: Target::tcp("127.0.0.1", q)?,
+                options: SpecOptions::default(),
             });
         }
-        let (listen, rest) = match t.as_slice() {
-            // PORT:/path, PORT:HOST:PORT, PORT:PORT
-            [p, path] if is_port(p) && path.starts_with('/') => {
-                (loopback(listen_port(p)?), &t[1..])
-            }
-            [p, q] if is_port(p) && is_port(q) => {
-                return Ok(LocalSpec {
-                    listen: loopback(listen_port(p)?),
-                    remote: Target::tcp("127.0.0.1", q)?,
-                });
-            }
-            [p, _, _] if is_port(p) => (loopback(listen_port(p)?), &t[1..]),
-            // HOST:PORT: the same port on loopback.
-            [host, port] => {
-                let remote = Target::tcp(host, port)?;
-                let port = remote.port().ok_or(LocalSpecError::Shape)?;
-                return Ok(LocalSpec {
-                    listen: loopback(port),
-                    remote,
-                });
-            }
-            // BIND:PORT:/path, BIND:PORT:HOST:PORT
-            [bind, p, ..] if t.len() <= 4 => {
-                let addr = SocketAddr::new(bind_addr(bind)?, listen_port(p)?);
-                (ListenAt::Tcp(addr), &t[2..])
-            }
-            _ => return Err(LocalSpecError::Shape),
-        };
-        Ok(LocalSpec {
-            listen,
-            remote: remote(rest)?,
-        })
-    }
+        [p, _, _] if is_port(p) => (loopback(listen_port(p)?), &t[1..]),
+        // HOST:PORT: the same port on loopback.
+        [host, port] => {
+            let remote = Target::tcp(host, port)?;
+            let port = remote.port().ok_or(LocalSpecError::Shape)?;
+            return Ok(LocalSpec {
+                listen: loopback(port),
+                remote,
+                options: SpecOptions::default(),
+            });
+        }
+        // BIND:PORT:/path, BIND:PORT:HOST:PORT
+        [bind, p, ..] if t.len() <= 4 => {
+            let addr = SocketAddr::new(bind_addr(bind)?, listen_port(p)?);
+            (ListenAt::Tcp(addr), &t[2..])
+        }
+        _ => return Err(LocalSpecError::Shape),
+    };
+    Ok(LocalSpec {
+        listen,
+        remote: remote(rest)?,
+        options: SpecOptions::default(),
+    })
 }
 
 impl fmt::Display for LocalSpec {
@@ -226,7 +243,7 @@ impl fmt::Display for LocalSpec {
             ListenAt::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port())?,
             ListenAt::Unix(p) => write!(f, "{}", p.display())?,
         }
-        write!(f, ":{}", self.remote_text())
+        write!(f, ":{}{}", self.remote_text(), self.options.suffix())
     }
 }
 
@@ -307,7 +324,11 @@ mod tests {
             ("3000:3001", tcp("127.0.0.1", 3000), rtcp("127.0.0.1", 3001)),
         ];
         for (spec, listen, remote) in cases {
-            let want = LocalSpec { listen, remote };
+            let want = LocalSpec {
+                listen,
+                remote,
+                options: SpecOptions::default(),
+            };
             assert_eq!(spec.parse::<LocalSpec>(), Ok(want.clone()), "{spec}");
             assert_eq!(want.to_string().parse::<LocalSpec>(), Ok(want), "{spec}");
         }
@@ -391,7 +412,11 @@ mod tests {
             (arb_host(), 1u16..).prop_map(|(host, port)| rtcp(&host, port)),
             "(/[a-z0-9_-][a-z0-9_.-]{0,8}){1,4}".prop_map(|p| runix(&p)),
         ];
-        (listen, remote).prop_map(|(listen, remote)| LocalSpec { listen, remote })
+        (listen, remote).prop_map(|(listen, remote)| LocalSpec {
+            listen,
+            remote,
+            options: SpecOptions::default(),
+        })
     }
 
     proptest! {
@@ -420,5 +445,23 @@ mod tests {
             prop_assert_eq!(spec.listen, loopback(l));
             prop_assert_eq!(spec.remote, rtcp("10.0.0.1", r));
         }
+    }
+
+    #[test]
+    fn options_at_the_end_parse_and_print_back() {
+        let spec: LocalSpec = "8080:db.internal:5432,idle-timeout=30s".parse().unwrap();
+        assert_eq!(spec.listen, tcp("127.0.0.1", 8080));
+        assert_eq!(spec.remote, rtcp("db.internal", 5432));
+        assert_eq!(
+            spec.options.idle_timeout(None),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            spec.to_string(),
+            "127.0.0.1:8080:db.internal:5432,idle-timeout=30s"
+        );
+        assert_eq!(spec.to_string().parse::<LocalSpec>().unwrap(), spec);
+        let err = "8080:h:1,idle-timeout=x".parse::<LocalSpec>().unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
     }
 }

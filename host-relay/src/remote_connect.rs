@@ -22,7 +22,7 @@ use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::handshake;
 use sockfwd_proto::log_text::escape;
-use sockfwd_proto::relay::relay_stream;
+use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::{chain, Chain};
 use sockfwd_proto::rpc::ConnectRequest;
 use sockfwd_proto::stream_id::{self, StreamIdError};
@@ -322,7 +322,14 @@ async fn connect_and_relay(
         }
     }
     tracing::debug!(?framing, "relaying");
-    match relay_stream(&host, &stream, framing, &config.relay).await {
+    let relay = RelayConfig {
+        idle_timeout: entry
+            .forward
+            .options
+            .idle_timeout(config.relay.idle_timeout),
+        ..config.relay.clone()
+    };
+    match relay_stream(&host, &stream, framing, &relay).await {
         Ok(stats) => {
             // The host socket is the relay's first side: a to b is towards the guest.
             counters.add_bytes(stats.a_to_b, stats.b_to_a);

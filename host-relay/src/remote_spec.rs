@@ -31,7 +31,12 @@
 //!   for guest port 0, which names no one listener, `tcp:ADDRESS:TARGET`;
 //! - `ID=...`: the ID as given, held to the shared forward-ID rule
 //!   ([`sockfwd_proto::forward_id`]).
+//!
+//! A `--forward` or `-R` spec may end with options ([`crate::spec_options`]:
+//! `,idle-timeout=DUR`); they are split off before the spec is read, so they
+//! take no part in its ID. A `--uds-mount` takes none (nerdbox's form).
 
+use crate::spec_options::{self, OptionError, SpecOptions};
 use sha2::{Digest, Sha256};
 use sockfwd_proto::forward_id::{self, ForwardIdError};
 use sockfwd_proto::target::{split_host_port, Target, TargetParseError};
@@ -91,6 +96,8 @@ pub struct Forward {
     pub uid: Option<u32>,
     /// Listener group in the guest (extension, socket files only; `None`: the agent's default).
     pub gid: Option<u32>,
+    /// The spec's options (its connections' idle timeout).
+    pub options: SpecOptions,
 }
 
 /// What is wrong with one spec (the caller names the flag and the spec).
@@ -149,6 +156,9 @@ pub enum SpecError {
     /// A mode or owner on a TCP listener, which only a socket file has.
     #[error("mode, uid and gid apply to guest socket files, not to TCP listeners")]
     OwnerOnTcp,
+    /// An option at the end is malformed.
+    #[error(transparent)]
+    Options(#[from] OptionError),
 }
 
 /// Lowercase hex of `bytes`.
@@ -305,7 +315,7 @@ fn host_target(s: &str) -> Result<HostTarget, SpecError> {
 }
 
 impl Forward {
-    /// A forward with the agent's default mode and owner.
+    /// A forward with the agent's default mode and owner, and no options.
     pub fn new(id: String, listen: ListenAt, target: HostTarget) -> Forward {
         Forward {
             id,
@@ -314,6 +324,7 @@ impl Forward {
             mode: None,
             uid: None,
             gid: None,
+            options: SpecOptions::default(),
         }
     }
 
@@ -322,19 +333,23 @@ impl Forward {
     /// The paths are split at the first `:` after the ID: a guest path cannot
     /// contain `:`, a host path can.
     pub fn from_spec(spec: &str) -> Result<Forward, SpecError> {
+        let (spec, options) = spec_options::split(spec)?;
         let (id, paths) = split_id(spec)?;
         let (guest, host) = paths.split_once(':').ok_or(SpecError::ForwardShape)?;
         check_guest_path(guest)?;
         let host_path = check_host_path(host)?;
-        Ok(Forward::new(
+        let mut forward = Forward::new(
             id.map_or_else(|| derived_forward_id(guest), str::to_owned),
             ListenAt::Unix(guest.into()),
             HostTarget::Unix(host_path),
-        ))
+        );
+        forward.options = options;
+        Ok(forward)
     }
 
     /// Parses an `-R` spec (see the module docs).
     pub fn from_remote_spec(spec: &str) -> Result<Forward, SpecError> {
+        let (spec, options) = spec_options::split(spec)?;
         let (id, body) = split_id(spec)?;
         let (listen, target) = if body.starts_with('/') {
             let (guest, host) = body.split_once(':').ok_or(SpecError::RemoteShape)?;
@@ -353,7 +368,9 @@ impl Forward {
             (ListenAt::Tcp(addr), host_target(rest)?)
         };
         let id = id.map_or_else(|| derived_remote_id(&listen, &target), str::to_owned);
-        Ok(Forward::new(id, listen, target))
+        let mut forward = Forward::new(id, listen, target);
+        forward.options = options;
+        Ok(forward)
     }
 
     /// Parses nerdbox's `CONTAINER_ID:HOST_PATH:DESTINATION`; the listener goes to
@@ -380,9 +397,9 @@ impl Forward {
     }
 
     /// The forward as an `-R` spec would write it (without its ID):
-    /// `LISTEN:TARGET`, for messages and `status`.
+    /// `LISTEN:TARGET` and its options, for messages and `status`.
     pub fn spec_text(&self) -> String {
-        format!("{}:{}", self.listen, self.target)
+        format!("{}:{}{}", self.listen, self.target, self.options.suffix())
     }
 
     /// Whether it listens on a guest TCP address (the `tcp-listen` extension).
@@ -732,5 +749,44 @@ mod tests {
             f.check(),
             Err(SpecError::RelativeGuestPath("g/a.sock".into()))
         );
+    }
+
+    #[test]
+    fn a_forward_or_remote_spec_may_end_with_an_idle_timeout() {
+        let two_minutes = Some(std::time::Duration::from_secs(120));
+        let f = Forward::from_spec("db=/run/db.sock:/h/a,b.sock,idle-timeout=2m").unwrap();
+        assert_eq!(
+            (f.id.as_str(), &f.listen),
+            ("db", &ListenAt::Unix("/run/db.sock".into()))
+        );
+        assert_eq!(f.target, HostTarget::Unix(PathBuf::from("/h/a,b.sock")));
+        assert_eq!(f.options.idle_timeout(None), two_minutes);
+        let plain = Forward::from_spec("/run/db.sock:/h/a,b.sock").unwrap();
+        assert_eq!(plain.target, HostTarget::Unix(PathBuf::from("/h/a,b.sock")));
+        assert_eq!(plain.options, SpecOptions::default());
+        assert!(matches!(
+            Forward::from_spec("/g:/h,idle-timeout=1x"),
+            Err(SpecError::Options(_))
+        ));
+        // -R: every form, and the options take no part in the ID.
+        let r = Forward::from_remote_spec("5432:localhost:5432,idle-timeout=2m").unwrap();
+        assert_eq!(
+            (&r.listen, &r.target),
+            (&at("127.0.0.1:5432"), &tcp("localhost", 5432))
+        );
+        assert_eq!(r.options.idle_timeout(None), two_minutes);
+        assert_eq!(r.id, derived_forward_id("tcp:127.0.0.1:5432"));
+        assert_eq!(
+            r.spec_text(),
+            "127.0.0.1:5432:localhost:5432,idle-timeout=2m"
+        );
+        assert_eq!(Forward::from_remote_spec(&r.spec_text()), Ok(r));
+        let off = Forward::from_remote_spec("/g.sock:/h,c.sock,idle-timeout=0").unwrap();
+        assert_eq!(off.target, HostTarget::Unix(PathBuf::from("/h,c.sock")));
+        assert_eq!(off.options.idle_timeout(two_minutes), None);
+        assert!(matches!(
+            Forward::from_remote_spec("0:h:1,idle-timeout=soon"),
+            Err(SpecError::Options(_))
+        ));
     }
 }

@@ -12,11 +12,12 @@
 use crate::local::forward::LocalForward;
 use crate::local::guest_handle::{Guest, LocalForwardError};
 use crate::local_spec::{LocalSpec, LocalSpecError};
+use crate::spec_options::SpecOptions;
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::log_text::escape;
-use sockfwd_proto::relay::relay_stream;
+use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::target::Target;
 use sockfwd_proto::transport::{ClientListener, ListenAt, Stream};
@@ -134,7 +135,13 @@ impl Guest {
                 ForwardCounters::bump(&counters.total);
                 let span = tracing::debug_span!("local", local = %escape(&local.to_string()),
                     target = %escape(&spec.remote.to_string()));
-                let task = connection(guest.clone(), spec.remote.clone(), conn, counters.clone());
+                let task = connection(
+                    guest.clone(),
+                    spec.remote.clone(),
+                    spec.options,
+                    conn,
+                    counters.clone(),
+                );
                 let tasks = guest.tasks();
                 let hard_stop = tasks.hard_stop.clone();
                 tasks.tracker.spawn(
@@ -155,9 +162,19 @@ impl Guest {
     }
 }
 
-/// One client: open the guest side, then relay.
-async fn connection(guest: Guest, target: Target, conn: Stream, counters: Arc<ForwardCounters>) {
+/// One client: open the guest side, then relay (with the spec's `options`).
+async fn connection(
+    guest: Guest,
+    target: Target,
+    options: SpecOptions,
+    conn: Stream,
+    counters: Arc<ForwardCounters>,
+) {
     let _active = counters.active_guard();
+    let relay = RelayConfig {
+        idle_timeout: options.idle_timeout(guest.options().relay.idle_timeout),
+        ..guest.options().relay.clone()
+    };
     let framing = guest.framing();
     let stream = match guest.open_framed(&target, framing).await {
         Ok(s) => s,
@@ -170,7 +187,7 @@ async fn connection(guest: Guest, target: Target, conn: Stream, counters: Arc<Fo
             return;
         }
     };
-    match relay_stream(&conn, &stream, framing, &guest.options().relay).await {
+    match relay_stream(&conn, &stream, framing, &relay).await {
         // The client is the relay's first side: a to b is towards the guest.
         Ok(stats) => counters.add_bytes(stats.a_to_b, stats.b_to_a),
         Err(e) => tracing::debug!(cause = %Chain(&e), "connection ended on an error"),
