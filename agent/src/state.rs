@@ -7,7 +7,8 @@ use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
 use crate::port_watch::PortWatch;
 use crate::registry::Registry;
-use sockfwd_proto::accept::serve_each;
+use sockfwd_proto::accept::accept_next;
+use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::log_throttle::LogThrottle;
 use sockfwd_proto::transport::{Listener, Peer, Stream, VMADDR_CID_HOST};
 use std::future::Future;
@@ -94,24 +95,25 @@ impl AgentState {
 
     /// Accepts on the host-facing `port` (`control` or `streams`) until
     /// shutdown, and serves each connection [`from_host`](Self::from_host)
-    /// in its own task.
-    pub async fn serve_host_port<F, Fut>(self: &Arc<Self>, port: &str, listener: Listener, serve: F)
+    /// that `admit` takes (it returns the serving future) in its own task. A
+    /// connection refused by either is closed before anything is spawned for
+    /// it: a burst of refused connections costs no task each.
+    pub async fn serve_host_port<F, Fut>(self: &Arc<Self>, port: &str, listener: Listener, admit: F)
     where
-        F: Fn(Arc<AgentState>, Stream) -> Fut,
+        F: Fn(Arc<AgentState>, Stream) -> Option<Fut>,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (stop, tasks) = (&self.shutdown.stop, &self.tasks);
-        serve_each(&listener, stop, tasks, |(stream, peer)| {
-            let serving = self
-                .from_host(port, peer)
-                .then(|| serve(Arc::clone(self), stream));
-            async move {
-                if let Some(serving) = serving {
-                    serving.await;
-                }
+        let mut backoff = Backoff::accept();
+        while let Some((stream, peer)) =
+            accept_next(&listener, &mut backoff, &self.shutdown.stop).await
+        {
+            if !self.from_host(port, peer) {
+                continue;
             }
-        })
-        .await;
+            if let Some(serving) = admit(Arc::clone(self), stream) {
+                self.tasks.spawn(serving);
+            }
+        }
         tracing::debug!(port, listener = %listener.address(), "listener closed");
     }
 

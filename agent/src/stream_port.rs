@@ -16,7 +16,11 @@ use std::sync::Arc;
 
 /// Accepts stream-port connections until shutdown.
 pub async fn serve(state: Arc<AgentState>, listener: Listener) {
-    state.serve_host_port("streams", listener, handle).await;
+    state
+        .serve_host_port("streams", listener, |state, stream| {
+            Some(handle(state, stream))
+        })
+        .await;
 }
 
 /// One stream-port connection: handshake, register, wait to be claimed.

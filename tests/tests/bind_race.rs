@@ -66,6 +66,12 @@ fn a_symlink_swapped_into_the_path_never_redirects_a_bind() {
             match client.bind(ttrpc::context::with_timeout(CALL), &req).await {
                 Ok(_) => {
                     bound += 1;
+                    // Before the Unbind, which would remove the evidence.
+                    let stray: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+                    assert!(
+                        stray.is_empty(),
+                        "Bind put its socket outside the allowed directory: {stray:?}"
+                    );
                     let mut un = UnbindRequest::new();
                     un.forward_id = "race".into();
                     client

@@ -50,24 +50,22 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on ttrpc's own teardown of a connection's server.
 const SERVER_SHUTDOWN: Duration = Duration::from_secs(2);
 
-/// Accepts control connections until shutdown.
+/// Accepts control connections until shutdown. One refused (another CID, or
+/// past `--max-control-conns`) is closed before anything is spawned for it.
 pub async fn listen(state: Arc<AgentState>, listener: Listener) {
     let slots = Arc::new(Semaphore::new(state.config.max_control_conns));
     let deadline = Some(state.config.first_frame_timeout);
     state
         .serve_host_port("control", listener, |state, stream| {
-            let slot = slots.clone().try_acquire_owned();
-            if slot.is_err() {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
                 refuse_connection(&state);
-            }
-            let serve = slot
-                .ok()
-                .map(|slot| (slot, serve_connection(state, stream, deadline)));
-            async move {
-                if let Some((_slot, serve)) = serve {
-                    serve.await;
-                }
-            }
+                return None;
+            };
+            let serve = serve_connection(state, stream, deadline);
+            Some(async move {
+                serve.await;
+                drop(slot);
+            })
         })
         .await;
 }

@@ -423,6 +423,10 @@ mod tests {
                     Ok((fd, name)) => {
                         if let Some(l) = bind_at(&fd, &name) {
                             bound += 1;
+                            assert!(
+                                std::fs::read_dir(&outside).unwrap().next().is_none(),
+                                "bound outside the allowed directory"
+                            );
                             drop(l);
                             nix::unistd::unlinkat(
                                 Some(fd.as_raw_fd()),
