@@ -13,8 +13,9 @@
 //! - [`stream_port`]: the stream port, where the host opens each stream;
 //! - [`boot`]: the configuration's forwards, bound before the agent is ready;
 //! - [`shutdown`]: the order things stop in; [`notify`]: systemd readiness;
-//! - [`ports`]: the guest's listening TCP ports, and [`port_watch`], the one
-//!   watcher of them every `WatchPorts` call shares.
+//! - [`ports`]: the guest's listening TCP ports, and the one watcher of them
+//!   every `WatchPorts` call shares;
+//! - [`control_caps`]: what control connections may hold, and each one's books.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging and signals, and calls
 //! [`run`]. The wire contract is `docs/wire-protocol.md` in the repository.
@@ -23,11 +24,11 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod control_caps;
 pub mod dispatch;
 pub mod forwards;
 pub mod local;
 pub mod notify;
-pub mod port_watch;
 pub mod ports;
 pub mod registry;
 pub mod remote;

@@ -2,10 +2,10 @@
 //! its shutdown (the steps themselves are [`crate::shutdown`]).
 
 use crate::config::AgentConfig;
-use crate::control::limits::Totals;
+use crate::control_caps::Totals;
 use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
-use crate::port_watch::PortWatch;
+use crate::ports::watch::PortWatch;
 use crate::registry::Registry;
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;

@@ -69,7 +69,6 @@ pub mod remote_spec;
 pub mod remote_table;
 pub mod rpc;
 mod shared;
-pub mod spec_options;
 mod streams;
 
 /// Error chains as text (the shared printer, [`sockfwd_proto::report`]).

@@ -20,10 +20,10 @@
 //! The target is the shared grammar ([`sockfwd_proto::target`]): HOST is an
 //! IPv4 address, `[IPv6]`, or a name resolved inside the guest; a guest path
 //! is absolute. A host socket path starts with `/` or `.`; paths hold no `:`.
-//! A spec may end with options ([`crate::spec_options`]: `,idle-timeout=DUR`).
+//! A spec may end with options ([`sockfwd_proto::spec_options`]: `,idle-timeout=DUR`).
 //! Parsing is pure.
 
-use crate::spec_options::{self, OptionError, SpecOptions};
+use sockfwd_proto::spec_options::{self, OptionError, SpecOptions};
 use sockfwd_proto::target::{Target, TargetParseError};
 use sockfwd_proto::transport::{ListenAt, SUN_PATH_MAX};
 use std::fmt;

@@ -32,13 +32,14 @@
 //! - `ID=...`: the ID as given, held to the shared forward-ID rule
 //!   ([`sockfwd_proto::forward_id`]).
 //!
-//! A `--forward` or `-R` spec may end with options ([`crate::spec_options`]:
-//! `,idle-timeout=DUR`); they are split off before the spec is read, so they
-//! take no part in its ID. A `--uds-mount` takes none (nerdbox's form).
+//! A `--forward` or `-R` spec may end with options
+//! ([`sockfwd_proto::spec_options`]: `,idle-timeout=DUR`); they are split off
+//! before the spec is read, so they take no part in its ID. A `--uds-mount`
+//! takes none (nerdbox's form).
 
-use crate::spec_options::{self, OptionError, SpecOptions};
 use sha2::{Digest, Sha256};
 use sockfwd_proto::forward_id::{self, ForwardIdError};
+use sockfwd_proto::spec_options::{self, OptionError, SpecOptions};
 use sockfwd_proto::target::{split_host_port, Target, TargetParseError};
 use sockfwd_proto::transport::{ListenAt, SUN_PATH_MAX};
 use std::fmt::{self, Write as _};

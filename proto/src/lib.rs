@@ -9,9 +9,9 @@
 //! [`info`] the names an agent lists in its capability call.
 //!
 //! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
-//! grammar of local forwards' targets, [`transport::SUN_PATH_MAX`].
-//! [`tcp_dial`] is how either daemon dials a TCP target (names, `localhost`,
-//! the order of addresses).
+//! grammar of local forwards' targets, [`transport::SUN_PATH_MAX`], and the
+//! [`spec_options`] a forward's spec may end with. [`tcp_dial`] is how either
+//! daemon dials a TCP target (names, `localhost`, the order of addresses).
 //!
 //! Shared daemon parts: [`duration`] (the one cap on configured durations),
 //! [`backoff`] and [`accept`] (the one accept loop), [`limits`] (descriptor
@@ -33,6 +33,7 @@ pub mod log_throttle;
 pub mod relay;
 pub mod report;
 pub mod rpc;
+pub mod spec_options;
 pub mod stream_id;
 pub mod target;
 pub mod tcp_dial;

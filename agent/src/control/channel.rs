@@ -16,7 +16,7 @@
 //! a duplicate descriptor, so a writer blocked on a host that stopped reading
 //! cannot keep it open.
 //!
-//! What a connection may hold is bounded (see [`limits`](super::limits)): the
+//! What a connection may hold is bounded (see [`crate::control_caps`]): the
 //! socket is read through a [`Gate`] keeping its books, and its streaming
 //! calls are wrapped by [`cap_streams`]. A connection the agent accepted must
 //! send its first request within `--first-frame-timeout` (after that it may
@@ -25,9 +25,10 @@
 //! With `--control-dial` the agent dials the host instead and serves ttrpc on
 //! that one connection, redialing with backoff (capped at 1 s) until shutdown.
 
+use crate::control::capped::cap_streams;
 use crate::control::gate::Gate;
-use crate::control::limits::{cap_streams, Books, Caps};
 use crate::control::service::Service;
+use crate::control_caps::{Books, Caps};
 use crate::state::AgentState;
 use futures::StreamExt as _;
 use sockfwd_proto::backoff::Backoff;

@@ -13,7 +13,7 @@
 //! that the socket's other wrappers (end-of-connection detection, write
 //! batching) stay independent of it.
 
-use super::limits::{frame, Books, Verdict};
+use crate::control_caps::{frame, Books, Verdict};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -202,8 +202,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::limits::{Caps, Totals};
     use super::*;
+    use crate::control_caps::{Caps, Totals};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn frame_bytes(kind: u8, id: u32, flags: u8, payload: &[u8]) -> Vec<u8> {

@@ -227,7 +227,7 @@ impl SocketForward for Service {
             .ports
             .subscribe(move || state.forwards.tcp_inodes(), shutdown.clone());
         tokio::select! {
-            r = crate::port_watch::follow(listings, &sender) => {
+            r = crate::ports::watch::follow(listings, &sender) => {
                 if let Err(err) = r {
                     tracing::debug!(conn = self.conn, cause = %Chain(&err), "WatchPorts stream ended");
                 }

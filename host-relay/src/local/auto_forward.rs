@@ -132,7 +132,7 @@ impl AutoForward {
         let spec = LocalSpec {
             listen: ListenAt::Tcp(SocketAddr::new(self.bind, port)),
             remote: Target::Ip(SocketAddr::new(target, port)),
-            options: crate::spec_options::SpecOptions::default(),
+            options: sockfwd_proto::spec_options::SpecOptions::default(),
         };
         match self.guest.forward_near(&spec, PORT_TRIES) {
             Ok(forward) => {

@@ -12,13 +12,13 @@
 use crate::local::forward::LocalForward;
 use crate::local::guest_handle::{Guest, LocalForwardError};
 use crate::local_spec::{LocalSpec, LocalSpecError};
-use crate::spec_options::SpecOptions;
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::Chain;
+use sockfwd_proto::spec_options::SpecOptions;
 use sockfwd_proto::target::Target;
 use sockfwd_proto::transport::{ClientListener, ListenAt, Stream};
 use std::net::SocketAddr;

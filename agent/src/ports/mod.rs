@@ -9,8 +9,8 @@
 //!
 //! sock_diag has no notifications for listen state (its multicast groups
 //! report destroyed sockets only), and there is no other event source for a
-//! socket entering LISTEN short of eBPF, so the watcher
-//! ([`port_watch`](crate::port_watch)) compares snapshots every
+//! socket entering LISTEN short of eBPF, so the watcher ([`watch`]) compares
+//! snapshots every
 //! [`POLL_INTERVAL`]. A change is followed by a short [`SETTLE`] pause and one
 //! more snapshot, so a burst (a server opening several ports, a restart)
 //! reaches the host as one diff.
@@ -18,6 +18,8 @@
 //! The agent's own TCP listeners (remote forwards) are left out, by socket
 //! inode: a host that forwards every guest port back (`--auto-forward all`)
 //! must not forward the port of its own remote forward in a loop.
+
+pub mod watch;
 
 use nix::sys::socket::{
     recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,

@@ -1,6 +1,6 @@
 //! One watcher of the guest's TCP listeners shared by every `WatchPorts` call:
 //! however many calls are open, the listener set is taken once per
-//! [`POLL_INTERVAL`](crate::ports::POLL_INTERVAL) on at most one blocking
+//! [`POLL_INTERVAL`] on at most one blocking
 //! thread (a call used to poll on its own, with a blocking task each: 5,000
 //! calls held 513 threads and a core).
 //!
@@ -9,10 +9,10 @@
 //! through a `watch` channel; each call keeps the listing it last sent and
 //! sends the difference, so a subscriber gets the current set first (as
 //! OPENED events), and a burst of changes the watcher has coalesced (see
-//! [`ports`](crate::ports)) reaches it as one diff. The agent's own TCP
+//! [`ports`](super)) reaches it as one diff. The agent's own TCP
 //! listeners are left out, as before.
 
-use crate::ports::{self, Key, Snapshot, POLL_INTERVAL, SETTLE};
+use super::{self as ports, Key, Snapshot, POLL_INTERVAL, SETTLE};
 use sockfwd_proto::rpc::{PortEvent, PortEventKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;

@@ -5,9 +5,11 @@
 //! task for every request and stream it reads, and an answer the host does not
 //! read waits in memory.
 //!
-//! [`Books`] are one connection's accounts, kept by the [`gate`](super::gate)
-//! that sits between the socket and ttrpc (it sees every frame read and
-//! written) and by [`cap_streams`], which wraps each streaming method:
+//! [`Books`] are one connection's accounts (data and rules, no I/O), kept by
+//! the [`gate`](crate::control::gate) that sits between the socket and ttrpc
+//! (it sees every frame read and written) and by
+//! [`cap_streams`](crate::control::capped::cap_streams), which wraps each
+//! streaming method:
 //! - a request frame read is in flight until its final frame (a response, or
 //!   a data frame that closes the stream) is written; at either cap the gate
 //!   reads no more from the connection until an answer leaves, so a host that
@@ -29,7 +31,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use ttrpc::r#async::{Service, StreamHandler, StreamInner, TtrpcContext};
 
 /// ttrpc frame types and flags (the wire contract's framing).
 pub mod frame {
@@ -170,6 +171,21 @@ impl Books {
     /// Cancelled once the connection has sent a request frame.
     pub fn first_request(&self) -> &CancellationToken {
         &self.first_request
+    }
+
+    /// The connection's ID.
+    pub fn conn(&self) -> u64 {
+        self.id
+    }
+
+    /// The agent-wide accounts.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The throttle its log lines go through.
+    pub fn throttle(&self) -> &LogThrottle {
+        &self.throttle
     }
 
     /// The gate read the header of a frame: `kind`, `flags`, stream `id`,
@@ -328,74 +344,6 @@ impl Drop for Streaming {
         shared.streaming -= 1;
         if conn.in_flight.insert(self.id) {
             shared.in_flight += 1;
-        }
-    }
-}
-
-/// The streaming methods that read data frames from the host after the
-/// request (Accept's results); the others (WatchPorts) read none.
-const READS_DATA: &[&str] = &["Accept"];
-
-/// Wraps every streaming method of `services` so that its calls are counted in
-/// `books`, and refused with `RESOURCE_EXHAUSTED` beyond a cap.
-pub fn cap_streams(services: &mut HashMap<String, Service>, books: &Arc<Books>) {
-    for service in services.values_mut() {
-        for (name, handler) in service.streams.iter_mut() {
-            let capped = Capped {
-                inner: Arc::clone(handler),
-                books: Arc::clone(books),
-                method: name.clone(),
-                reads_data: READS_DATA.contains(&name.as_str()),
-            };
-            *handler = Arc::new(capped);
-        }
-    }
-}
-
-struct Capped {
-    inner: Arc<dyn StreamHandler + Send + Sync>,
-    books: Arc<Books>,
-    method: String,
-    reads_data: bool,
-}
-
-#[async_trait::async_trait]
-impl StreamHandler for Capped {
-    async fn handler(
-        &self,
-        ctx: TtrpcContext,
-        mut stream: StreamInner,
-    ) -> ttrpc::Result<Option<ttrpc::Response>> {
-        match self.books.open_streaming(ctx.mh.stream_id, self.reads_data) {
-            Ok(open) => {
-                let r = self.inner.handler(ctx, stream).await;
-                drop(open);
-                r
-            }
-            Err(refused) => {
-                if ctx.mh.flags & frame::NO_DATA == 0 {
-                    // ttrpc hands the request's payload over as a first data
-                    // message; it must find the stream open to deliver it.
-                    let _ = stream.recv().await;
-                }
-                let total = self
-                    .books
-                    .totals
-                    .refused_calls
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1;
-                if let Some(pass) = self.books.throttle.allow("streaming call refused") {
-                    tracing::warn!(conn = self.books.id, method = %self.method, cause = %refused,
-                        refused_total = total, suppressed = pass.suppressed,
-                        "streaming call refused: RESOURCE_EXHAUSTED");
-                }
-                let mut resp = ttrpc::Response::new();
-                resp.set_status(ttrpc::get_status(
-                    ttrpc::Code::RESOURCE_EXHAUSTED,
-                    refused.to_string(),
-                ));
-                Ok(Some(resp))
-            }
         }
     }
 }

@@ -1,12 +1,13 @@
-//! Options a forward's spec may end with, for `--forward` and `-L` alike:
-//! `SPEC,idle-timeout=DUR` closes that forward's connections once no byte has
-//! moved either way for DUR (`0`: never, whatever `--idle-timeout` says), so
-//! idle clients give back the forward's concurrency slots.
+//! Options a forward's spec may end with, one grammar for every spec form (the
+//! relay's `--forward`, `-R` and `-L` alike): `SPEC,idle-timeout=DUR` closes
+//! that forward's connections once no byte has moved either way for DUR (`0`:
+//! never, whatever `--idle-timeout` says; [`crate::relay`] does the closing),
+//! so idle clients give back the forward's concurrency slots.
 //!
 //! An option is recognised only as a known `,KEY=` at the end of the spec, so
 //! a host path with a comma in it still parses as before.
 
-use sockfwd_proto::duration::{self, DurationError};
+use crate::duration::{self, DurationError};
 use std::time::Duration;
 use thiserror::Error;
 
