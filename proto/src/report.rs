@@ -60,15 +60,21 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
+/// How many characters of each cause a fatal message keeps.
+const MAIN_CAUSE_MAX: usize = 1024;
+
 /// What `program` prints on stderr when it stops on `err`: a
 /// `PROGRAM: error: ...` line, then one `  caused by: ...` line per cause,
-/// each line ending in a newline.
+/// each line ending in a newline. Each cause is escaped (a path from the
+/// configuration may hold a newline) and clipped to 1,024 characters.
 pub fn for_main(program: &str, err: &(dyn Error + 'static)) -> String {
+    let shown = |cause: &str| escape_clipped(cause, MAIN_CAUSE_MAX).to_string();
     let mut lines = causes(err).into_iter();
-    let mut out = format!("{program}: error: {}\n", lines.next().unwrap_or_default());
+    let first = lines.next().unwrap_or_default();
+    let mut out = format!("{program}: error: {}\n", shown(&first));
     for cause in lines {
         out.push_str("  caused by: ");
-        out.push_str(&cause);
+        out.push_str(&shown(&cause));
         out.push('\n');
     }
     out
@@ -154,6 +160,8 @@ mod tests {
         );
         let single = std::io::Error::other("alone");
         assert_eq!(for_main("p", &single), "p: error: alone\n");
+        let forged = std::io::Error::other("a\nb: error: forged");
+        assert_eq!(for_main("p", &forged), "p: error: a\\nb: error: forged\n");
     }
 
     #[test]
