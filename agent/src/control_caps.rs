@@ -196,11 +196,11 @@ impl Books {
             return Verdict::Drop;
         }
         match kind {
-            frame::REQUEST => {
-                if conn.in_flight.contains(&id) {
-                    // ttrpc answers a reused ID with an error of its own.
-                    return Verdict::Pass;
-                }
+            // An ID still in use: ttrpc would run the call again and answer
+            // twice, uncounted. Dropped, like any stray frame.
+            frame::REQUEST
+                if !conn.in_flight.contains(&id) && !conn.streaming.contains_key(&id) =>
+            {
                 let mut shared = self.totals.lock();
                 let full_here = conn.in_flight.len() >= self.caps.in_flight;
                 let full_all = shared.in_flight >= self.caps.in_flight_total;
@@ -247,7 +247,7 @@ impl Books {
                         len,
                         dropped_total = total,
                         suppressed = pass.suppressed,
-                        "frame for no call that reads it; dropped"
+                        "frame for no call that takes it (or a request on an ID in use); dropped"
                     );
                 }
                 Verdict::Drop
@@ -394,6 +394,8 @@ mod tests {
             "in total"
         );
         assert_eq!(totals.held(), (3, 0));
+        // A request on an ID in flight is not run twice.
+        assert_eq!(a.on_read(frame::REQUEST, 3, 0, &w), Verdict::Drop);
         a.on_answered(1);
         assert!(woken.0.load(Ordering::SeqCst));
         assert_eq!(b.on_read(frame::REQUEST, 3, 0, &w), Verdict::Pass);
