@@ -1,7 +1,8 @@
-//! The agent's log against a hostile host and a flood of clients
-//! (fault suite): what a peer sends is logged escaped and clipped (no forged
-//! line, no control byte, bounded length), and per-connection lines are
-//! throttled with a count of what was left out.
+//! The agent's log against a hostile host and a flood of clients, and the
+//! relay's against the text of its users' specs (fault suite): what a peer or
+//! a user sends is logged escaped and clipped (no forged line, no control
+//! byte, bounded length), and per-connection lines are throttled with a count
+//! of what was left out.
 
 // An integration-test crate: every #[test] here is one, and a failed unwrap is a
 // failed test.
@@ -13,8 +14,11 @@
 
 use sockfwd_proto::rpc::{BindRequest, Socket, SocketForwardClient};
 use sockfwd_proto::transport::{dial, Address};
-use sockfwd_tests::{runtime, wait_until, Env, READY_DEADLINE};
+use sockfwd_tests::forwards::{admin, Relay};
+use sockfwd_tests::{runtime, wait_connectable, wait_until, Env, READY_DEADLINE};
+use std::io::{ErrorKind, Read as _};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A line a host tries to forge into the agent's log.
@@ -77,9 +81,16 @@ fn what_a_host_sends_cannot_forge_or_stretch_a_log_line() {
     wait_until("four Bind failures in the log", READY_DEADLINE, || {
         (agent.logs().matches("Bind failed").count() >= 4).then_some(())
     });
-    let raw = std::fs::read(&agent.log).unwrap();
-    let log = String::from_utf8(raw).unwrap();
-    let mut longest = 0;
+    let shown = forged_only_escaped(&agent.log);
+    assert!(shown > 0, "the test's Binds reached the log");
+}
+
+/// Asserts that no line of the log at `path` holds a control character,
+/// starts as the forged line or is over 2 KiB, and that the forged text shows
+/// only inside an escaped field; the number of lines that show it.
+fn forged_only_escaped(path: &Path) -> usize {
+    let log = String::from_utf8(std::fs::read(path).unwrap()).unwrap();
+    let (mut shown, mut longest) = (0, 0);
     for line in log.lines() {
         longest = longest.max(line.len());
         assert!(
@@ -87,9 +98,15 @@ fn what_a_host_sends_cannot_forge_or_stretch_a_log_line() {
             "a control character in a log line: {line:?}"
         );
         assert!(!line.starts_with(&FORGED[..20]), "a forged line: {line:?}");
-        // Wherever the forged text shows, it is inside an escaped field.
+        // Wherever the forged text shows, it is inside an escaped field: its
+        // line break (or ANSI line erase) is written out.
         if let Some(at) = line.find("FORGED") {
-            assert!(line[..at].contains("\\n2026-12-01T"), "{line:?}");
+            let before = &line[..at];
+            assert!(
+                before.contains("\\n2026-12-01T") || before.contains("\\u{1b}[2K2026-12-01T"),
+                "{line:?}"
+            );
+            shown += 1;
         }
         assert!(line.len() <= 2048, "{} bytes: {line}", line.len());
     }
@@ -97,7 +114,45 @@ fn what_a_host_sends_cannot_forge_or_stretch_a_log_line() {
         "{} log lines, the longest {longest} bytes",
         log.lines().count()
     );
-    assert!(log.contains("FORGED"), "the test's Binds reached the log");
+    shown
+}
+
+#[test]
+fn remote_forward_specs_cannot_forge_the_relay_s_log_lines() {
+    let env = Env::new();
+    let _agent = env.agent(&[]);
+    let dir = env.dir.path().display();
+    let admin_sock = env.path("admin.sock");
+    // Host targets that do not exist, named with the forged line: every client
+    // fails to reach them, and the failure names the target. (An admin request
+    // is one line: the added spec erases the line with ANSI instead.)
+    let (started, added) = (env.path("started.sock"), env.path("added.sock"));
+    let spec = |guest: &Path, name: &str, erase: &str| {
+        format!(
+            "{}:{dir}/{name}{erase}{FORGED}\u{1b}[31m.sock",
+            guest.display()
+        )
+    };
+    let relay = Relay::with_admin(&env, &admin_sock, &["-R", &spec(&started, "s", "\n")]);
+    let added_spec = spec(&added, "a", "\u{1b}[2K");
+    admin(&admin_sock, "add", &["-R", &added_spec]).unwrap();
+    for guest in [&started, &added] {
+        wait_connectable(guest);
+        // The agent closes the client once the relay's failure comes back.
+        let mut client = UnixStream::connect(guest).unwrap();
+        client.set_read_timeout(Some(READY_DEADLINE)).unwrap();
+        let mut got = Vec::new();
+        match client.read_to_end(&mut got) {
+            Ok(_) => assert!(got.is_empty(), "no host side, yet {got:?}"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    wait_until("two failures in the relay's log", READY_DEADLINE, || {
+        (relay.daemon.logs().matches("connection failed").count() >= 2).then_some(())
+    });
+    // The failures and the added forward's line, at least.
+    let shown = forged_only_escaped(&relay.daemon.log);
+    assert!(shown >= 3, "{shown} lines name the targets");
 }
 
 /// `field=N` values of `field` in `line`.

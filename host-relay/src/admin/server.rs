@@ -25,7 +25,7 @@ use crate::shared::Shared;
 use sockfwd_proto::accept::serve_each;
 use sockfwd_proto::counters::CounterSnapshot;
 use sockfwd_proto::log_text::escape_clipped;
-use sockfwd_proto::report::chain;
+use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::ListForwardsRequest;
 use sockfwd_proto::transport::{
     peer_credentials, Listener, ListenerError, PeerCredentials, SocketFileOptions, Stream,
@@ -362,7 +362,7 @@ async fn rows(admin: &Admin) -> Vec<Row> {
                     });
                 }
             }
-            Err(e) => tracing::debug!(cause = %chain(&e), "status without the agent's rows"),
+            Err(e) => tracing::debug!(cause = %Chain(&e), "status without the agent's rows"),
         }
     }
     rows

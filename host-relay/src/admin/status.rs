@@ -3,7 +3,11 @@
 //! when a session is up, the agent's `ListForwards`.
 
 use sockfwd_proto::counters::CounterSnapshot;
+use sockfwd_proto::log_text::escape_clipped;
 use std::fmt::Write as _;
+
+/// Longest ID, FROM or TO cell of the table, in characters.
+const CELL_MAX: usize = 512;
 
 /// Which way a forward goes, in the words of the status table and the
 /// metrics (kept from before the vocabulary: dashboards and scripts read them).
@@ -42,7 +46,9 @@ pub struct Row {
     pub counters: CounterSnapshot,
 }
 
-/// A fixed-width table, one row per forward.
+/// A fixed-width table, one row per forward. The ID, FROM and TO cells are
+/// escaped and clipped as log text is: the agent's rows are what the guest
+/// sent, and the table goes to a terminal.
 pub fn table(rows: &[Row]) -> String {
     let head = [
         "DIRECTION",
@@ -64,9 +70,9 @@ pub fn table(rows: &[Row]) -> String {
             vec![
                 r.direction.label().to_owned(),
                 r.side.to_owned(),
-                r.id.clone(),
-                r.from.clone(),
-                r.to.clone(),
+                escape_clipped(&r.id, CELL_MAX).to_string(),
+                escape_clipped(&r.from, CELL_MAX).to_string(),
+                escape_clipped(&r.to, CELL_MAX).to_string(),
                 c.active.to_string(),
                 c.total.to_string(),
                 c.refused.to_string(),
@@ -204,6 +210,15 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("DIRECTION      SIDE   ID"), "{t}");
         assert!(lines[1].ends_with("1       10        20"), "{t}");
+    }
+
+    #[test]
+    fn table_cells_are_escaped() {
+        let mut r = row("a\nb\u{1b}[31m");
+        r.from = "/run/x\0.sock".into();
+        let t = table(&[r]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
     }
 
     #[test]
