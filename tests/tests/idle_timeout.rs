@@ -20,13 +20,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// A client whose connection reached the host: one echo round.
+/// A client whose connection reached the host: one echo round. One refused
+/// meanwhile is retried: a probe of the forward (`wait_connectable`) may still
+/// hold a slot of its cap for a moment after it closed.
 fn echoing(guest: &Path) -> UnixStream {
-    let mut s = connect(guest);
-    s.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).unwrap();
-    s
+    wait_until("a client to reach the host", READY_DEADLINE, || {
+        let mut s = connect(guest);
+        alive(&mut s).then_some(s)
+    })
 }
 
 /// A client of a guest TCP port whose connection reached the host: one echo
@@ -89,8 +90,10 @@ fn idle_clients_are_closed_after_the_timeout_and_free_the_forward_s_cap() {
         &[
             "--max-concurrent-per-forward",
             "2",
+            // Long enough for the two idle clients to still hold the cap
+            // when the third is refused, on a loaded machine too.
             "--idle-timeout",
-            "1s",
+            "3s",
             "-L",
             &spec,
         ],

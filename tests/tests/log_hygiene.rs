@@ -180,11 +180,11 @@ fn a_flood_of_clients_writes_a_bounded_number_of_lines() {
         "--pending-timeout",
         "1s",
     ]);
-    // The boot-time forward is bound after the control port: wait for its
-    // file without connecting (a connection would be one more refusal).
-    wait_until("the boot-time forward's socket", READY_DEADLINE, || {
-        flood.exists().then_some(())
-    });
+    // The boot-time forward is bound after the control port, and its file
+    // exists a moment before it listens: wait for the agent to say it is ready
+    // (after its boot-time forwards) without connecting (a connection would be
+    // one more refusal).
+    agent.wait_log("agent ready");
     const CONNECTIONS: u64 = 5_000;
     let start = Instant::now();
     // No relay: each waits for a host until refused (over --max-pending) or its
