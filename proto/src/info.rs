@@ -37,6 +37,10 @@ pub const LIST_FORWARDS: &str = "list-forwards";
 /// `ForwardInfo.tcp_listen` (8.10). Used only when listed.
 pub const TCP_LISTEN: &str = "tcp-listen";
 
+/// Pre-opened streams: the `StreamPool` method and the in-band header and
+/// verdict on pooled streams (8.11, [`crate::stream_pool`]). Used only when listed.
+pub const STREAM_POOL: &str = "stream-pool";
+
 /// Every extension this build of the agent supports, in the order `Info` lists them.
 pub const SUPPORTED: &[&str] = &[
     SOCKET_OWNER,
@@ -48,6 +52,7 @@ pub const SUPPORTED: &[&str] = &[
     UNBIND,
     LIST_FORWARDS,
     TCP_LISTEN,
+    STREAM_POOL,
 ];
 
 /// Most extension names a host keeps from one answer; the rest are ignored.

@@ -6,7 +6,8 @@
 //! reaches the other (AF_VSOCK, hybrid vsock, per-port Unix sockets);
 //! [`relay`] moves bytes between two connected sockets once a stream is set up,
 //! with [`framing`] and [`features`] the extensions both sides negotiate, and
-//! [`info`] the names an agent lists in its capability call.
+//! [`info`] the names an agent lists in its capability call, and
+//! [`stream_pool`] the pre-opened streams' rules and in-band messages.
 //!
 //! Wire rules: [`stream_id::check`], [`forward_id::check`], the [`target`]
 //! grammar of local forwards' targets, [`transport::SUN_PATH_MAX`], and the
@@ -35,6 +36,7 @@ pub mod report;
 pub mod rpc;
 pub mod spec_options;
 pub mod stream_id;
+pub mod stream_pool;
 pub mod target;
 pub mod tcp_dial;
 pub mod transport;

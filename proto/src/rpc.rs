@@ -8,7 +8,7 @@ pub use socketforward::port_event::Kind as PortEventKind;
 pub use socketforward::{
     BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo, InfoRequest,
     InfoResponse, ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest, Socket,
-    UnbindRequest, WatchPortsRequest,
+    StreamPoolRequest, StreamPoolResponse, UnbindRequest, WatchPortsRequest,
 };
 pub use socketforward_ttrpc::{create_socket_forward, SocketForward, SocketForwardClient};
 
