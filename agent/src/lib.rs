@@ -5,8 +5,9 @@
 //! - [`config`]: the one [`AgentConfig`], from the defaults, the file, the
 //!   kernel command line and the flags ([`cli`]);
 //! - [`state`]: what every task shares; [`forwards`] (the forward table),
-//!   [`registry`] (streams waiting to be claimed) and [`dispatch`] (which
-//!   Accept stream gets each request) are its parts;
+//!   [`registry`] (streams waiting to be claimed), [`stream_pool`] (streams
+//!   opened ahead of demand) and [`dispatch`] (which Accept stream gets each
+//!   request) are its parts;
 //! - [`control`]: the control channel (listen or dial) and its service;
 //! - [`remote`]: remote forwards: Bind's listeners and their clients;
 //! - [`local`]: local forwards: the host's `Connect` to a guest target;
@@ -34,6 +35,7 @@ pub mod registry;
 pub mod remote;
 pub mod shutdown;
 pub mod state;
+pub mod stream_pool;
 pub mod stream_port;
 
 pub use config::{AgentConfig, ControlMode};

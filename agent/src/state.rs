@@ -7,6 +7,7 @@ use crate::dispatch::{ConnId, Dispatcher};
 use crate::forwards::Forwards;
 use crate::ports::watch::PortWatch;
 use crate::registry::Registry;
+use crate::stream_pool::StreamPools;
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::log_throttle::LogThrottle;
@@ -25,6 +26,8 @@ pub struct AgentState {
     pub config: AgentConfig,
     /// Stream-port connections waiting to be claimed.
     pub registry: Registry,
+    /// Pre-opened streams parked per control connection.
+    pub pools: StreamPools,
     /// Routing of connection requests to Accept streams.
     pub dispatcher: Dispatcher,
     /// The forward table (Bind's listeners and their counters).
@@ -55,15 +58,17 @@ pub struct AgentState {
 impl AgentState {
     /// Fresh state for `config`, shutting down when `parent` is cancelled.
     pub fn new(config: AgentConfig, parent: &CancellationToken) -> Self {
+        let client_slots = Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget()));
         AgentState {
             registry: Registry::default(),
+            pools: StreamPools::new(config.max_pooled_streams, Arc::clone(&client_slots)),
             dispatcher: Dispatcher::new(config.max_pending),
             forwards: Forwards::default(),
             shutdown: Shutdown::new(parent),
             listeners: TaskTracker::new(),
             connections: TaskTracker::new(),
             tasks: TaskTracker::new(),
-            client_slots: Arc::new(Semaphore::new(sockfwd_proto::limits::connection_budget())),
+            client_slots,
             log_throttle: LogThrottle::per_second(),
             control_totals: Arc::new(Totals::default()),
             ports: Arc::new(PortWatch::default()),

@@ -6,11 +6,15 @@
 //! The ID is reserved in the registry (a duplicate is refused with the
 //! contract's text), acknowledged, and then kept until the client connection
 //! that asked for it claims it, or `--claim-timeout` passes and it is closed.
+//! A pooled stream (its ID names a live pool: wire-protocol 8.11) is parked in
+//! [`crate::stream_pool`] instead, and watched until a client takes it.
 
 use crate::state::AgentState;
+use crate::stream_pool::Parking;
 use sockfwd_proto::handshake;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
+use sockfwd_proto::stream_pool;
 use sockfwd_proto::transport::{Listener, Stream};
 use std::sync::Arc;
 
@@ -45,6 +49,19 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
             }
         },
     };
+    match state.pools.reserve(&id) {
+        Ok(None) => {}
+        Ok(Some(parking)) => return park(&state, stream, &id, parking).await,
+        Err(err) => {
+            if let Some(pass) = state.log_throttle.allow("pooled stream refused") {
+                tracing::warn!(stream_id = %escape(&id), cause = %err, suppressed = pass.suppressed,
+                    "pooled stream refused");
+            }
+            let _ =
+                handshake::refuse(&mut stream, &err.to_string(), config.handshake_timeout).await;
+            return;
+        }
+    }
     let mut registration = match state.registry.reserve(&id) {
         Ok(r) => r,
         Err(err) => {
@@ -86,4 +103,32 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
         () = stop.cancelled() => {}
     }
     // Dropping the registration closes the stream unless it was claimed.
+}
+
+/// A pooled stream: acknowledge, park, and watch it until a client takes it,
+/// its pool goes, or the host closes it (a parked stream carries nothing
+/// before a client's header, so anything readable means it is gone).
+async fn park(state: &AgentState, mut stream: Stream, id: &str, parking: Parking) {
+    let stop = &state.shutdown.stop;
+    if let Err(err) = handshake::accept(&mut stream, id, state.config.handshake_timeout).await {
+        if let Some(pass) = state.log_throttle.allow("stream handshake failed") {
+            tracing::warn!(stream_id = %escape(id), cause = %Chain(&err),
+                suppressed = pass.suppressed, "stream handshake failed; closed");
+        }
+        return;
+    }
+    let stream = Arc::new(stream);
+    let Some(mut parked) = parking.fill(Arc::clone(&stream)) else {
+        tracing::debug!(stream_id = %escape(id), "its pool ended during the handshake; closed");
+        return;
+    };
+    tracing::debug!(stream_id = %escape(id), "stream parked in the pool");
+    tokio::select! {
+        () = parked.gone() => {}
+        () = stream_pool::readable(&stream) => {
+            tracing::debug!(stream_id = %escape(id), "parked stream closed by the host");
+        }
+        () = stop.cancelled() => {}
+    }
+    // Dropping `parked` takes the stream out of the pool if it is still there.
 }

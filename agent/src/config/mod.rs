@@ -117,6 +117,11 @@ keys! {
     /// Most sockets one Bind call may create
     max_sockets_per_bind: usize = 1024, Count<{ usize::MAX }>;
 
+    /// Streams hosts may keep open ahead of demand (pre-opened streams), all
+    /// control connections together; each holds a descriptor until a client
+    /// takes it
+    max_pooled_streams: usize = 64, Count<{ usize::MAX }>;
+
     /// Control connections served at once; beyond it a new one is closed
     /// before anything is read from it
     max_control_conns: usize = 64, Count<{ usize::MAX }>;
@@ -233,6 +238,7 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.socket_mode, 0o666);
         assert_eq!(c.max_sockets_per_bind, 1024);
+        assert_eq!(c.max_pooled_streams, 64);
         assert_eq!(c.max_control_conns, 64);
         assert_eq!(
             (c.max_streaming_calls, c.max_streaming_calls_total),

@@ -192,6 +192,7 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream, first_request:
     }
     conn_token.cancel();
     state.dispatcher.lock().close_conn(conn);
+    state.pools.close_conn(conn);
     if tokio::time::timeout(SERVER_SHUTDOWN, server.shutdown())
         .await
         .is_err()

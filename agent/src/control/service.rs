@@ -4,13 +4,16 @@
 //! [`connect`], and a failure becomes a ttrpc status in one place,
 //! [`RpcError::status`]; Accept ties the stream to the router; Shutdown starts
 //! the agent's shutdown and answers once the listeners are gone; Info lists
-//! the extensions of this build ([`sockfwd_proto::info::SUPPORTED`]).
+//! the extensions of this build ([`sockfwd_proto::info::SUPPORTED`]);
+//! StreamPool starts the connection's pool of pre-opened streams
+//! ([`crate::stream_pool`]).
 
 use crate::dispatch::{AcceptId, ConnId};
 use crate::local::connect::{self, ConnectError};
 use crate::local::target::TargetError;
 use crate::remote::bind::{self, BindError, UnbindError};
 use crate::state::AgentState;
+use crate::stream_pool::PoolError;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
 use sockfwd_proto::info::{self, AgentInfo};
@@ -19,7 +22,7 @@ use sockfwd_proto::report::{self, Chain};
 use sockfwd_proto::rpc::{
     BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo, InfoRequest,
     InfoResponse, ListForwardsRequest, ListForwardsResponse, PortEvent, ShutdownRequest,
-    SocketForward, UnbindRequest, WatchPortsRequest,
+    SocketForward, StreamPoolRequest, StreamPoolResponse, UnbindRequest, WatchPortsRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +68,9 @@ pub enum RpcError {
     /// Connect (an extension): the code says what kind of failure.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// StreamPool (an extension): a malformed request, or a token in use.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
 impl RpcError {
@@ -87,6 +93,8 @@ impl RpcError {
                 ConnectError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
                 ConnectError::Target(_) | ConnectError::ShuttingDown => Code::UNAVAILABLE,
             },
+            RpcError::Pool(PoolError::Token(_) | PoolError::Framing(_)) => Code::INVALID_ARGUMENT,
+            RpcError::Pool(PoolError::TokenInUse) => Code::FAILED_PRECONDITION,
         }
     }
 
@@ -276,6 +284,44 @@ impl SocketForward for Service {
     async fn info(&self, _ctx: &TtrpcContext, _req: InfoRequest) -> ttrpc::Result<InfoResponse> {
         tracing::debug!(conn = self.conn, "Info asked");
         Ok(AgentInfo::response(VERSION, info::SUPPORTED))
+    }
+
+    async fn stream_pool(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StreamPoolRequest,
+    ) -> ttrpc::Result<StreamPoolResponse> {
+        let mut resp = StreamPoolResponse::new();
+        if self.state.shutdown.stop.is_cancelled() || self.conn_token.is_cancelled() {
+            return Ok(resp);
+        }
+        match self
+            .state
+            .pools
+            .open(self.conn, &req.token, req.framing, req.max)
+        {
+            Ok(max) => {
+                // The connection may have ended (and its pools been dropped)
+                // while this call ran: drop what it started too.
+                if self.conn_token.is_cancelled() {
+                    self.state.pools.close_conn(self.conn);
+                    return Ok(resp);
+                }
+                tracing::info!(
+                    conn = self.conn,
+                    asked = req.max,
+                    max,
+                    framing = req.framing,
+                    "stream pool started"
+                );
+                resp.max = u32::try_from(max).unwrap_or(u32::MAX);
+                Ok(resp)
+            }
+            Err(err) => {
+                tracing::warn!(conn = self.conn, cause = %Chain(&err), "StreamPool refused");
+                Err(RpcError::from(err).status())
+            }
+        }
     }
 }
 

@@ -249,6 +249,12 @@ impl Router {
         }
     }
 
+    /// The control connection that owns `forward_id` (`None`: unbound, or
+    /// bound from the boot configuration and by no host since).
+    pub fn owner(&self, forward_id: &str) -> Option<ConnId> {
+        self.owners.get(forward_id).copied()
+    }
+
     /// Takes a new request; it is sent at once if a suitable stream is open.
     pub fn submit(
         &mut self,

@@ -297,7 +297,12 @@ async fn accept(
     let mut backoff = Backoff::accept();
     while let Some(conn) = accept_next(&listener, &mut backoff, &tokens.stop).await {
         ForwardCounters::bump(&stats.total);
-        let Ok(slot) = state.client_slots.clone().try_acquire_owned() else {
+        // Parked pre-opened streams hold slots on loan: a client comes first.
+        let slot = match state.client_slots.clone().try_acquire_owned() {
+            Err(_) if state.pools.evict_one() => state.client_slots.clone().try_acquire_owned(),
+            other => other,
+        };
+        let Ok(slot) = slot else {
             ForwardCounters::bump(&stats.refused);
             if let Some(pass) = state.log_throttle.allow("open-file limit") {
                 tracing::warn!(

@@ -1,5 +1,6 @@
 //! One client of a remote forward's listener (a guest process that connected),
-//! in its own task: raise a `ConnectRequest`, wait for the host's result
+//! in its own task: over a pre-opened stream when its host keeps a pool
+//! ([`crate::remote::pooled`]); otherwise raise a `ConnectRequest`, wait for the host's result
 //! (bounded by `--pending-timeout`, with `--result-timeout` per Accept stream),
 //! claim the stream the host opened, then relay until both directions end.
 //!
@@ -7,6 +8,7 @@
 //! log; nothing waits without a deadline.
 
 use crate::dispatch::Event;
+use crate::remote::pooled::{self, Outcome};
 use crate::state::AgentState;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
@@ -28,6 +30,9 @@ pub async fn serve(
     forward_id: String,
     stats: Arc<ForwardCounters>,
 ) {
+    if let Outcome::Done = pooled::serve(&state, &conn, &forward_id, &stats).await {
+        return;
+    }
     let stream_id = stream_id::generate(SOCKET_FORWARD_PREFIX);
     // Info level, so the IDs show on every line logged inside, even under RUST_LOG=info.
     let span = tracing::info_span!("guest", %stream_id, %forward_id);
@@ -163,7 +168,7 @@ async fn wait_for_host(
 }
 
 /// Relays until both directions end, or the shutdown grace period is over.
-async fn relay(
+pub(super) async fn relay(
     state: &AgentState,
     conn: &Stream,
     stream: &Stream,

@@ -1,0 +1,371 @@
+//! Pre-opened streams (wire-protocol 8.11): streams a host opened ahead of
+//! demand, parked per control connection until a guest client takes one.
+//!
+//! A host's `StreamPool` call ([`StreamPools::open`]) names its pool with a
+//! token; a stream-port connection whose ID is `<token>-<n>` for a live pool
+//! is parked here ([`StreamPools::reserve`], then [`Parking::fill`]) instead of
+//! being registered for a claim, so it never meets `--claim-timeout`. A client
+//! of a forward owned by that connection takes the newest one
+//! ([`StreamPools::take`]).
+//!
+//! Bounds: each pool at most what its host asked for, every pool together at
+//! most `--max-pooled-streams`, and each parked stream holds one of the
+//! descriptor budget's connection slots until it is taken. The slot is on
+//! loan: a client that finds none free closes the oldest parked stream and
+//! takes its slot ([`StreamPools::evict_one`]), so parked streams never
+//! starve the clients they are for. A pool goes with its control
+//! connection ([`StreamPools::close_conn`]): its streams are closed, and the
+//! host's new session starts a new pool.
+//!
+//! Plain data under a lock, like the registry; the stream port's task of each
+//! parked stream watches it ([`Parked`]) and removes it when the host closes it.
+
+use crate::dispatch::ConnId;
+use sockfwd_proto::framing::Framing;
+use sockfwd_proto::stream_pool::{self, TokenError};
+use sockfwd_proto::transport::Stream;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use thiserror::Error;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Why a `StreamPool` call is refused.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// The token breaks the token rule.
+    #[error("invalid pool token")]
+    Token(#[source] TokenError),
+    /// The framing is not one this agent speaks.
+    #[error("unknown framing {0}")]
+    Framing(u32),
+    /// Another control connection's pool has this token.
+    #[error("pool token is in use by another control connection")]
+    TokenInUse,
+}
+
+/// Why a pooled stream could not be parked (the handshake answer says it).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParkError {
+    /// The pool, or every pool together, holds as many as allowed.
+    #[error("stream pool full")]
+    Full,
+    /// The descriptor budget has no slot left.
+    #[error("stream pool: the agent is at its open-file limit")]
+    NoSlot,
+}
+
+/// A pooled stream a client took: relay over it once the host accepted.
+pub struct Taken {
+    /// Its stream ID (`<token>-<n>`), for the logs.
+    pub id: String,
+    /// The stream; the watching task may hold a second handle for a moment.
+    pub stream: Arc<Stream>,
+    /// The pool's framing.
+    pub framing: Framing,
+}
+
+struct Entry {
+    generation: u64,
+    id: String,
+    stream: Arc<Stream>,
+    /// Its descriptor slot: given back when the stream is taken or closed.
+    _slot: OwnedSemaphorePermit,
+    /// Dropped when the entry leaves the pool: tells the watching task.
+    _gone: oneshot::Sender<()>,
+}
+
+struct Pool {
+    /// Tells this pool from a later one of the same connection.
+    epoch: u64,
+    token: String,
+    framing: Framing,
+    max: usize,
+    /// Parked streams, oldest first; a client takes the newest.
+    parked: Vec<Entry>,
+    /// Handshakes between `reserve` and `fill`.
+    reserved: usize,
+    /// Cancelled when the pool goes: its watching tasks end.
+    closed: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    pools: HashMap<ConnId, Pool>,
+    /// Parked and reserved streams of every pool.
+    total: usize,
+    /// Numbers pools (their epoch) and entries (their generation).
+    next_generation: u64,
+}
+
+/// The pools of every control connection; cheap to clone (shared).
+#[derive(Clone)]
+pub struct StreamPools {
+    inner: Arc<Mutex<Inner>>,
+    cap: usize,
+    slots: Arc<Semaphore>,
+}
+
+/// A reserved place in a pool, held by the stream port's task during the
+/// handshake's answer; dropped unfilled, it gives the place back.
+pub struct Parking {
+    pools: StreamPools,
+    conn: ConnId,
+    epoch: u64,
+    id: String,
+    closed: CancellationToken,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A parked stream, as its watching task sees it: dropped, it leaves the pool
+/// (closing the stream unless a client took it).
+pub struct Parked {
+    pools: StreamPools,
+    conn: ConnId,
+    generation: u64,
+    gone: oneshot::Receiver<()>,
+    closed: CancellationToken,
+}
+
+impl StreamPools {
+    /// No pools yet; at most `cap` parked streams in all, each holding one of
+    /// `slots` (the descriptor budget's connection slots).
+    pub fn new(cap: usize, slots: Arc<Semaphore>) -> StreamPools {
+        StreamPools {
+            inner: Arc::default(),
+            cap,
+            slots,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update is a few field changes with no await or panic between
+        // them: a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `StreamPool` on connection `conn`: starts its pool (replacing one it
+    /// had, whose streams are closed) and returns how many streams it may park.
+    pub fn open(
+        &self,
+        conn: ConnId,
+        token: &str,
+        framing: u32,
+        asked: u32,
+    ) -> Result<usize, PoolError> {
+        stream_pool::check_token(token).map_err(PoolError::Token)?;
+        let framing = Framing::from_wire(framing).ok_or(PoolError::Framing(framing))?;
+        let max = usize::try_from(asked).unwrap_or(usize::MAX).min(self.cap);
+        let old = {
+            let mut inner = self.lock();
+            if inner
+                .pools
+                .iter()
+                .any(|(c, p)| *c != conn && p.token == token)
+            {
+                return Err(PoolError::TokenInUse);
+            }
+            let old = inner.pools.remove(&conn);
+            if let Some(old) = &old {
+                inner.total -= old.parked.len() + old.reserved;
+            }
+            if max > 0 {
+                inner.next_generation += 1;
+                let epoch = inner.next_generation;
+                inner.pools.insert(
+                    conn,
+                    Pool {
+                        epoch,
+                        token: token.to_owned(),
+                        framing,
+                        max,
+                        parked: Vec::new(),
+                        reserved: 0,
+                        closed: CancellationToken::new(),
+                    },
+                );
+            }
+            old
+        };
+        drop_pool(old);
+        Ok(max)
+    }
+
+    /// Connection `conn` ended: its pool goes, and its streams are closed.
+    pub fn close_conn(&self, conn: ConnId) {
+        let old = {
+            let mut inner = self.lock();
+            let old = inner.pools.remove(&conn);
+            if let Some(old) = &old {
+                inner.total -= old.parked.len() + old.reserved;
+            }
+            old
+        };
+        drop_pool(old);
+    }
+
+    /// A stream-port handshake named `id`: `Ok(None)` for an ordinary stream
+    /// (not `<token>-<n>` of a live pool), a place in the pool otherwise.
+    pub fn reserve(&self, id: &str) -> Result<Option<Parking>, ParkError> {
+        let Some(token) = stream_pool::token_of(id) else {
+            return Ok(None);
+        };
+        let mut inner = self.lock();
+        let total = inner.total;
+        let Some((&conn, pool)) = inner.pools.iter_mut().find(|(_, p)| p.token == token) else {
+            return Ok(None);
+        };
+        if pool.parked.len() + pool.reserved >= pool.max || total >= self.cap {
+            return Err(ParkError::Full);
+        }
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| ParkError::NoSlot)?;
+        pool.reserved += 1;
+        let (epoch, closed) = (pool.epoch, pool.closed.clone());
+        inner.total += 1;
+        Ok(Some(Parking {
+            pools: self.clone(),
+            conn,
+            epoch,
+            id: id.to_owned(),
+            closed,
+            slot: Some(slot),
+        }))
+    }
+
+    /// Takes the newest stream parked for connection `conn`, if any.
+    pub fn take(&self, conn: ConnId) -> Option<Taken> {
+        let (entry, framing) = {
+            let mut inner = self.lock();
+            let pool = inner.pools.get_mut(&conn)?;
+            let entry = pool.parked.pop()?;
+            let framing = pool.framing;
+            inner.total -= 1;
+            (entry, framing)
+        };
+        let Entry { id, stream, .. } = entry;
+        Some(Taken {
+            id,
+            stream,
+            framing,
+        })
+    }
+
+    /// Closes the oldest parked stream of any pool, giving its descriptor
+    /// slot back for a client; `false` when none is parked.
+    pub fn evict_one(&self) -> bool {
+        let evicted = {
+            let mut inner = self.lock();
+            let oldest = inner
+                .pools
+                .values_mut()
+                .filter(|p| !p.parked.is_empty())
+                .min_by_key(|p| p.parked[0].generation)
+                .map(|p| p.parked.remove(0));
+            if oldest.is_some() {
+                inner.total -= 1;
+            }
+            oldest
+        };
+        let found = evicted.is_some();
+        if let Some(e) = &evicted {
+            tracing::debug!(stream_id = %e.id, "parked stream closed: a client needs its descriptor slot");
+        }
+        drop(evicted);
+        found
+    }
+
+    /// Streams parked now, in every pool.
+    pub fn parked(&self) -> usize {
+        self.lock().pools.values().map(|p| p.parked.len()).sum()
+    }
+}
+
+/// Ends a pool that left the table: its watching tasks end, its streams close.
+fn drop_pool(pool: Option<Pool>) {
+    if let Some(pool) = pool {
+        pool.closed.cancel();
+        drop(pool);
+    }
+}
+
+impl Parking {
+    /// The answer is written: the stream is parked; its task watches it with
+    /// the [`Parked`] returned. `None`: the pool went meanwhile (the stream is
+    /// dropped, so closed).
+    pub fn fill(mut self, stream: Arc<Stream>) -> Option<Parked> {
+        let (gone_tx, gone) = oneshot::channel();
+        let slot = self.slot.take()?;
+        let mut inner = self.pools.lock();
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        let pool = inner
+            .pools
+            .get_mut(&self.conn)
+            .filter(|p| p.epoch == self.epoch)?;
+        pool.reserved -= 1;
+        pool.parked.push(Entry {
+            generation,
+            id: std::mem::take(&mut self.id),
+            stream,
+            _slot: slot,
+            _gone: gone_tx,
+        });
+        drop(inner);
+        Some(Parked {
+            pools: self.pools.clone(),
+            conn: self.conn,
+            generation,
+            gone,
+            closed: self.closed.clone(),
+        })
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        // Unfilled: give the place back, if the pool is still the one reserved in.
+        if self.slot.is_some() {
+            let mut inner = self.pools.lock();
+            if let Some(pool) = inner.pools.get_mut(&self.conn) {
+                if pool.epoch == self.epoch {
+                    pool.reserved -= 1;
+                    inner.total -= 1;
+                }
+            }
+        }
+    }
+}
+
+impl Parked {
+    /// Waits until a client takes the stream, or its pool goes.
+    pub async fn gone(&mut self) {
+        tokio::select! {
+            _ = &mut self.gone => {}
+            () = self.closed.cancelled() => {}
+        }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let removed = {
+            let mut inner = self.pools.lock();
+            let Some(pool) = inner.pools.get_mut(&self.conn) else {
+                return;
+            };
+            let at = pool
+                .parked
+                .iter()
+                .position(|e| e.generation == self.generation);
+            let removed = at.map(|i| pool.parked.remove(i));
+            if removed.is_some() {
+                inner.total -= 1;
+            }
+            removed
+        };
+        // Closes the stream (when this held its last handle) outside the lock.
+        drop(removed);
+    }
+}
