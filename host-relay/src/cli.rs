@@ -2,7 +2,7 @@
 //! [`Config`] once, or one of the admin subcommands.
 
 use crate::admin::client::AdminCommand;
-use crate::config::{Config, ConfigError, Control};
+use crate::config::{Config, ConfigError, Control, DEFAULT_STREAM_POOL};
 use crate::framing::FramingPolicy;
 use crate::limits::Limits;
 use crate::port_filter::PortFilter;
@@ -134,6 +134,16 @@ pub struct Cli {
     /// (0: never) [default: never]
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Streams kept open ahead of demand in an agent that supports it (a
+    /// guest connection then needs no host round trip before its first
+    /// byte); 0: none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STREAM_POOL)]
+    pub stream_pool: usize,
+
+    /// A pre-opened stream unused this long is closed; it is replaced when
+    /// connections come again.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stream_pool_idle: Duration,
 
     /// Call the agent's Shutdown on exit (closes its listeners).
     #[arg(long)]
@@ -261,6 +271,8 @@ impl TryFrom<Cli> for Config {
                 max_rate: cli.max_rate,
                 max_rate_per_forward: cli.max_rate_per_forward,
             },
+            stream_pool: cli.stream_pool,
+            stream_pool_idle: cli.stream_pool_idle,
             shutdown_agent: cli.shutdown_agent,
             relay: RelayConfig {
                 idle_timeout: cli.idle_timeout,
@@ -310,6 +322,8 @@ mod tests {
         assert_eq!(c.boot_timeout, Duration::from_secs(60));
         assert_eq!(c.framing, FramingPolicy::Auto);
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.stream_pool, 8);
+        assert_eq!(c.stream_pool_idle, crate::config::DEFAULT_STREAM_POOL_IDLE);
     }
 
     #[test]
@@ -345,6 +359,10 @@ mod tests {
             "0",
             "--max-rate-per-forward",
             "7",
+            "--stream-pool",
+            "0",
+            "--stream-pool-idle",
+            "5m",
             "--shutdown-agent",
         ])
         .unwrap();
@@ -357,6 +375,8 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::ZERO);
         assert_eq!(c.framing, FramingPolicy::Eof);
         assert_eq!(c.limits.max_rate_per_forward, 7);
+        assert_eq!(c.stream_pool, 0);
+        assert_eq!(c.stream_pool_idle, Duration::from_secs(300));
         assert!(c.shutdown_agent);
     }
 

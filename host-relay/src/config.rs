@@ -14,6 +14,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
 
+/// Pre-opened streams per session by default (`--stream-pool`).
+pub const DEFAULT_STREAM_POOL: usize = 8;
+/// Idle time after which a pre-opened stream is closed, by default.
+pub const DEFAULT_STREAM_POOL_IDLE: Duration = Duration::from_secs(60);
+/// Most pre-opened streams a relay keeps per session.
+pub const MAX_STREAM_POOL: usize = 1024;
+
 /// How the control connection comes about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -58,6 +65,11 @@ pub struct Config {
     pub framing: FramingPolicy,
     /// Concurrency and rate caps.
     pub limits: Limits,
+    /// Pre-opened streams kept parked in an agent that supports them; 0: none.
+    pub stream_pool: usize,
+    /// A pre-opened stream unused this long is closed (and not replaced until
+    /// connections come again).
+    pub stream_pool_idle: Duration,
     /// Call the agent's Shutdown on exit.
     pub shutdown_agent: bool,
     /// Relay tuning (splice pipes, buffers).
@@ -160,6 +172,9 @@ pub enum ConfigError {
     /// A required flag is missing (clap checks it first; this is the library's check).
     #[error("{0} is required")]
     Missing(&'static str),
+    /// `--stream-pool` above [`MAX_STREAM_POOL`].
+    #[error("--stream-pool {0}: at most {MAX_STREAM_POOL} streams")]
+    StreamPool(usize),
     /// A duration is zero where it must be positive, or beyond [`MAX_DURATION`].
     #[error(transparent)]
     Duration(#[from] DurationError),
@@ -180,6 +195,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             framing: FramingPolicy::Auto,
             limits: Limits::default(),
+            stream_pool: DEFAULT_STREAM_POOL,
+            stream_pool_idle: DEFAULT_STREAM_POOL_IDLE,
             shutdown_agent: false,
             relay: RelayConfig::default(),
             locals: Vec::new(),
@@ -202,12 +219,16 @@ impl Config {
             ("--ping-interval", self.ping_interval, true),
             ("--bind-timeout", self.bind_timeout, true),
             ("--shutdown-grace", self.shutdown_grace, false),
+            ("--stream-pool-idle", self.stream_pool_idle, true),
         ];
         for (name, value, positive) in durations {
             duration::check(name, value, positive)?;
         }
         if let Some(idle) = self.relay.idle_timeout {
             duration::check("--idle-timeout", idle, true)?;
+        }
+        if self.stream_pool > MAX_STREAM_POOL {
+            return Err(ConfigError::StreamPool(self.stream_pool));
         }
         let mut ids: HashMap<&str, &Forward> = HashMap::new();
         let mut places: HashMap<&ListenAt, &Forward> = HashMap::new();

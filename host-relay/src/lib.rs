@@ -348,7 +348,7 @@ async fn drive(run: SetUp) -> Result<(), RelayError> {
         client: &shared.client,
         throttle: &shared.log_throttle,
     };
-    let requests = RemoteForwards(Arc::clone(&shared));
+    let requests = RemoteForwards::new(Arc::clone(&shared));
     let result = channel::run(&parts, &connector, &requests)
         .await
         .map_err(RelayError::Control);

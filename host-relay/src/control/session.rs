@@ -38,6 +38,10 @@ pub(crate) trait ConnectRequests: Sync {
     /// Handles one request; answers go out on `results`. Returns once the
     /// request is refused or handed to its own task.
     fn handle(&self, req: ConnectRequest, results: &Results) -> impl Future<Output = ()> + Send;
+
+    /// The session is ready with `peer` (its pre-opened streams may start);
+    /// `ended` is cancelled when the session ends. Returns at once.
+    fn session_ready(&self, peer: &Peer, ended: &CancellationToken);
 }
 
 /// What a session uses of the relay's state.
@@ -193,11 +197,16 @@ pub(crate) async fn run(
     let results = Results::new(sender, limit);
     *ready = true;
     // Local forwards, auto-forward and the admin socket use this session now.
-    parts.client.send_replace(Some(Peer {
+    let peer = Peer {
         client: client.clone(),
         info: std::sync::Arc::new(info),
-    }));
+    };
+    parts.client.send_replace(Some(peer.clone()));
     let _unpublish = Unpublish(parts.client);
+    // Cancelled however the session ends: its pre-opened streams go with it.
+    let ended = CancellationToken::new();
+    let _ended = ended.clone().drop_guard();
+    requests.session_ready(&peer, &ended);
     tracing::info!(
         forwards = parts.table.len(),
         control = %config.control.address(),

@@ -9,15 +9,20 @@
 //! stream at the same time, sends the result only once both are up, then relays until both
 //! directions end. Every way a request can fail is a `Failure`, put into words
 //! for the guest and for the log in one place.
+//!
+//! With an agent that lists `stream-pool`, most connections take the other
+//! way in: [`pool`] keeps streams open ahead of demand for each session, and
+//! [`pooled`] serves one when the agent names a forward on it, with the same
+//! table, caps, dial and relay as a request, answered in-band.
 
 use crate::control::session::ConnectRequests;
 use crate::framing::choose;
 use crate::limits::{Permit, Refusal};
-use crate::remote_spec::HostTarget;
 use crate::remote_table::ForwardEntry;
-use crate::rpc::Results;
+use crate::rpc::{Peer, Results};
 use crate::shared::Shared;
-use crate::streams::{dial_patiently, open_stream, StreamError};
+use crate::streams::{open_stream, StreamError};
+use dial::{dial_target, TargetDialError};
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::handshake;
@@ -26,16 +31,17 @@ use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::{chain, Chain};
 use sockfwd_proto::rpc::ConnectRequest;
 use sockfwd_proto::stream_id::{self, StreamIdError};
-use sockfwd_proto::tcp_dial::{self, TcpDialError};
-use sockfwd_proto::transport::{Address, DialError, Stream};
+use sockfwd_proto::transport::Stream;
 use std::fmt;
 use std::future::Future;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+
+mod dial;
+mod pool;
+mod pooled;
 
 /// Error text for a host socket that cannot be reached (the reference's wording).
 pub const DIAL_FAILED: &str = "failed to dial host socket";
@@ -95,81 +101,38 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Why a forward's target on the host could not be dialed.
-#[derive(Debug, Error)]
-pub(crate) enum TargetDialError {
-    /// A Unix socket.
-    #[error(transparent)]
-    Unix(DialError),
-    /// A TCP target.
-    #[error("connecting to {target}")]
-    Tcp {
-        /// The target as configured.
-        target: String,
-        /// What failed.
-        #[source]
-        source: TcpDialError,
-    },
-    /// A TCP target did not answer in time.
-    #[error("connecting to {target}: timed out after {after:?}")]
-    TcpTimeout {
-        /// The target as configured.
-        target: String,
-        /// The dial deadline.
-        after: Duration,
-    },
-    /// A connected TCP socket could not be taken over.
-    #[error("connecting to {target}")]
-    TcpSocket {
-        /// The target as configured.
-        target: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+/// The remote-forward side: what each control session hands its requests
+/// to, and the session's pool of pre-opened streams.
+pub(crate) struct RemoteForwards {
+    shared: Arc<Shared>,
+    pool: Arc<pool::Current>,
 }
 
-/// Dials `target` within `limit`: a Unix socket waiting out a full backlog,
-/// a TCP address the shared way (every address of a name, `localhost` as
-/// both loopback addresses, `TCP_NODELAY`).
-async fn dial_target(target: &HostTarget, limit: Duration) -> Result<Stream, TargetDialError> {
-    match target {
-        HostTarget::Unix(path) => dial_patiently(&Address::Unix(path.clone()), limit)
-            .await
-            .map_err(TargetDialError::Unix),
-        HostTarget::Tcp { host, port } => {
-            let text = || target.to_string();
-            let s = tokio::time::timeout(limit, tcp_dial::dial(host, *port, |_| true))
-                .await
-                .map_err(|_| TargetDialError::TcpTimeout {
-                    target: text(),
-                    after: limit,
-                })?
-                .map_err(|source| TargetDialError::Tcp {
-                    target: text(),
-                    source,
-                })?;
-            let taken = s.into_std().and_then(|s| Stream::from_fd(OwnedFd::from(s)));
-            taken.map_err(|source| TargetDialError::TcpSocket {
-                target: text(),
-                source,
-            })
+impl RemoteForwards {
+    /// The remote forwards of the run whose state is `shared`.
+    pub(crate) fn new(shared: Arc<Shared>) -> RemoteForwards {
+        RemoteForwards {
+            shared,
+            pool: Arc::default(),
         }
     }
 }
 
-/// The remote-forward side: what each control session hands its requests to.
-pub(crate) struct RemoteForwards(pub(crate) Arc<Shared>);
-
 impl ConnectRequests for RemoteForwards {
     fn handle(&self, req: ConnectRequest, results: &Results) -> impl Future<Output = ()> + Send {
-        handle_request(&self.0, results, req)
+        // A request means the agent found no pooled stream: refill.
+        self.pool.want_more();
+        handle_request(&self.shared, results, req)
+    }
+
+    fn session_ready(&self, peer: &Peer, ended: &CancellationToken) {
+        pool::start(&self.shared, &self.pool, peer, ended);
     }
 }
 
 /// Handles one request from the Accept loop; see the module docs.
 async fn handle_request(shared: &Arc<Shared>, results: &Results, req: ConnectRequest) {
-    match admit(shared, &req) {
+    match admit(shared, &req.stream_id, &req.forward_id) {
         Ok((entry, permit)) => {
             let span = tracing::debug_span!("connection", stream_id = %req.stream_id,
                 forward_id = %entry.forward.id);
@@ -177,13 +140,7 @@ async fn handle_request(shared: &Arc<Shared>, results: &Results, req: ConnectReq
             shared.tracker.spawn(task.instrument(span));
         }
         Err(failure) => {
-            if !matches!(failure, Failure::ShuttingDown) {
-                if let Some(pass) = shared.log_throttle.allow("refused") {
-                    tracing::warn!(stream_id = %escape(&req.stream_id),
-                        forward_id = %escape(&req.forward_id), cause = %failure,
-                        suppressed = pass.suppressed, "connection refused");
-                }
-            }
+            note_refusal(shared, &req.stream_id, &req.forward_id, &failure);
             // A failed send means the session is dying, which the loop sees
             // on its next read.
             if let Err(e) = results
@@ -199,15 +156,31 @@ async fn handle_request(shared: &Arc<Shared>, results: &Results, req: ConnectReq
     }
 }
 
-/// The checks of the Accept loop, in order; counts what it refuses.
-fn admit(shared: &Shared, req: &ConnectRequest) -> Result<(Arc<ForwardEntry>, Permit), Failure> {
-    stream_id::check(&req.stream_id).map_err(Failure::BadStreamId)?;
+/// Logs a request `admit` refused (throttled; shutdown's refusals are expected).
+fn note_refusal(shared: &Shared, stream_id: &str, forward_id: &str, failure: &Failure) {
+    if !matches!(failure, Failure::ShuttingDown) {
+        if let Some(pass) = shared.log_throttle.allow("refused") {
+            tracing::warn!(stream_id = %escape(stream_id), forward_id = %escape(forward_id),
+                cause = %failure, suppressed = pass.suppressed, "connection refused");
+        }
+    }
+}
+
+/// The checks of the Accept loop (and of a pooled stream's header), in
+/// order; counts what it refuses. The forward is looked up in our own table
+/// only: what the guest names is a key, never a place.
+fn admit(
+    shared: &Shared,
+    stream_id: &str,
+    forward_id: &str,
+) -> Result<(Arc<ForwardEntry>, Permit), Failure> {
+    stream_id::check(stream_id).map_err(Failure::BadStreamId)?;
     if shared.shutdown.is_cancelled() {
         return Err(Failure::ShuttingDown);
     }
-    let Some(entry) = shared.table.get(&req.forward_id) else {
+    let Some(entry) = shared.table.get(forward_id) else {
         shared.table.unknown.fetch_add(1, Ordering::Relaxed);
-        return Err(Failure::UnknownForward(req.forward_id.clone()));
+        return Err(Failure::UnknownForward(forward_id.to_owned()));
     };
     ForwardCounters::bump(&entry.counters.total);
     match shared.caps.admit(&entry.limiter, &entry.counters) {
@@ -267,6 +240,52 @@ async fn set_up(
     Ok(Connected { host, stream })
 }
 
+/// Logs a connection that failed or was refused, and counts the failures.
+fn note_failure(shared: &Shared, entry: &ForwardEntry, stream_id: &str, failure: &Failure) {
+    if failure.is_failure() {
+        ForwardCounters::bump(&entry.counters.failed);
+        if let Some(pass) = shared.log_throttle.allow("failed") {
+            tracing::error!(%stream_id, forward_id = %entry.forward.id,
+                target = %escape(&entry.forward.target.to_string()), cause = %failure,
+                suppressed = pass.suppressed, "connection failed");
+        }
+    } else {
+        // Refused on purpose, not failed: the agent closes the guest side.
+        tracing::debug!("connection refused: {failure}");
+    }
+}
+
+/// Relays a connected host socket and stream until both directions end.
+async fn relay_connected(
+    shared: &Shared,
+    entry: &ForwardEntry,
+    host: &Stream,
+    stream: &Stream,
+    framing: Framing,
+) {
+    tracing::debug!(?framing, "relaying");
+    let config = &shared.config;
+    let relay = RelayConfig {
+        idle_timeout: entry
+            .forward
+            .options
+            .idle_timeout(config.relay.idle_timeout),
+        ..config.relay.clone()
+    };
+    match relay_stream(host, stream, framing, &relay).await {
+        Ok(stats) => {
+            // The host socket is the relay's first side: a to b is towards the guest.
+            entry.counters.add_bytes(stats.a_to_b, stats.b_to_a);
+            tracing::debug!(
+                to_guest = stats.a_to_b,
+                to_host = stats.b_to_a,
+                "connection closed"
+            );
+        }
+        Err(e) => tracing::debug!(cause = %Chain(&e), "connection ended on an error"),
+    }
+}
+
 async fn connect_and_relay(
     shared: &Shared,
     results: Results,
@@ -282,17 +301,7 @@ async fn connect_and_relay(
     let Connected { host, mut stream } = match set_up(shared, entry, req, early).await {
         Ok(c) => c,
         Err(failure) => {
-            if failure.is_failure() {
-                ForwardCounters::bump(&counters.failed);
-                if let Some(pass) = shared.log_throttle.allow("failed") {
-                    tracing::error!(stream_id = %req.stream_id, forward_id = %entry.forward.id,
-                        target = %escape(&entry.forward.target.to_string()), cause = %failure,
-                        suppressed = pass.suppressed, "connection failed");
-                }
-            } else {
-                // Refused on purpose, not failed: the agent closes the guest side.
-                tracing::debug!("connection refused: {failure}");
-            }
+            note_failure(shared, entry, &req.stream_id, &failure);
             if let Err(e) = results
                 .send(&req.stream_id, &failure.wire_text(), Framing::Raw)
                 .await
@@ -321,32 +330,15 @@ async fn connect_and_relay(
             return;
         }
     }
-    tracing::debug!(?framing, "relaying");
-    let relay = RelayConfig {
-        idle_timeout: entry
-            .forward
-            .options
-            .idle_timeout(config.relay.idle_timeout),
-        ..config.relay.clone()
-    };
-    match relay_stream(&host, &stream, framing, &relay).await {
-        Ok(stats) => {
-            // The host socket is the relay's first side: a to b is towards the guest.
-            counters.add_bytes(stats.a_to_b, stats.b_to_a);
-            tracing::debug!(
-                to_guest = stats.a_to_b,
-                to_host = stats.b_to_a,
-                "connection closed"
-            );
-        }
-        Err(e) => tracing::debug!(cause = %Chain(&e), "connection ended on an error"),
-    }
+    relay_connected(shared, entry, &host, &stream, framing).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sockfwd_proto::log_text::LOG_TEXT_MAX;
+    use sockfwd_proto::tcp_dial::TcpDialError;
+    use sockfwd_proto::transport::{Address, DialError};
     use std::time::Duration;
 
     #[test]

@@ -1,0 +1,221 @@
+//! The pre-opened streams of one control session (wire-protocol 8.11).
+//!
+//! Once a session is ready with an agent that lists `stream-pool`, the relay
+//! asks for a pool (`StreamPool`: a fresh token, the framing, `--stream-pool`)
+//! and keeps up to what the agent granted open and handshaken, each parked in
+//! its own task until the agent names a forward on it ([`super::pooled`]).
+//!
+//! The pool refills on demand only: when a parked stream is taken, and when a
+//! `ConnectRequest` shows that the agent found none. A stream unused for
+//! `--stream-pool-idle` is closed and not replaced until connections come
+//! again, so an idle guest holds none and the pool never churns on its own
+//! (each stream is a host-initiated connection: the expensive kind, and on
+//! vhost-device-vsock 0.3.0 a step of its port counter). Failed opens back
+//! off. When the session ends, every parked stream is closed (the agent drops
+//! its side with the control connection too); taken ones run to their end.
+
+use super::pooled;
+use crate::framing::choose;
+use crate::rpc::{call, context, Peer};
+use crate::shared::Shared;
+use sockfwd_proto::framing::Framing;
+use sockfwd_proto::info;
+use sockfwd_proto::report::Chain;
+use sockfwd_proto::rpc::StreamPoolRequest;
+use sockfwd_proto::stream_pool;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// First pause before refilling after a failed open; it doubles per failure.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause before refilling after failed opens.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The current session's pool, as the request path sees it.
+#[derive(Default)]
+pub(crate) struct Current(Mutex<Option<Arc<Pool>>>);
+
+impl Current {
+    /// Asks the current pool, if there is one, to fill up again.
+    pub(crate) fn want_more(&self) {
+        if let Some(pool) = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            pool.want_more();
+        }
+    }
+
+    fn set(&self, pool: Option<Arc<Pool>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = pool;
+    }
+}
+
+/// One session's pool.
+pub(super) struct Pool {
+    /// Names the pool: stream IDs are `<token>-<n>`.
+    pub(super) token: String,
+    /// The framing of every pooled stream.
+    pub(super) framing: Framing,
+    /// Most streams parked at once (what the agent granted).
+    max: usize,
+    next: AtomicU64,
+    /// Streams opening or parked.
+    live: AtomicUsize,
+    /// Opens that failed since the last one that worked.
+    failures: AtomicU32,
+    wanted: Notify,
+    /// Cancelled when the session ends: parked streams close.
+    pub(super) ended: CancellationToken,
+}
+
+impl Pool {
+    /// Fill up again (demand).
+    pub(super) fn want_more(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// An open failed (`false`) or worked (`true`): the refill backs off or not.
+    pub(super) fn opened(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The pause before the next refill, after the failures so far.
+    fn retry_pause(&self) -> Duration {
+        match self.failures.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            n => RETRY_MIN
+                .saturating_mul(1 << n.min(16).saturating_sub(1))
+                .min(RETRY_MAX),
+        }
+    }
+}
+
+/// Counts a stream as live (opening or parked) until dropped.
+pub(super) struct Live(Arc<Pool>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts the session's pool, if the relay keeps one and the agent supports it.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    current: &Arc<Current>,
+    peer: &Peer,
+    ended: &CancellationToken,
+) {
+    if shared.config.stream_pool == 0 {
+        return;
+    }
+    if !peer.supports(info::STREAM_POOL) {
+        tracing::debug!(
+            "the agent has no stream pool: every connection asks with a ConnectRequest"
+        );
+        return;
+    }
+    let task = run(
+        Arc::clone(shared),
+        Arc::clone(current),
+        peer.clone(),
+        ended.clone(),
+    );
+    shared.tracker.spawn(task);
+}
+
+/// Asks the agent for a pool, then keeps it filled on demand until the session ends.
+async fn run(shared: Arc<Shared>, current: Arc<Current>, peer: Peer, ended: CancellationToken) {
+    let Some(pool) = ask(&shared, &peer, &ended).await else {
+        return;
+    };
+    current.set(Some(Arc::clone(&pool)));
+    pool.want_more();
+    loop {
+        tokio::select! {
+            () = pool.wanted.notified() => {}
+            () = ended.cancelled() => break,
+            () = shared.shutdown.cancelled() => break,
+        }
+        let pause = pool.retry_pause();
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = ended.cancelled() => break,
+                () = shared.shutdown.cancelled() => break,
+            }
+        }
+        while pool.live.load(Ordering::Relaxed) < pool.max {
+            pool.live.fetch_add(1, Ordering::Relaxed);
+            let n = pool.next.fetch_add(1, Ordering::Relaxed);
+            let live = Live(Arc::clone(&pool));
+            shared
+                .tracker
+                .spawn(pooled::park(Arc::clone(&shared), live, n));
+        }
+    }
+    current.set(None);
+    tracing::debug!("stream pool closed with its session");
+}
+
+/// The `StreamPool` call: the pool the agent granted, or `None`.
+async fn ask(shared: &Shared, peer: &Peer, ended: &CancellationToken) -> Option<Arc<Pool>> {
+    let config = &shared.config;
+    let offered = if peer.supports(info::EOF_FRAMING) {
+        Framing::supported_bits()
+    } else {
+        0
+    };
+    let framing = choose(config.framing, &config.streams, offered);
+    let mut req = StreamPoolRequest::new();
+    req.token = stream_pool::generate_token();
+    req.framing = framing.wire();
+    req.max = u32::try_from(config.stream_pool).unwrap_or(u32::MAX);
+    let limit = config.bind_timeout;
+    let answer = tokio::select! {
+        r = call(limit, peer.client.stream_pool(context(limit), &req)) => r,
+        () = ended.cancelled() => return None,
+    };
+    let granted = match answer {
+        Ok(resp) => usize::try_from(resp.max)
+            .unwrap_or(usize::MAX)
+            .min(config.stream_pool),
+        Err(e) => {
+            tracing::warn!(cause = %Chain(&e),
+                "the agent refused a stream pool: every connection asks with a ConnectRequest");
+            return None;
+        }
+    };
+    if granted == 0 {
+        tracing::info!("the agent keeps no pre-opened streams (its --max-pooled-streams is 0)");
+        return None;
+    }
+    tracing::info!(max = granted, ?framing, "stream pool started");
+    Some(Arc::new(Pool {
+        token: req.token,
+        framing,
+        max: granted,
+        next: AtomicU64::new(1),
+        live: AtomicUsize::new(0),
+        failures: AtomicU32::new(0),
+        wanted: Notify::new(),
+        ended: ended.clone(),
+    }))
+}
+
+impl Live {
+    /// The pool this stream belongs to.
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.0
+    }
+}
