@@ -61,6 +61,10 @@ pub struct Cli {
     /// Run the relay with its default admission limits (rate, connections at once).
     #[arg(long)]
     default_limits: bool,
+    /// An extra flag for every sockfwd relay the bench starts (repeatable; both
+    /// modes): e.g. --relay-arg=--stream-pool=0 measures without pre-opened streams.
+    #[arg(long = "relay-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
     /// Keep the temp dir with the daemons' logs (its path is printed).
     #[arg(long)]
     keep: bool,

@@ -317,6 +317,12 @@ impl Bins {
             .collect()
     }
 
+    /// Adds the `--relay-arg` flags; returns the note saying so, if any.
+    pub fn add_relay_args(&mut self, args: &[String]) -> Option<String> {
+        self.relay_extra.extend(args.iter().map(OsString::from));
+        (!args.is_empty()).then(|| format!("relay started with {}", args.join(" ")))
+    }
+
     /// Raises the relay's admission limits, for the flags its `--help` lists;
     /// returns the note for under the table saying so, if any was raised.
     pub fn raise_relay_limits(&mut self) -> Res<Option<String>> {

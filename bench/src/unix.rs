@@ -65,6 +65,13 @@ pub fn run(cli: &Cli) -> Res<()> {
             bench.notes.add(note);
         }
     }
+    if let Some(note) = bench
+        .bins
+        .as_mut()
+        .and_then(|b| b.add_relay_args(&cli.relay_args))
+    {
+        bench.notes.add(note);
+    }
     if !bench.paths.contains(&PathKind::Direct) {
         bench
             .notes

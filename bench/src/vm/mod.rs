@@ -204,6 +204,9 @@ fn measure(cli: &Cli, cfg: &VmConfig, d: &Path, began: Instant, load_before: Str
             notes.add(n);
         }
     }
+    if let Some(n) = bins.add_relay_args(&cli.relay_args) {
+        notes.add(n);
+    }
     let initramfs = d.join("initramfs.cpio");
     // See VSOCK_SPLIT_NOTE: on 6.12 the bench's own vsock writers stay at 32 KiB.
     let write_max = if cli.vm_kernel == KernelChoice::V6_12 {
