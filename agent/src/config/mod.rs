@@ -49,12 +49,14 @@ use sockfwd_proto::{handshake, stream_id};
 use std::path::PathBuf;
 use std::time::Duration;
 use values::{
-    Allow, ControlDial, ControlListen, ControlPort, Count, Dir, Gid, Grace, Kind, Listen, Log,
+    Allow, Cap, ControlDial, ControlListen, ControlPort, Count, Dir, Gid, Grace, Kind, Listen, Log,
     Mode, Port, Switch, Timeout, Uid, ValueError,
 };
 
 /// The vsock port of the streams channel (wire contract).
 pub const STREAMS_PORT: u32 = 1026;
+/// The most pre-opened streams a user may let hosts park (each holds a descriptor).
+pub const MAX_POOLED_STREAMS_LIMIT: usize = 1 << 16;
 /// The tracing filter when neither a layer nor `RUST_LOG` gives one.
 pub const DEFAULT_LOG: &str = "info";
 
@@ -117,10 +119,10 @@ keys! {
     /// Most sockets one Bind call may create
     max_sockets_per_bind: usize = 1024, Count<{ usize::MAX }>;
 
-    /// Streams hosts may keep open ahead of demand (pre-opened streams), all
-    /// control connections together; each holds a descriptor until a client
-    /// takes it
-    max_pooled_streams: usize = 64, Count<{ usize::MAX }>;
+    /// Streams hosts may open ahead of demand (pre-opened streams), all
+    /// control connections together (0: none); each holds a descriptor
+    /// until a guest client takes it
+    max_pooled_streams: usize = 64, Cap<MAX_POOLED_STREAMS_LIMIT>;
 
     /// Control connections served at once; beyond it a new one is closed
     /// before anything is read from it

@@ -30,6 +30,9 @@ pub enum ValueError {
     /// A whole number out of range.
     #[error("expected a whole number from 1 to {0}")]
     Count(usize),
+    /// A cap out of range (0 is allowed: none).
+    #[error("expected a whole number from 0 (none) to {0}")]
+    Cap(usize),
     /// An address with a known scheme, malformed after it (the reason says how).
     #[error("{0}")]
     Address(&'static str),
@@ -215,6 +218,24 @@ impl<const MAX: usize> Kind for Count<MAX> {
     }
 }
 
+/// A whole number from 0 to `MAX`, where 0 turns the thing it bounds off.
+pub enum Cap<const MAX: usize> {}
+
+impl<const MAX: usize> Kind for Cap<MAX> {
+    type Value = usize;
+    const NAME: &'static str = "N";
+    const SAMPLE: &'static str = "7";
+    fn parse(s: &str) -> Result<usize, ValueError> {
+        match s.parse::<usize>() {
+            Ok(n) if n <= MAX => Ok(n),
+            _ => Err(ValueError::Cap(MAX)),
+        }
+    }
+    fn show(n: &usize) -> Toml {
+        Toml::Integer(i64::try_from(*n).unwrap_or(i64::MAX))
+    }
+}
+
 /// An octal file mode: `0666`, `666` or `0o666`; from TOML also an integer.
 pub enum Mode {}
 
@@ -319,6 +340,8 @@ mod tests {
         again::<Timeout>("1m 30s");
         again::<Grace>("0s");
         again::<Count<7>>("7");
+        again::<Cap<7>>("0");
+        assert!(matches!(Cap::<7>::parse("8"), Err(ValueError::Cap(7))));
         again::<Listen>("vsock://-1:1025");
         again::<ControlListen>("vsock://-1:1025");
         again::<ControlDial>("");
