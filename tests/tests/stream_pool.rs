@@ -1,0 +1,187 @@
+//! Pre-opened streams (wire-protocol 8.11) with the real binaries: that
+//! connections take them (the daemons' logs name the pooled stream IDs), that
+//! bytes and half-closes cross them exactly with either framing, that a relay
+//! restart drops the pool without losing a connection, and that
+//! `--stream-pool 0` keeps the ConnectRequest path.
+
+// An integration-test crate: every #[test] here is one, and a failed unwrap is a
+// failed test.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use sha2::{Digest, Sha256};
+use sockfwd_tests::servers::{
+    digest_to_eof, hex, pattern_digest, write_pattern, Behaviour, Server,
+};
+use sockfwd_tests::{connect, request, wait_forwarding, Env, READY_DEADLINE};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+
+const MIB: u64 = 1 << 20;
+
+fn digest_reply(tag: &str, body: &[u8]) -> String {
+    format!("{tag} {} {}", body.len(), hex(&Sha256::digest(body)))
+}
+
+/// How many connections went through pooled streams, by the relay's log.
+fn pooled_connections(relay_log: &str) -> usize {
+    relay_log
+        .lines()
+        .filter(|l| l.contains("pooled{stream_id=pool_") && l.contains("relaying"))
+        .count()
+}
+
+#[test]
+fn pooled_connections_are_byte_exact_both_ways_and_keep_half_closes() {
+    for framing in ["raw", "eof"] {
+        let env = Env::new();
+        let up = env.path("up.sock");
+        let down = env.path("down.sock");
+        let _sink = Server::start(&up, Behaviour::DigestAfterEof("sink".into()));
+        let _source = Server::start(
+            &down,
+            Behaviour::Source {
+                len: 64 * MIB,
+                seed: 5,
+            },
+        );
+        let _agent = env.agent(&[]);
+        let (g_up, g_down) = (env.path("g-up.sock"), env.path("g-down.sock"));
+        let relay = env.relay(&[(&g_up, &up), (&g_down, &down)], &["--framing", framing]);
+        relay.wait_log("stream pool started");
+
+        // guest -> host, 64 MiB, then the reply the server writes after EOF.
+        let mut s = connect(&g_up);
+        write_pattern(&mut s, 3, 64 * MIB).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert_eq!(
+            reply,
+            format!("sink {} {}", 64 * MIB, pattern_digest(3, 64 * MIB))
+        );
+
+        // host -> guest, 64 MiB; the server half-closes first, then drains.
+        let mut s = connect(&g_down);
+        let (len, digest) = digest_to_eof(&mut s).unwrap();
+        assert_eq!((len, digest), (64 * MIB, pattern_digest(5, 64 * MIB)));
+        s.write_all(b"after the server's EOF").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+
+        // Small request/response exchanges, many of them.
+        for i in 0..50 {
+            let body = format!("request {i}");
+            let reply = request(&g_up, body.as_bytes());
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                digest_reply("sink", body.as_bytes())
+            );
+        }
+        let log = relay.logs();
+        assert!(
+            pooled_connections(&log) >= 50,
+            "{framing}: only {} connections took a pooled stream",
+            pooled_connections(&log)
+        );
+        if framing == "eof" {
+            assert!(
+                log.contains("framing=EofFrames"),
+                "the pool's framing is not EOF frames"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_relay_restart_drops_the_pool_and_connections_keep_working() {
+    let env = Env::new();
+    let host = env.path("host.sock");
+    let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
+    let agent = env.agent(&[]);
+    let guest = env.path("guest.sock");
+    let mut relay = env.relay(&[(&guest, &host)], &[]);
+    relay.wait_log("stream pool started");
+    wait_forwarding(&guest, "host");
+
+    relay.signal(nix::sys::signal::Signal::SIGKILL);
+    relay.wait_exit(READY_DEADLINE);
+    // Its parked streams are gone with it: the agent forgets them.
+    agent.wait_log("parked stream closed by the host");
+    // Clients that come meanwhile wait (the ConnectRequest path) for the next relay.
+    let waiting: Vec<_> = (0..20)
+        .map(|i| {
+            let guest = guest.clone();
+            std::thread::spawn(move || {
+                let body = vec![u8::try_from(i).unwrap(); 100_000];
+                (request(&guest, &body), body)
+            })
+        })
+        .collect();
+    let next = env.relay(&[(&guest, &host)], &[]);
+    for t in waiting {
+        let (reply, body) = t.join().unwrap();
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            digest_reply("host", &body)
+        );
+    }
+    // The next relay's pool serves the connections after those.
+    next.wait_log("stream pool started");
+    for i in 0..20 {
+        let body = format!("after {i}");
+        let reply = request(&guest, body.as_bytes());
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            digest_reply("host", body.as_bytes())
+        );
+    }
+    assert!(
+        pooled_connections(&next.logs()) > 0,
+        "the next relay's pool was not used"
+    );
+}
+
+#[test]
+fn without_a_pool_every_connection_asks_with_a_connect_request() {
+    let env = Env::new();
+    let host = env.path("host.sock");
+    let _server = Server::start(&host, Behaviour::DigestAfterEof("core".into()));
+    let agent = env.agent(&[]);
+    let guest = env.path("guest.sock");
+    let relay = env.relay(&[(&guest, &host)], &["--stream-pool", "0"]);
+    for i in 0..20 {
+        let body = format!("core {i}");
+        let reply = request(&guest, body.as_bytes());
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            digest_reply("core", body.as_bytes())
+        );
+    }
+    let (agent_log, relay_log) = (agent.logs(), relay.logs());
+    assert!(!relay_log.contains("stream pool started"), "{relay_log}");
+    assert!(!agent_log.contains("stream parked"), "a stream was parked");
+    assert_eq!(pooled_connections(&relay_log), 0);
+    assert!(relay_log.contains("connection{stream_id=socketfwd-"));
+}
+
+/// A relay given to an agent without the extension (an agent started with
+/// --max-pooled-streams 0 grants none) keeps the core path, and says so.
+#[test]
+fn an_agent_that_grants_no_pool_keeps_the_core_path() {
+    let env = Env::new();
+    let host = env.path("host.sock");
+    let _server = Server::start(&host, Behaviour::DigestAfterEof("core".into()));
+    let _agent = env.agent(&["--max-pooled-streams", "0"]);
+    let guest = env.path("guest.sock");
+    let relay = env.relay(&[(&guest, &host)], &[]);
+    relay.wait_log("the agent keeps no pre-opened streams");
+    let reply = request(&guest, b"core");
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        digest_reply("core", b"core")
+    );
+    assert_eq!(pooled_connections(&relay.logs()), 0);
+}
