@@ -20,7 +20,6 @@
 //! Plain data under a lock, like the registry; the stream port's task of each
 //! parked stream watches it ([`Parked`]) and removes it when the host closes it.
 
-use crate::dispatch::ConnId;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::stream_pool::{self, TokenError};
 use sockfwd_proto::transport::Stream;
@@ -29,6 +28,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// A control connection, as `dispatch::ConnId` numbers it (a plain number
+/// here, so this table needs nothing from the router).
+pub type ConnId = u64;
 
 /// Why a `StreamPool` call is refused.
 #[derive(Debug, Error)]

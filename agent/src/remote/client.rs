@@ -30,8 +30,18 @@ pub async fn serve(
     forward_id: String,
     stats: Arc<ForwardCounters>,
 ) {
-    if let Outcome::Done = pooled::serve(&state, &conn, &forward_id, &stats).await {
-        return;
+    match pooled::connect(&state, &conn, &forward_id, &stats).await {
+        Outcome::Connected(c) => {
+            let (stream, framing) = (&*c.taken.stream, c.taken.framing);
+            let span = tracing::info_span!("guest", stream_id = %escape(&c.taken.id), %forward_id);
+            relay(&state, &conn, stream, framing, &stats)
+                .instrument(span)
+                .await;
+            stats.add_bytes(0, c.sent);
+            return;
+        }
+        Outcome::Closed => return,
+        Outcome::Fallback => {}
     }
     let stream_id = stream_id::generate(SOCKET_FORWARD_PREFIX);
     // Info level, so the IDs show on every line logged inside, even under RUST_LOG=info.
@@ -168,7 +178,7 @@ async fn wait_for_host(
 }
 
 /// Relays until both directions end, or the shutdown grace period is over.
-pub(super) async fn relay(
+async fn relay(
     state: &AgentState,
     conn: &Stream,
     stream: &Stream,

@@ -1,6 +1,7 @@
 //! A client of a remote forward over a pre-opened stream (wire-protocol
 //! 8.11): take a stream parked for the control connection that owns the
-//! forward, name the forward in its header, read the host's verdict, relay.
+//! forward, name the forward in its header, read the host's verdict; the
+//! client's task ([`crate::remote::client`]) then relays.
 //! No `ConnectRequest` and no stream to wait for: the header and its verdict
 //! are the whole setup.
 //!
@@ -16,7 +17,6 @@
 //! lost or sent twice. A verdict that refuses closes the client, as a
 //! refusing `ConnectResult` does.
 
-use crate::remote::client;
 use crate::state::AgentState;
 use crate::stream_pool::Taken;
 use sockfwd_proto::counters::ForwardCounters;
@@ -36,21 +36,32 @@ const EARLY_MAX: usize = 16 << 10;
 
 /// How a pooled attempt ended.
 pub(crate) enum Outcome {
-    /// The connection was relayed, or refused and closed.
-    Done,
+    /// The host accepted: relay over this stream.
+    Connected(Connected),
+    /// Refused or failed (said and counted): close the client.
+    Closed,
     /// No pooled stream took it: use the `ConnectRequest` path.
     Fallback,
 }
 
+/// A pooled stream the host accepted a client on.
+pub(crate) struct Connected {
+    /// The stream, its ID and framing.
+    pub(crate) taken: Taken,
+    /// The client's bytes that went before the verdict (the relay counts the rest).
+    pub(crate) sent: u64,
+}
+
 /// One pooled stream's attempt.
 enum Attempt {
-    Done,
+    Connected(u64),
+    Closed,
     /// The stream failed before its verdict, having carried nothing.
     Dead,
 }
 
-/// Serves `conn` over a pooled stream if its forward's owner has one.
-pub(crate) async fn serve(
+/// Connects `conn` over a pooled stream if its forward's owner has one.
+pub(crate) async fn connect(
     state: &AgentState,
     conn: &Stream,
     forward_id: &str,
@@ -70,7 +81,8 @@ pub(crate) async fn serve(
             .instrument(span)
             .await
         {
-            Attempt::Done => return Outcome::Done,
+            Attempt::Connected(sent) => return Outcome::Connected(Connected { taken, sent }),
+            Attempt::Closed => return Outcome::Closed,
             Attempt::Dead => {}
         }
     }
@@ -108,19 +120,17 @@ async fn attempt(
             () = state.shutdown.stop.cancelled() => {
                 tracing::info!("guest connection closed: the agent is shutting down");
                 ForwardCounters::bump(&stats.refused);
-                return Attempt::Done;
+                return Attempt::Closed;
             }
         }
     };
     match verdict {
         Ok(Verdict::Accepted) => {
-            let sent = early.bytes().len();
             if let Err(err) = early.consume(conn).await {
                 tracing::debug!(cause = %err, "guest connection failed");
-                return Attempt::Done;
+                return Attempt::Closed;
             }
-            client::relay(state, conn, stream, framing, stats).await;
-            stats.add_bytes(0, sent as u64);
+            return Attempt::Connected(early.bytes().len() as u64);
         }
         Ok(Verdict::Refused(text)) => {
             tracing::error!(cause = %escape(&text), "the host refused the connection; closing it");
@@ -137,7 +147,7 @@ async fn attempt(
             ForwardCounters::bump(&stats.failed);
         }
     }
-    Attempt::Done
+    Attempt::Closed
 }
 
 /// The client's first bytes, sent to the host before its verdict: peeked,

@@ -14,7 +14,7 @@
 //! off. When the session ends, every parked stream is closed (the agent drops
 //! its side with the control connection too); taken ones run to their end.
 
-use super::pooled;
+use super::pooled::Pool;
 use crate::framing::choose;
 use crate::rpc::{call, context, Peer};
 use crate::shared::Shared;
@@ -23,16 +23,8 @@ use sockfwd_proto::info;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::StreamPoolRequest;
 use sockfwd_proto::stream_pool;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// First pause before refilling after a failed open; it doubles per failure.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-/// Longest pause before refilling after failed opens.
-const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The current session's pool, as the request path sees it.
 #[derive(Default)]
@@ -53,59 +45,6 @@ impl Current {
 
     fn set(&self, pool: Option<Arc<Pool>>) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = pool;
-    }
-}
-
-/// One session's pool.
-pub(super) struct Pool {
-    /// Names the pool: stream IDs are `<token>-<n>`.
-    pub(super) token: String,
-    /// The framing of every pooled stream.
-    pub(super) framing: Framing,
-    /// Most streams parked at once (what the agent granted).
-    max: usize,
-    next: AtomicU64,
-    /// Streams opening or parked.
-    live: AtomicUsize,
-    /// Opens that failed since the last one that worked.
-    failures: AtomicU32,
-    wanted: Notify,
-    /// Cancelled when the session ends: parked streams close.
-    pub(super) ended: CancellationToken,
-}
-
-impl Pool {
-    /// Fill up again (demand).
-    pub(super) fn want_more(&self) {
-        self.wanted.notify_one();
-    }
-
-    /// An open failed (`false`) or worked (`true`): the refill backs off or not.
-    pub(super) fn opened(&self, ok: bool) {
-        if ok {
-            self.failures.store(0, Ordering::Relaxed);
-        } else {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The pause before the next refill, after the failures so far.
-    fn retry_pause(&self) -> Duration {
-        match self.failures.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            n => RETRY_MIN
-                .saturating_mul(1 << n.min(16).saturating_sub(1))
-                .min(RETRY_MAX),
-        }
-    }
-}
-
-/// Counts a stream as live (opening or parked) until dropped.
-pub(super) struct Live(Arc<Pool>);
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -143,7 +82,7 @@ async fn run(shared: Arc<Shared>, current: Arc<Current>, peer: Peer, ended: Canc
     pool.want_more();
     loop {
         tokio::select! {
-            () = pool.wanted.notified() => {}
+            () = pool.wanted() => {}
             () = ended.cancelled() => break,
             () = shared.shutdown.cancelled() => break,
         }
@@ -155,14 +94,7 @@ async fn run(shared: Arc<Shared>, current: Arc<Current>, peer: Peer, ended: Canc
                 () = shared.shutdown.cancelled() => break,
             }
         }
-        while pool.live.load(Ordering::Relaxed) < pool.max {
-            pool.live.fetch_add(1, Ordering::Relaxed);
-            let n = pool.next.fetch_add(1, Ordering::Relaxed);
-            let live = Live(Arc::clone(&pool));
-            shared
-                .tracker
-                .spawn(pooled::park(Arc::clone(&shared), live, n));
-        }
+        pool.fill(&shared);
     }
     current.set(None);
     tracing::debug!("stream pool closed with its session");
@@ -201,21 +133,10 @@ async fn ask(shared: &Shared, peer: &Peer, ended: &CancellationToken) -> Option<
         return None;
     }
     tracing::info!(max = granted, ?framing, "stream pool started");
-    Some(Arc::new(Pool {
-        token: req.token,
+    Some(Arc::new(Pool::new(
+        req.token,
         framing,
-        max: granted,
-        next: AtomicU64::new(1),
-        live: AtomicUsize::new(0),
-        failures: AtomicU32::new(0),
-        wanted: Notify::new(),
-        ended: ended.clone(),
-    }))
-}
-
-impl Live {
-    /// The pool this stream belongs to.
-    pub(super) fn pool(&self) -> &Arc<Pool> {
-        &self.0
-    }
+        granted,
+        ended.clone(),
+    )))
 }

@@ -3,9 +3,9 @@
 //! agent writes a header (or it idles out, or the session ends), then serve
 //! the connection the header names as a `ConnectRequest` would be: the
 //! forward from our own table only, the same caps, the dial of its target,
-//! and the answer in-band (the verdict) before the relay.
+//! and the answer in-band (the verdict) before the relay. [`Pool`] is what
+//! the streams of one session share; `super::pool` keeps it filled.
 
-use super::pool::Live;
 use super::{admit, dial_target, note_failure, note_refusal, relay_connected, Failure};
 use crate::shared::Shared;
 use crate::streams::open_stream;
@@ -14,14 +14,116 @@ use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::stream_pool::{self, read_header, write_verdict, PoolWireError};
 use sockfwd_proto::transport::Stream;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 /// Error text for a header whose forward ID breaks the forward-ID rule.
 const BAD_FORWARD_ID: &str = "invalid forward ID";
+/// First pause before refilling after a failed open; it doubles per failure.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause before refilling after failed opens.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// One session's pool, shared by its streams.
+pub(super) struct Pool {
+    /// Names the pool: stream IDs are `<token>-<n>`.
+    token: String,
+    /// The framing of every pooled stream.
+    pub(super) framing: Framing,
+    /// Most streams parked at once (what the agent granted).
+    max: usize,
+    next: AtomicU64,
+    /// Streams opening or parked.
+    live: AtomicUsize,
+    /// Opens that failed since the last one that worked.
+    failures: AtomicU32,
+    wanted: Notify,
+    /// Cancelled when the session ends: parked streams close.
+    ended: CancellationToken,
+}
+
+impl Pool {
+    /// A pool of at most `max` streams named by `token`, for the session
+    /// that `ended` follows.
+    pub(super) fn new(
+        token: String,
+        framing: Framing,
+        max: usize,
+        ended: CancellationToken,
+    ) -> Pool {
+        Pool {
+            token,
+            framing,
+            max,
+            next: AtomicU64::new(1),
+            live: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            wanted: Notify::new(),
+            ended,
+        }
+    }
+
+    /// Fill up again (demand).
+    pub(super) fn want_more(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Waits for demand.
+    pub(super) async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// The pause before the next refill, after the failed opens so far.
+    pub(super) fn retry_pause(&self) -> Duration {
+        match self.failures.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            n => RETRY_MIN
+                .saturating_mul(1 << n.min(16).saturating_sub(1))
+                .min(RETRY_MAX),
+        }
+    }
+
+    /// Opens streams (each parked in its own task) until `max` are live.
+    pub(super) fn fill(self: &Arc<Pool>, shared: &Arc<Shared>) {
+        while self.live.load(Ordering::Relaxed) < self.max {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let live = Live(Arc::clone(self));
+            shared.tracker.spawn(park(Arc::clone(shared), live, n));
+        }
+    }
+
+    /// An open failed (`false`) or worked (`true`): the refill backs off or not.
+    fn opened(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a stream as live (opening or parked) until dropped.
+struct Live(Arc<Pool>);
+
+impl Live {
+    fn pool(&self) -> &Arc<Pool> {
+        &self.0
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Opens pooled stream number `n`, parks it, and serves what comes of it.
-pub(super) async fn park(shared: Arc<Shared>, live: Live, n: u64) {
+async fn park(shared: Arc<Shared>, live: Live, n: u64) {
     let id = stream_pool::stream_id(&live.pool().token, n);
     let span = tracing::debug_span!("pooled", stream_id = %id);
     async move {
