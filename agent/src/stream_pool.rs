@@ -17,10 +17,16 @@
 //! connection ([`StreamPools::close_conn`]): its streams are closed, and the
 //! host's new session starts a new pool.
 //!
-//! Plain data under a lock, like the registry; the stream port's task of each
-//! parked stream watches it ([`Parked`]) and removes it when the host closes it.
+//! A stream of a pool in EOF frames may carry one connection after another:
+//! when a connection over it ended cleanly (both end frames crossed), the
+//! client's task parks it again ([`StreamPools::repark`]), if its pool is
+//! still there and has room; otherwise it is closed, and the host sees that.
+//!
+//! Plain data under a lock, like the registry; a task watches each parked
+//! stream ([`watch`]) and removes it when the host closes it.
 
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::stream_pool::{self, TokenError};
 use sockfwd_proto::transport::Stream;
 use std::collections::HashMap;
@@ -66,6 +72,9 @@ pub struct Taken {
     pub stream: Arc<Stream>,
     /// The pool's framing.
     pub framing: Framing,
+    /// The pool it came from, to go back to.
+    conn: ConnId,
+    epoch: u64,
 }
 
 struct Entry {
@@ -239,20 +248,63 @@ impl StreamPools {
 
     /// Takes the newest stream parked for connection `conn`, if any.
     pub fn take(&self, conn: ConnId) -> Option<Taken> {
-        let (entry, framing) = {
+        let (entry, framing, epoch) = {
             let mut inner = self.lock();
             let pool = inner.pools.get_mut(&conn)?;
             let entry = pool.parked.pop()?;
-            let framing = pool.framing;
+            let (framing, epoch) = (pool.framing, pool.epoch);
             inner.total -= 1;
-            (entry, framing)
+            (entry, framing, epoch)
         };
         let Entry { id, stream, .. } = entry;
         Some(Taken {
             id,
             stream,
             framing,
+            conn,
+            epoch,
         })
+    }
+
+    /// The connection over `taken` ended cleanly, both end frames crossed:
+    /// parks the stream again for the next one, if its pool is in EOF frames
+    /// (raw streams end with a shutdown: they cannot be reused), is still the
+    /// same pool, and has room. `None`: the caller drops it, so it closes.
+    pub fn repark(&self, taken: Taken) -> Option<(Parked, Arc<Stream>)> {
+        if taken.framing != Framing::EofFrames {
+            return None;
+        }
+        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        let (gone_tx, gone) = oneshot::channel();
+        let mut inner = self.lock();
+        let total = inner.total;
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        let pool = inner
+            .pools
+            .get_mut(&taken.conn)
+            .filter(|p| p.epoch == taken.epoch)?;
+        if pool.parked.len() + pool.reserved >= pool.max || total >= self.cap {
+            return None;
+        }
+        let closed = pool.closed.clone();
+        pool.parked.push(Entry {
+            generation,
+            id: taken.id,
+            stream: Arc::clone(&taken.stream),
+            _slot: slot,
+            _gone: gone_tx,
+        });
+        inner.total += 1;
+        drop(inner);
+        let parked = Parked {
+            pools: self.clone(),
+            conn: taken.conn,
+            generation,
+            gone,
+            closed,
+        };
+        Some((parked, taken.stream))
     }
 
     /// Closes the oldest parked stream of any pool, giving its descriptor
@@ -283,6 +335,21 @@ impl StreamPools {
     pub fn parked(&self) -> usize {
         self.lock().pools.values().map(|p| p.parked.len()).sum()
     }
+}
+
+/// Watches a parked stream until a client takes it, its pool goes, `stop`,
+/// or the host closes it (a parked stream carries nothing before a client's
+/// header, so anything readable means the host is done with it); then it
+/// leaves the pool, closed unless a client took it.
+pub async fn watch(mut parked: Parked, stream: Arc<Stream>, id: &str, stop: &CancellationToken) {
+    tokio::select! {
+        () = parked.gone() => {}
+        () = stream_pool::readable(&stream) => {
+            tracing::debug!(stream_id = %escape(id), "parked stream closed by the host");
+        }
+        () = stop.cancelled() => {}
+    }
+    drop(parked);
 }
 
 /// Ends a pool that left the table: its watching tasks end, its streams close.

@@ -10,11 +10,10 @@
 //! [`crate::stream_pool`] instead, and watched until a client takes it.
 
 use crate::state::AgentState;
-use crate::stream_pool::Parking;
+use crate::stream_pool::{self, Parking};
 use sockfwd_proto::handshake;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
-use sockfwd_proto::stream_pool;
 use sockfwd_proto::transport::{Listener, Stream};
 use std::sync::Arc;
 
@@ -106,8 +105,7 @@ async fn handle(state: Arc<AgentState>, mut stream: Stream) {
 }
 
 /// A pooled stream: acknowledge, park, and watch it until a client takes it,
-/// its pool goes, or the host closes it (a parked stream carries nothing
-/// before a client's header, so anything readable means it is gone).
+/// its pool goes, or the host closes it.
 async fn park(state: &AgentState, mut stream: Stream, id: &str, parking: Parking) {
     let stop = &state.shutdown.stop;
     if let Err(err) = handshake::accept(&mut stream, id, state.config.handshake_timeout).await {
@@ -118,17 +116,10 @@ async fn park(state: &AgentState, mut stream: Stream, id: &str, parking: Parking
         return;
     }
     let stream = Arc::new(stream);
-    let Some(mut parked) = parking.fill(Arc::clone(&stream)) else {
+    let Some(parked) = parking.fill(Arc::clone(&stream)) else {
         tracing::debug!(stream_id = %escape(id), "its pool ended during the handshake; closed");
         return;
     };
     tracing::debug!(stream_id = %escape(id), "stream parked in the pool");
-    tokio::select! {
-        () = parked.gone() => {}
-        () = stream_pool::readable(&stream) => {
-            tracing::debug!(stream_id = %escape(id), "parked stream closed by the host");
-        }
-        () = stop.cancelled() => {}
-    }
-    // Dropping `parked` takes the stream out of the pool if it is still there.
+    stream_pool::watch(parked, stream, id, stop).await;
 }

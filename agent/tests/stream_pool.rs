@@ -10,8 +10,8 @@ mod stream_pool {
     use sockfwd_proto::handshake::{self, HandshakeError};
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
     use sockfwd_proto::rpc::{
-        BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ListForwardsRequest,
-        Socket, SocketForwardClient, StreamPoolRequest,
+        BindRequest, ConnectRequest, ConnectResult, ConnectTargetRequest, ForwardInfo,
+        ListForwardsRequest, Socket, SocketForwardClient, StreamPoolRequest,
     };
     use sockfwd_proto::stream_pool::{self, read_header, write_verdict};
     use sockfwd_proto::transport::{dial, Address, Stream};
@@ -145,6 +145,24 @@ mod stream_pool {
             (requests, Answers(Arc::new(tx)))
         }
 
+        /// The first forward's entry in `ListForwards`, once `ready` holds.
+        async fn forward_when(&self, ready: impl Fn(&ForwardInfo) -> bool) -> ForwardInfo {
+            let deadline = tokio::time::Instant::now() + LONG;
+            loop {
+                let list = self
+                    .client
+                    .list_forwards(ctx(), &ListForwardsRequest::new())
+                    .await
+                    .unwrap();
+                let f = list.forwards[0].clone();
+                if ready(&f) {
+                    return f;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never: {f:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
         fn crash(&self) {
             self.cut.shutdown(std::net::Shutdown::Both).unwrap();
         }
@@ -167,10 +185,17 @@ mod stream_pool {
     /// client's bytes to their end through a relay with `framing`, then
     /// answers `reply:` and what it read. Returns what it read.
     async fn serve_target(stream: Stream, framing: Framing) -> Vec<u8> {
+        serve_target_and_keep(stream, framing).await.0
+    }
+
+    /// [`serve_target`], handing the stream back once the relay over it ended.
+    async fn serve_target_and_keep(stream: Stream, framing: Framing) -> (Vec<u8>, Stream) {
         let (local, mut target) = UnixStream::pair().unwrap();
         let local = Stream::from_unix(local).unwrap();
         let relay = tokio::spawn(async move {
-            relay_stream(&local, &stream, framing, &RelayConfig::default()).await
+            relay_stream(&local, &stream, framing, &RelayConfig::default())
+                .await
+                .map(|_| stream)
         });
         let mut got = Vec::new();
         timeout(LONG, target.read_to_end(&mut got))
@@ -180,8 +205,8 @@ mod stream_pool {
         target.write_all(b"reply:").await.unwrap();
         target.write_all(&got).await.unwrap();
         drop(target);
-        timeout(LONG, relay).await.unwrap().unwrap().unwrap();
-        got
+        let stream = timeout(LONG, relay).await.unwrap().unwrap().unwrap();
+        (got, stream)
     }
 
     /// A guest process: sends `msg` in two writes, half-closes, reads the reply.
@@ -224,26 +249,39 @@ mod stream_pool {
                 .unwrap();
             assert_eq!(forward, "f");
             write_verdict(&stream, "", LONG).await.unwrap();
-            let got = serve_target(stream, framing).await;
+            let (got, stream) = serve_target_and_keep(stream, framing).await;
             assert!(got == msg, "{framing:?}: the bytes differ");
             let reply = guest.await.unwrap();
             assert_eq!(&reply[..6], b"reply:");
             assert!(reply[6..] == msg[..], "{framing:?}: the reply differs");
             assert!(requests.try_recv().is_err(), "a ConnectRequest was raised");
+            let mut stats = (1, msg.len() as u64, reply.len() as u64);
+            if framing == Framing::EofFrames {
+                // Both end frames crossed: the same stream carries the next client.
+                let guest = client(&path, b"next".to_vec());
+                let forward = timeout(LONG, read_header(&stream, LONG))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(forward, "f");
+                write_verdict(&stream, "", LONG).await.unwrap();
+                assert_eq!(serve_target(stream, framing).await, b"next");
+                assert_eq!(guest.await.unwrap(), b"reply:next");
+                stats = (2, stats.1 + 4, stats.2 + 10);
+            } else {
+                // A raw stream ends with its connection.
+                let mut buf = [0u8; 1];
+                assert_eq!(
+                    timeout(LONG, stream.read(&mut buf)).await.unwrap().unwrap(),
+                    0
+                );
+            }
 
-            let list = host
-                .client
-                .list_forwards(ctx(), &ListForwardsRequest::new())
-                .await
-                .unwrap();
-            let f = &list.forwards[0];
-            assert_eq!((f.total, f.failed, f.refused), (1, 0, 0));
-            assert_eq!(
-                f.bytes_to_host,
-                msg.len() as u64,
-                "early bytes counted once"
-            );
-            assert_eq!(f.bytes_to_guest, reply.len() as u64);
+            // Byte counts cover finished connections: the last one finishes
+            // just after its client saw the end.
+            let f = host.forward_when(|f| f.bytes_to_guest == stats.2).await;
+            assert_eq!((f.total, f.failed, f.refused), (stats.0, 0, 0));
+            assert_eq!(f.bytes_to_host, stats.1, "early bytes counted once");
             agent.stop().await;
         }
     }
@@ -268,12 +306,7 @@ mod stream_pool {
             "the client got bytes after a refusal"
         );
         assert!(requests.try_recv().is_err(), "a refusal is final");
-        let list = host
-            .client
-            .list_forwards(ctx(), &ListForwardsRequest::new())
-            .await
-            .unwrap();
-        assert_eq!(list.forwards[0].failed, 1);
+        host.forward_when(|f| f.failed == 1).await;
         agent.stop().await;
     }
 

@@ -291,6 +291,35 @@ mod tests {
         (verdict, Some(Stream::from_unix(client).unwrap()))
     }
 
+    /// One connection that ends cleanly over `stream`, as [`take`] plays it:
+    /// its early bytes and then the rest of `payload`; returns the answer and
+    /// the stream, free again once both end frames crossed.
+    async fn one_connection(
+        stream: Stream,
+        forward_id: &str,
+        framing: Framing,
+        payload: &[u8],
+    ) -> (Vec<u8>, Stream) {
+        let (early, rest) = payload.split_at(payload.len().min(10));
+        write_opening(&stream, forward_id, framing, early, WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_verdict(&stream, WAIT).await.unwrap(),
+            Verdict::Accepted
+        );
+        let (local, client) = tokio::net::UnixStream::pair().unwrap();
+        let local = Stream::from_unix(local).unwrap();
+        let relay = tokio::spawn(async move {
+            relay_stream(&local, &stream, framing, &RelayConfig::default())
+                .await
+                .unwrap();
+            stream
+        });
+        let back = exchange(Stream::from_unix(client).unwrap(), rest).await;
+        (back, timeout(WAIT, relay).await.unwrap().unwrap())
+    }
+
     /// Sends `payload`, half-closes, reads the whole answer.
     async fn exchange(mut client: Stream, payload: &[u8]) -> Vec<u8> {
         client.write_all(payload).await.unwrap();
@@ -332,9 +361,14 @@ mod tests {
             let (_, _second) = h.pooled(&asked.token).await;
 
             let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-            let (verdict, client) = take(first, "good", framing, &payload[..1000]).await;
-            assert_eq!(verdict, Verdict::Accepted);
-            let back = exchange(client.unwrap(), &payload[1000..]).await;
+            let (back, first) = if framing == Framing::Raw {
+                let (verdict, client) = take(first, "good", framing, &payload[..1000]).await;
+                assert_eq!(verdict, Verdict::Accepted);
+                (exchange(client.unwrap(), &payload[1000..]).await, None)
+            } else {
+                let (back, first) = one_connection(first, "good", framing, &payload).await;
+                (back, Some(first))
+            };
             assert_eq!(&back[..6], b"reply:");
             assert!(back[6..] == payload[..], "{policy:?}: the bytes differ");
 
@@ -346,8 +380,21 @@ mod tests {
             let snap = entry.counters.snapshot();
             assert_eq!((snap.total, snap.refused, snap.failed), (1, 0, 0));
             assert_eq!(snap.bytes_to_host, payload.len() as u64);
-            // The relay opened a replacement for the stream taken.
-            h.pooled(&asked.token).await;
+            match first {
+                // A raw stream carries one connection: the relay opened a
+                // replacement, and closed the one used.
+                None => {
+                    h.pooled(&asked.token).await;
+                }
+                // In EOF frames the same stream carries the next connection,
+                // and the relay opened no other.
+                Some(first) => {
+                    let (back, _first) = one_connection(first, "good", framing, b"second").await;
+                    assert_eq!(back, b"reply:second");
+                    assert_eq!(h.opened.load(Ordering::Relaxed), 2);
+                    eventually("the counters", || entry.counters.snapshot().total == 2).await;
+                }
+            }
             assert_eq!(h.calls(), ["Info", "Bind", "Accept", "StreamPool"]);
             token.cancel();
             timeout(WAIT, relay).await.unwrap().unwrap().unwrap();

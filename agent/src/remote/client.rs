@@ -10,6 +10,7 @@
 use crate::dispatch::Event;
 use crate::remote::pooled::{self, Outcome};
 use crate::state::AgentState;
+use crate::stream_pool;
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::log_text::escape;
@@ -33,11 +34,24 @@ pub async fn serve(
     match pooled::connect(&state, &conn, &forward_id, &stats).await {
         Outcome::Connected(c) => {
             let (stream, framing) = (&*c.taken.stream, c.taken.framing);
-            let span = tracing::info_span!("guest", stream_id = %escape(&c.taken.id), %forward_id);
-            relay(&state, &conn, stream, framing, &stats)
+            let id = c.taken.id.clone();
+            let span = tracing::info_span!("guest", stream_id = %escape(&id), %forward_id);
+            let clean = relay(&state, &conn, stream, framing, &stats)
                 .instrument(span)
                 .await;
             stats.add_bytes(0, c.sent);
+            drop(conn);
+            // Both end frames crossed: the stream may carry the next client.
+            if clean {
+                if let Some((parked, stream)) = state.pools.repark(c.taken) {
+                    tracing::debug!(stream_id = %escape(&id), "stream parked again for the next client");
+                    // Watched in a task of its own: this client's slot is free again.
+                    let stop = state.shutdown.stop.clone();
+                    state.tasks.spawn(async move {
+                        stream_pool::watch(parked, stream, &id, &stop).await;
+                    });
+                }
+            }
             return;
         }
         Outcome::Closed => return,
@@ -177,14 +191,15 @@ async fn wait_for_host(
     }
 }
 
-/// Relays until both directions end, or the shutdown grace period is over.
+/// Relays until both directions end (`true`), or an error or the end of
+/// the shutdown grace period cuts it (`false`).
 async fn relay(
     state: &AgentState,
     conn: &Stream,
     stream: &Stream,
     framing: Framing,
     stats: &Arc<ForwardCounters>,
-) {
+) -> bool {
     let _active = stats.active_guard();
     let config = RelayConfig::default();
     tracing::debug!(?framing, "relaying");
@@ -193,13 +208,16 @@ async fn relay(
             Ok(moved) => {
                 stats.add_bytes(moved.b_to_a, moved.a_to_b);
                 tracing::debug!(to_host = moved.a_to_b, to_guest = moved.b_to_a, "relay done");
+                true
             }
             Err(err) => {
                 tracing::debug!(cause = %Chain(&err), "relay ended on an error");
+                false
             }
         },
         () = state.shutdown.relays.cancelled() => {
             tracing::debug!("shutdown grace period over; closing the relay");
+            false
         }
     }
 }

@@ -255,14 +255,15 @@ fn note_failure(shared: &Shared, entry: &ForwardEntry, stream_id: &str, failure:
     }
 }
 
-/// Relays a connected host socket and stream until both directions end.
+/// Relays a connected host socket and stream until both directions end
+/// (`true`), or one fails (`false`).
 async fn relay_connected(
     shared: &Shared,
     entry: &ForwardEntry,
     host: &Stream,
     stream: &Stream,
     framing: Framing,
-) {
+) -> bool {
     tracing::debug!(?framing, "relaying");
     let config = &shared.config;
     let relay = RelayConfig {
@@ -281,8 +282,12 @@ async fn relay_connected(
                 to_host = stats.b_to_a,
                 "connection closed"
             );
+            true
         }
-        Err(e) => tracing::debug!(cause = %Chain(&e), "connection ended on an error"),
+        Err(e) => {
+            tracing::debug!(cause = %Chain(&e), "connection ended on an error");
+            false
+        }
     }
 }
 

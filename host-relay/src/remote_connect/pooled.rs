@@ -97,6 +97,21 @@ impl Pool {
         }
     }
 
+    /// A stream whose connection ended cleanly: parked again if the session
+    /// goes on and the pool has room (its guard), else `None` (it closes).
+    fn repark(self: &Arc<Pool>) -> Option<Live> {
+        if self.ended.is_cancelled() {
+            return None;
+        }
+        let room = self
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        room.then(|| Live(Arc::clone(self)))
+    }
+
     /// An open failed (`false`) or worked (`true`): the refill backs off or not.
     fn opened(&self, ok: bool) {
         if ok {
@@ -122,24 +137,52 @@ impl Drop for Live {
     }
 }
 
-/// Opens pooled stream number `n`, parks it, and serves what comes of it.
+/// Opens pooled stream number `n`, parks it, and serves what comes of it:
+/// in EOF frames, one connection after another while each ends cleanly.
 async fn park(shared: Arc<Shared>, live: Live, n: u64) {
     let id = stream_pool::stream_id(&live.pool().token, n);
     let span = tracing::debug_span!("pooled", stream_id = %id);
     async move {
-        let Some((stream, forward_id)) = wait_for_client(&shared, &live, &id).await else {
+        let pool = Arc::clone(live.pool());
+        let Some(stream) = open(&shared, &pool, &id).await else {
             return;
         };
-        let pool = Arc::clone(live.pool());
-        // Taken: it no longer counts, and the pool opens its replacement.
-        drop(live);
-        pool.want_more();
-        let framing = pool.framing;
-        let span = tracing::debug_span!("connection", forward_id = %escape(&forward_id));
-        tokio::select! {
-            () = serve(&shared, &stream, &id, &forward_id, framing).instrument(span) => {}
-            () = shared.hard_stop.cancelled() => {
-                tracing::debug!("connection cut at the end of the shutdown grace");
+        // Raw streams end with a shutdown: one connection each. In EOF
+        // frames a connection ends with both end frames, and the stream
+        // stays open for the next one.
+        let reusable = pool.framing == Framing::EofFrames;
+        let mut parked = live;
+        loop {
+            let Some(forward_id) = wait_for_header(&shared, &pool, &stream).await else {
+                return;
+            };
+            drop(parked);
+            if !reusable {
+                // Taken for good: the pool opens its replacement.
+                pool.want_more();
+            }
+            let span = tracing::debug_span!("connection", forward_id = %escape(&forward_id));
+            let clean = tokio::select! {
+                c = serve(&shared, &stream, &id, &forward_id, pool.framing).instrument(span) => c,
+                () = shared.hard_stop.cancelled() => {
+                    tracing::debug!("connection cut at the end of the shutdown grace");
+                    false
+                }
+            };
+            let again = (reusable && clean && !shared.shutdown.is_cancelled())
+                .then(|| pool.repark())
+                .flatten();
+            match again {
+                Some(live) => {
+                    tracing::debug!("parked again for the next connection");
+                    parked = live;
+                }
+                None => {
+                    if reusable {
+                        pool.want_more();
+                    }
+                    return;
+                }
             }
         }
     }
@@ -147,30 +190,37 @@ async fn park(shared: Arc<Shared>, live: Live, n: u64) {
     .await;
 }
 
-/// Opens the stream and waits, parked, for the agent's header: the forward
-/// ID it names, or `None` (the stream failed, idled out, its session or the
-/// relay ended, or the header was malformed).
-async fn wait_for_client(shared: &Shared, live: &Live, id: &str) -> Option<(Stream, String)> {
+/// Opens the stream with the full handshake; `None` if that failed (said,
+/// and the pool backs off) or the session ended meanwhile.
+async fn open(shared: &Shared, pool: &Pool, id: &str) -> Option<Stream> {
     let config = &shared.config;
-    let pool = live.pool();
     let opened = tokio::select! {
         r = open_stream(&config.streams, id, config.stream_timeout, false) => r,
         () = pool.ended.cancelled() => return None,
     };
-    let stream = match opened {
-        Ok(s) => s,
+    match opened {
+        Ok(s) => {
+            pool.opened(true);
+            Some(s)
+        }
         Err(e) => {
             pool.opened(false);
             if let Some(pass) = shared.log_throttle.allow("pool open") {
                 tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed,
                     "could not open a pre-opened stream; connections ask with a ConnectRequest meanwhile");
             }
-            return None;
+            None
         }
-    };
-    pool.opened(true);
+    }
+}
+
+/// Waits, parked, for the agent's header: the forward ID it names, or
+/// `None` (the stream idled out or closed, its session or the relay ended,
+/// or the header was malformed).
+async fn wait_for_header(shared: &Shared, pool: &Pool, stream: &Stream) -> Option<String> {
+    let config = &shared.config;
     tokio::select! {
-        () = stream_pool::readable(&stream) => {}
+        () = stream_pool::readable(stream) => {}
         () = tokio::time::sleep(config.stream_pool_idle) => {
             tracing::debug!(idle = ?config.stream_pool_idle, "pre-opened stream unused; closed");
             return None;
@@ -178,15 +228,15 @@ async fn wait_for_client(shared: &Shared, live: &Live, id: &str) -> Option<(Stre
         () = pool.ended.cancelled() => return None,
         () = shared.shutdown.cancelled() => return None,
     }
-    match read_header(&stream, config.stream_timeout).await {
-        Ok(forward_id) => Some((stream, forward_id)),
+    match read_header(stream, config.stream_timeout).await {
+        Ok(forward_id) => Some(forward_id),
         // The agent dropped it: its pool ended, or it is shutting down.
         Err(PoolWireError::Closed) => None,
         Err(PoolWireError::ForwardId(e)) => {
             if let Some(pass) = shared.log_throttle.allow("refused") {
                 tracing::warn!(cause = %e, suppressed = pass.suppressed, "connection refused");
             }
-            let _ = write_verdict(&stream, BAD_FORWARD_ID, config.stream_timeout).await;
+            let _ = write_verdict(stream, BAD_FORWARD_ID, config.stream_timeout).await;
             None
         }
         Err(e) => {
@@ -199,38 +249,46 @@ async fn wait_for_client(shared: &Shared, live: &Live, id: &str) -> Option<(Stre
     }
 }
 
-/// The connection the header named: admitted, dialed and answered, then relayed.
-async fn serve(shared: &Shared, stream: &Stream, id: &str, forward_id: &str, framing: Framing) {
+/// The connection the header named: admitted, dialed and answered, then
+/// relayed. `true` when it ended cleanly, both directions to their end.
+async fn serve(
+    shared: &Shared,
+    stream: &Stream,
+    id: &str,
+    forward_id: &str,
+    framing: Framing,
+) -> bool {
     let limit = shared.config.stream_timeout;
     let (entry, permit) = match admit(shared, id, forward_id) {
         Ok(admitted) => admitted,
         Err(failure) => {
             note_refusal(shared, id, forward_id, &failure);
             refuse(stream, &failure, limit).await;
-            return;
+            return false;
         }
     };
     let host = match dial_target(&entry.forward.target, shared.config.dial_timeout).await {
         Ok(host) if !shared.shutdown.is_cancelled() => host,
         Ok(_) => {
             refuse(stream, &Failure::ShuttingDown, limit).await;
-            return;
+            return false;
         }
         Err(e) => {
             let failure = Failure::HostUnreachable(e);
             note_failure(shared, &entry, id, &failure);
             refuse(stream, &failure, limit).await;
-            return;
+            return false;
         }
     };
     if let Err(e) = write_verdict(stream, "", limit).await {
         sockfwd_proto::counters::ForwardCounters::bump(&entry.counters.failed);
         tracing::error!(stream_id = %id, forward_id = %entry.forward.id, cause = %Chain(&e),
             "connection failed: could not answer the agent");
-        return;
+        return false;
     }
-    relay_connected(shared, &entry, &host, stream, framing).await;
+    let clean = relay_connected(shared, &entry, &host, stream, framing).await;
     drop(permit);
+    clean
 }
 
 /// Answers the header with `failure`'s text; the stream closes after it.
