@@ -57,7 +57,7 @@ pub enum PoolError {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParkError {
     /// The pool, or every pool together, holds as many as allowed.
-    #[error("stream pool full")]
+    #[error("{}", stream_pool::POOL_FULL)]
     Full,
     /// The descriptor budget has no slot left.
     #[error("stream pool: the agent is at its open-file limit")]

@@ -136,7 +136,8 @@ pub struct Cli {
     pub idle_timeout: Option<Duration>,
     /// Streams kept open ahead of demand in an agent that supports it (a
     /// guest connection then needs no host round trip before its first
-    /// byte); 0: none.
+    /// byte; in EOF framing a stream carries one connection after another,
+    /// and counts while it does); 0: none.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_STREAM_POOL)]
     pub stream_pool: usize,
 
@@ -322,7 +323,7 @@ mod tests {
         assert_eq!(c.boot_timeout, Duration::from_secs(60));
         assert_eq!(c.framing, FramingPolicy::Auto);
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.stream_pool, 8);
+        assert_eq!(c.stream_pool, 32);
         assert_eq!(c.stream_pool_idle, crate::config::DEFAULT_STREAM_POOL_IDLE);
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Pre-opened streams per session by default (`--stream-pool`).
-pub const DEFAULT_STREAM_POOL: usize = 8;
+pub const DEFAULT_STREAM_POOL: usize = 32;
 /// Idle time after which a pre-opened stream is closed, by default.
 pub const DEFAULT_STREAM_POOL_IDLE: Duration = Duration::from_secs(60);
 /// Most pre-opened streams a relay keeps per session.

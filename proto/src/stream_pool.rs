@@ -37,6 +37,8 @@ use thiserror::Error;
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest pool token, in bytes.
 pub const MAX_TOKEN_LEN: usize = 64;
+/// The handshake answer for a pooled stream beyond its pool's `max`.
+pub const POOL_FULL: &str = "stream pool full";
 /// Longest verdict text read, in bytes; a longer announced length is an error.
 pub const MAX_VERDICT_LEN: usize = 1024;
 

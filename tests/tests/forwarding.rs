@@ -165,10 +165,14 @@ fn an_idle_connection_gives_back_its_pipes() {
     let _server = Server::start(&host, Behaviour::Echo);
     let agent = env.agent(&[]);
     let guest = env.path("guest.sock");
-    let relay = env.relay(&[(&guest, &host)], &[]);
+    // One pre-opened stream, parked before the count starts: the connection
+    // takes it and the relay opens its replacement.
+    let relay = env.relay(&[(&guest, &host)], &["--stream-pool", "1"]);
+    agent.wait_log("stream parked in the pool");
 
-    // Each daemon holds two sockets for the connection (guest or host side, and
-    // the stream) and nothing more once it idles.
+    // Each daemon holds two sockets more for the connection (the guest or host
+    // side, and the stream replacing the one it took) and nothing more once it
+    // idles.
     let (agent_fds, relay_fds) = (agent.fd_count() + 2, relay.fd_count() + 2);
     let mut s = connect(&guest);
     // Bulk data both ways makes each direction splice through a pipe...

@@ -8,8 +8,9 @@
 
 use super::{admit, dial_target, note_failure, note_refusal, relay_connected, Failure};
 use crate::shared::Shared;
-use crate::streams::open_stream;
+use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::framing::Framing;
+use sockfwd_proto::handshake::HandshakeError;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::stream_pool::{self, read_header, write_verdict, PoolWireError};
@@ -97,21 +98,6 @@ impl Pool {
         }
     }
 
-    /// A stream whose connection ended cleanly: parked again if the session
-    /// goes on and the pool has room (its guard), else `None` (it closes).
-    fn repark(self: &Arc<Pool>) -> Option<Live> {
-        if self.ended.is_cancelled() {
-            return None;
-        }
-        let room = self
-            .live
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .is_ok();
-        room.then(|| Live(Arc::clone(self)))
-    }
-
     /// An open failed (`false`) or worked (`true`): the refill backs off or not.
     fn opened(&self, ok: bool) {
         if ok {
@@ -147,18 +133,20 @@ async fn park(shared: Arc<Shared>, live: Live, n: u64) {
         let Some(stream) = open(&shared, &pool, &id).await else {
             return;
         };
-        // Raw streams end with a shutdown: one connection each. In EOF
-        // frames a connection ends with both end frames, and the stream
-        // stays open for the next one.
+        // Raw streams end with a shutdown: one connection each, counted in
+        // the pool until taken. In EOF frames a connection ends with both end
+        // frames and the stream stays open for the next one: it counts for
+        // as long as it lives, so the pool never holds more than its size
+        // (more would only be refused by the agent, or churn).
         let reusable = pool.framing == Framing::EofFrames;
-        let mut parked = live;
+        let mut live = Some(live);
         loop {
             let Some(forward_id) = wait_for_header(&shared, &pool, &stream).await else {
                 return;
             };
-            drop(parked);
             if !reusable {
                 // Taken for good: the pool opens its replacement.
+                drop(live.take());
                 pool.want_more();
             }
             let span = tracing::debug_span!("connection", forward_id = %escape(&forward_id));
@@ -169,21 +157,14 @@ async fn park(shared: Arc<Shared>, live: Live, n: u64) {
                     false
                 }
             };
-            let again = (reusable && clean && !shared.shutdown.is_cancelled())
-                .then(|| pool.repark())
-                .flatten();
-            match again {
-                Some(live) => {
-                    tracing::debug!("parked again for the next connection");
-                    parked = live;
+            if !(reusable && clean) || pool.ended.is_cancelled() || shared.shutdown.is_cancelled() {
+                if live.take().is_some() {
+                    // A stream of the pool closed: it may be replaced.
+                    pool.want_more();
                 }
-                None => {
-                    if reusable {
-                        pool.want_more();
-                    }
-                    return;
-                }
+                return;
             }
+            tracing::debug!("parked again for the next connection");
         }
     }
     .instrument(span)
@@ -205,13 +186,21 @@ async fn open(shared: &Shared, pool: &Pool, id: &str) -> Option<Stream> {
         }
         Err(e) => {
             pool.opened(false);
-            if let Some(pass) = shared.log_throttle.allow("pool open") {
+            if is_full(&e) {
+                // The agent holds all it will: not a fault.
+                tracing::debug!("the agent's stream pool is full");
+            } else if let Some(pass) = shared.log_throttle.allow("pool open") {
                 tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed,
                     "could not open a pre-opened stream; connections ask with a ConnectRequest meanwhile");
             }
             None
         }
     }
+}
+
+/// Whether the agent refused a stream because its pool is full.
+fn is_full(e: &StreamError) -> bool {
+    matches!(e, StreamError::Handshake(HandshakeError::Refused(text)) if text == stream_pool::POOL_FULL)
 }
 
 /// Waits, parked, for the agent's header: the forward ID it names, or
