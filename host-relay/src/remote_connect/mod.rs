@@ -11,8 +11,8 @@
 //! for the guest and for the log in one place.
 //!
 //! With an agent that lists `stream-pool`, most connections take the other
-//! way in: [`pool`] keeps streams open ahead of demand for each session, and
-//! [`pooled`] serves one when the agent names a forward on it, with the same
+//! way in: `pool` keeps streams open ahead of demand for each session, and
+//! `pooled` serves one when the agent names a forward on it, with the same
 //! table, caps, dial and relay as a request, answered in-band.
 
 use crate::control::session::ConnectRequests;
