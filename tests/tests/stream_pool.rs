@@ -97,51 +97,64 @@ fn pooled_connections_are_byte_exact_both_ways_and_keep_half_closes() {
 
 #[test]
 fn a_relay_restart_drops_the_pool_and_connections_keep_working() {
-    let env = Env::new();
-    let host = env.path("host.sock");
-    let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
-    let agent = env.agent(&[]);
-    let guest = env.path("guest.sock");
-    let mut relay = env.relay(&[(&guest, &host)], &[]);
-    relay.wait_log("stream pool started");
-    wait_forwarding(&guest, "host");
+    for framing in ["raw", "eof"] {
+        let env = Env::new();
+        let host = env.path("host.sock");
+        let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
+        let agent = env.agent(&[]);
+        let before = agent.fd_count();
+        let guest = env.path("guest.sock");
+        let flags = ["--framing", framing, "--stream-pool", "4"];
+        let mut relay = env.relay(&[(&guest, &host)], &flags);
+        relay.wait_log("stream pool started");
+        wait_forwarding(&guest, "host");
+        // The control connection, the forward's listener and 4 parked streams.
+        let pooled = sockfwd_tests::wait_until("4 parked streams", READY_DEADLINE, || {
+            let n = agent.fd_count();
+            (n >= before + 6).then_some(n)
+        });
 
-    relay.signal(nix::sys::signal::Signal::SIGKILL);
-    relay.wait_exit(READY_DEADLINE);
-    // Its parked streams are gone with it: the agent forgets them.
-    agent.wait_log("parked stream closed by the host");
-    // Clients that come meanwhile wait (the ConnectRequest path) for the next relay.
-    let waiting: Vec<_> = (0..20)
-        .map(|i| {
-            let guest = guest.clone();
-            std::thread::spawn(move || {
-                let body = vec![u8::try_from(i).unwrap(); 100_000];
-                (request(&guest, &body), body)
+        relay.signal(nix::sys::signal::Signal::SIGKILL);
+        relay.wait_exit(READY_DEADLINE);
+        // Its parked streams go with it: the agent closes them all.
+        sockfwd_tests::wait_until(
+            "the agent to close the dead relay's streams",
+            READY_DEADLINE,
+            || (agent.fd_count() + 4 <= pooled).then_some(()),
+        );
+        // Clients that come meanwhile wait (the ConnectRequest path) for the next relay.
+        let waiting: Vec<_> = (0..20)
+            .map(|i| {
+                let guest = guest.clone();
+                std::thread::spawn(move || {
+                    let body = vec![u8::try_from(i).unwrap(); 100_000];
+                    (request(&guest, &body), body)
+                })
             })
-        })
-        .collect();
-    let next = env.relay(&[(&guest, &host)], &[]);
-    for t in waiting {
-        let (reply, body) = t.join().unwrap();
-        assert_eq!(
-            String::from_utf8(reply).unwrap(),
-            digest_reply("host", &body)
+            .collect();
+        let next = env.relay(&[(&guest, &host)], &flags);
+        for t in waiting {
+            let (reply, body) = t.join().unwrap();
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                digest_reply("host", &body)
+            );
+        }
+        // The next relay's pool serves the connections after those.
+        next.wait_log("stream pool started");
+        for i in 0..20 {
+            let body = format!("after {i}");
+            let reply = request(&guest, body.as_bytes());
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                digest_reply("host", body.as_bytes())
+            );
+        }
+        assert!(
+            pooled_connections(&next.logs()) > 0,
+            "{framing}: the next relay's pool was not used"
         );
     }
-    // The next relay's pool serves the connections after those.
-    next.wait_log("stream pool started");
-    for i in 0..20 {
-        let body = format!("after {i}");
-        let reply = request(&guest, body.as_bytes());
-        assert_eq!(
-            String::from_utf8(reply).unwrap(),
-            digest_reply("host", body.as_bytes())
-        );
-    }
-    assert!(
-        pooled_connections(&next.logs()) > 0,
-        "the next relay's pool was not used"
-    );
 }
 
 #[test]
