@@ -26,7 +26,6 @@
 //! stream ([`watch`]) and removes it when the host closes it.
 
 use sockfwd_proto::framing::Framing;
-use sockfwd_proto::log_text::escape;
 use sockfwd_proto::stream_pool::{self, TokenError};
 use sockfwd_proto::transport::Stream;
 use std::collections::HashMap;
@@ -34,6 +33,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+mod parked;
+
+pub use parked::{watch, Parked, Parking};
 
 /// A control connection, as `dispatch::ConnId` numbers it (a plain number
 /// here, so this table needs nothing from the router).
@@ -116,27 +119,6 @@ pub struct StreamPools {
     inner: Arc<Mutex<Inner>>,
     cap: usize,
     slots: Arc<Semaphore>,
-}
-
-/// A reserved place in a pool, held by the stream port's task during the
-/// handshake's answer; dropped unfilled, it gives the place back.
-pub struct Parking {
-    pools: StreamPools,
-    conn: ConnId,
-    epoch: u64,
-    id: String,
-    closed: CancellationToken,
-    slot: Option<OwnedSemaphorePermit>,
-}
-
-/// A parked stream, as its watching task sees it: dropped, it leaves the pool
-/// (closing the stream unless a client took it).
-pub struct Parked {
-    pools: StreamPools,
-    conn: ConnId,
-    generation: u64,
-    gone: oneshot::Receiver<()>,
-    closed: CancellationToken,
 }
 
 impl StreamPools {
@@ -330,26 +312,6 @@ impl StreamPools {
         drop(evicted);
         found
     }
-
-    /// Streams parked now, in every pool.
-    pub fn parked(&self) -> usize {
-        self.lock().pools.values().map(|p| p.parked.len()).sum()
-    }
-}
-
-/// Watches a parked stream until a client takes it, its pool goes, `stop`,
-/// or the host closes it (a parked stream carries nothing before a client's
-/// header, so anything readable means the host is done with it); then it
-/// leaves the pool, closed unless a client took it.
-pub async fn watch(mut parked: Parked, stream: Arc<Stream>, id: &str, stop: &CancellationToken) {
-    tokio::select! {
-        () = parked.gone() => {}
-        () = stream_pool::readable(&stream) => {
-            tracing::debug!(stream_id = %escape(id), "parked stream closed by the host");
-        }
-        () = stop.cancelled() => {}
-    }
-    drop(parked);
 }
 
 /// Ends a pool that left the table: its watching tasks end, its streams close.
@@ -360,82 +322,116 @@ fn drop_pool(pool: Option<Pool>) {
     }
 }
 
-impl Parking {
-    /// The answer is written: the stream is parked; its task watches it with
-    /// the [`Parked`] returned. `None`: the pool went meanwhile (the stream is
-    /// dropped, so closed).
-    pub fn fill(mut self, stream: Arc<Stream>) -> Option<Parked> {
-        let (gone_tx, gone) = oneshot::channel();
-        let slot = self.slot.take()?;
-        let mut inner = self.pools.lock();
-        inner.next_generation += 1;
-        let generation = inner.next_generation;
-        let pool = inner
-            .pools
-            .get_mut(&self.conn)
-            .filter(|p| p.epoch == self.epoch)?;
-        pool.reserved -= 1;
-        pool.parked.push(Entry {
-            generation,
-            id: std::mem::take(&mut self.id),
-            stream,
-            _slot: slot,
-            _gone: gone_tx,
-        });
-        drop(inner);
-        Some(Parked {
-            pools: self.pools.clone(),
-            conn: self.conn,
-            generation,
-            gone,
-            closed: self.closed.clone(),
-        })
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Drop for Parking {
-    fn drop(&mut self) {
-        // Unfilled: give the place back, if the pool is still the one reserved in.
-        if self.slot.is_some() {
-            let mut inner = self.pools.lock();
-            if let Some(pool) = inner.pools.get_mut(&self.conn) {
-                if pool.epoch == self.epoch {
-                    pool.reserved -= 1;
-                    inner.total -= 1;
-                }
-            }
-        }
-    }
-}
+    const TOKEN: &str = "pool_unit_test_token";
 
-impl Parked {
-    /// Waits until a client takes the stream, or its pool goes.
-    pub async fn gone(&mut self) {
-        tokio::select! {
-            _ = &mut self.gone => {}
-            () = self.closed.cancelled() => {}
-        }
+    fn stream() -> Arc<Stream> {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        // The peer stays open for the test: leaked on purpose, a few bytes.
+        std::mem::forget(b);
+        Arc::new(Stream::from_unix(a).unwrap())
     }
-}
 
-impl Drop for Parked {
-    fn drop(&mut self) {
-        let removed = {
-            let mut inner = self.pools.lock();
-            let Some(pool) = inner.pools.get_mut(&self.conn) else {
-                return;
-            };
-            let at = pool
-                .parked
-                .iter()
-                .position(|e| e.generation == self.generation);
-            let removed = at.map(|i| pool.parked.remove(i));
-            if removed.is_some() {
-                inner.total -= 1;
-            }
-            removed
-        };
-        // Closes the stream (when this held its last handle) outside the lock.
-        drop(removed);
+    fn id(n: u64) -> String {
+        stream_pool::stream_id(TOKEN, n)
+    }
+
+    /// Parks stream `n` of `TOKEN`'s pool; the guard keeps it parked.
+    fn park(pools: &StreamPools, n: u64) -> Parked {
+        let parking = pools.reserve(&id(n)).unwrap().unwrap();
+        parking.fill(stream()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pool_parks_what_its_host_asked_within_the_agent_s_cap() {
+        let slots = Arc::new(Semaphore::new(10));
+        let pools = StreamPools::new(3, Arc::clone(&slots));
+        assert!(matches!(
+            pools.open(1, "short", 0, 2),
+            Err(PoolError::Token(_))
+        ));
+        assert!(matches!(
+            pools.open(1, TOKEN, 9, 2),
+            Err(PoolError::Framing(9))
+        ));
+        assert_eq!(pools.open(1, TOKEN, Framing::Raw.wire(), 100).unwrap(), 3);
+        assert!(matches!(
+            pools.open(2, TOKEN, 0, 1),
+            Err(PoolError::TokenInUse)
+        ));
+        // Not of a live pool: an ordinary stream.
+        assert!(pools.reserve("pool_other_token_here-1").unwrap().is_none());
+        assert!(pools.reserve("socketfwd-1-abcdef").unwrap().is_none());
+        let parked: Vec<Parked> = (1..=3).map(|n| park(&pools, n)).collect();
+        assert_eq!(
+            slots.available_permits(),
+            7,
+            "each parked stream holds a slot"
+        );
+        assert_eq!(pools.reserve(&id(4)).err(), Some(ParkError::Full));
+        // A reservation dropped unfilled gives its place back.
+        drop(parked);
+        let parking = pools.reserve(&id(5)).unwrap().unwrap();
+        drop(parking);
+        assert_eq!(pools.lock().total, 0);
+        assert_eq!(slots.available_permits(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_client_takes_the_newest_and_only_its_owner_s() {
+        let pools = StreamPools::new(8, Arc::new(Semaphore::new(8)));
+        pools.open(1, TOKEN, Framing::Raw.wire(), 4).unwrap();
+        let _a = park(&pools, 1);
+        let _b = park(&pools, 2);
+        assert!(pools.take(2).is_none(), "another connection's pool");
+        assert_eq!(pools.take(1).unwrap().id, id(2));
+        assert_eq!(pools.take(1).unwrap().id, id(1));
+        assert!(pools.take(1).is_none());
+        assert_eq!(pools.lock().total, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_in_eof_frames_goes_back_to_its_own_pool_only() {
+        let pools = StreamPools::new(8, Arc::new(Semaphore::new(8)));
+        pools.open(1, TOKEN, Framing::EofFrames.wire(), 1).unwrap();
+        let _a = park(&pools, 1);
+        let taken = pools.take(1).unwrap();
+        let (again, _stream) = pools.repark(taken).unwrap();
+        assert_eq!(pools.take(1).unwrap().id, id(1), "parked again");
+        drop(again);
+        // A pool replaced meanwhile (the host's new session) does not take it.
+        let _b = park(&pools, 2);
+        let taken = pools.take(1).unwrap();
+        pools.open(1, "pool_the_next_session", 1, 1).unwrap();
+        assert!(pools.repark(taken).is_none());
+        // Nor does a raw pool: its streams end with a shutdown.
+        pools.open(1, TOKEN, Framing::Raw.wire(), 1).unwrap();
+        let _c = park(&pools, 3);
+        let taken = pools.take(1).unwrap();
+        assert!(pools.repark(taken).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pool_goes_with_its_connection_and_lends_its_slots_to_clients() {
+        let slots = Arc::new(Semaphore::new(2));
+        let pools = StreamPools::new(8, Arc::clone(&slots));
+        pools.open(1, TOKEN, Framing::Raw.wire(), 8).unwrap();
+        let mut a = park(&pools, 1);
+        let _b = park(&pools, 2);
+        assert_eq!(pools.reserve(&id(3)).err(), Some(ParkError::NoSlot));
+        // A client without a slot closes the oldest parked stream for one.
+        assert!(pools.evict_one());
+        assert_eq!(slots.available_permits(), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), a.gone())
+            .await
+            .unwrap();
+        pools.close_conn(1);
+        assert_eq!(slots.available_permits(), 2);
+        assert!(!pools.evict_one());
+        assert!(pools.take(1).is_none());
+        assert_eq!(pools.lock().total, 0);
     }
 }
