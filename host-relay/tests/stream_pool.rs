@@ -1,6 +1,7 @@
 //! Pre-opened streams (wire-protocol 8.11), the relay's side, against a fake
 //! agent over Unix sockets in the style of `fake_agent.rs`: a ttrpc server
-//! that answers `Info` and `StreamPool` as the test says, and a stream port
+//! that answers `Info` and `StreamPool` as the test says (and `Bind` and
+//! `ListForwards` as an agent with TCP listeners would), and a stream port
 //! that completes each handshake and hands pooled streams (their ID names the
 //! pool's token) to the test, which plays the agent's part on them: header,
 //! early bytes, verdict, relay.
@@ -12,8 +13,8 @@ mod tests {
     use sockfwd_proto::info::{AgentInfo, SUPPORTED};
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
     use sockfwd_proto::rpc::{
-        self, BindRequest, ConnectRequest, ConnectResult, InfoRequest, InfoResponse,
-        StreamPoolRequest, StreamPoolResponse,
+        self, BindRequest, ConnectRequest, ConnectResult, ForwardInfo, InfoRequest, InfoResponse,
+        ListForwardsRequest, ListForwardsResponse, StreamPoolRequest, StreamPoolResponse,
     };
     use sockfwd_proto::stream_pool::{self, read_verdict, write_opening, Verdict};
     use sockfwd_proto::transport::{Address, Stream};
@@ -39,6 +40,8 @@ mod tests {
         grant: u32,
         /// The methods called, in order (liveness Binds left out).
         calls: Mutex<Vec<&'static str>>,
+        /// What the last Bind named, for ListForwards.
+        bound: Mutex<Vec<ForwardInfo>>,
         pools: mpsc::UnboundedSender<StreamPoolRequest>,
         pings: AtomicUsize,
     }
@@ -59,8 +62,27 @@ mod tests {
                 self.wires.pings.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.wires.calls.lock().unwrap().push("Bind");
+                let bound = req.sockets.iter().map(|s| {
+                    let mut f = ForwardInfo::new();
+                    f.forward_id = s.forward_id.clone();
+                    f.socket_path = s.socket_path.clone();
+                    f.tcp_listen = s.tcp_listen.clone();
+                    f
+                });
+                *self.wires.bound.lock().unwrap() = bound.collect();
             }
             Ok(Default::default())
+        }
+
+        async fn list_forwards(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: ListForwardsRequest,
+        ) -> ttrpc::Result<ListForwardsResponse> {
+            self.wires.calls.lock().unwrap().push("ListForwards");
+            let mut resp = ListForwardsResponse::new();
+            resp.forwards = self.wires.bound.lock().unwrap().clone();
+            Ok(resp)
         }
 
         async fn info(
@@ -126,6 +148,7 @@ mod tests {
                 info,
                 grant,
                 calls: Mutex::new(Vec::new()),
+                bound: Mutex::new(Vec::new()),
                 pools: pools_tx,
                 pings: AtomicUsize::new(0),
             });
@@ -197,17 +220,9 @@ mod tests {
             (id, s)
         }
 
-        /// The methods called, sorted (Accept's handler and a StreamPool
-        /// right after it may be seen in either order); StreamPool, if
-        /// called, came after Info and Bind.
+        /// The methods called, in order (liveness Binds left out).
         fn calls(&self) -> Vec<&'static str> {
-            let mut calls = self.wires.calls.lock().unwrap().clone();
-            if let Some(at) = calls.iter().position(|c| *c == "StreamPool") {
-                assert!(calls[..at].contains(&"Bind"), "{calls:?}");
-                assert!(calls[..at].contains(&"Info"), "{calls:?}");
-            }
-            calls.sort_unstable();
-            calls
+            self.wires.calls.lock().unwrap().clone()
         }
     }
 
@@ -264,6 +279,24 @@ mod tests {
             }
         });
         accepted
+    }
+
+    /// [`reply_server`] on a host TCP port of the loopback; its port.
+    async fn tcp_reply_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    if s.read_to_end(&mut got).await.is_ok() {
+                        let _ = s.write_all(b"reply:").await;
+                        let _ = s.write_all(&got).await;
+                    }
+                });
+            }
+        });
+        port
     }
 
     /// Plays the agent on a pooled stream: header and early bytes, the
@@ -404,10 +437,60 @@ mod tests {
                     eventually("the counters", || entry.counters.snapshot().total == 2).await;
                 }
             }
-            assert_eq!(h.calls(), ["Accept", "Bind", "Info", "StreamPool"]);
+            // The pool before the Bind: the first clients find streams.
+            assert_eq!(h.calls(), ["Info", "StreamPool", "Bind", "Accept"]);
             token.cancel();
             timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tcp_forward_over_the_pool_dials_its_tcp_target_within_its_idle_timeout() {
+        let mut h = Harness::new(pool_agent(), 2).await;
+        let port = tcp_reply_server().await;
+        // -R forwards with guest TCP listeners and host TCP targets, one of
+        // them with an idle timeout of its own.
+        let db = format!("db=127.0.0.1:15432:localhost:{port}");
+        let quiet = format!("quiet=127.0.0.1:15433:127.0.0.1:{port},idle-timeout=500ms");
+        let forwards = [db, quiet].map(|s| Forward::from_remote_spec(&s).unwrap());
+        let (token, table, relay) = start(config(&h, forwards.to_vec(), 2));
+        let asked = h.pool_asked().await;
+        let (_, s) = h.pooled(&asked.token).await;
+        let (verdict, client) = take(s, "db", Framing::Raw, b"early ").await;
+        assert_eq!(verdict, Verdict::Accepted);
+        assert_eq!(
+            exchange(client.unwrap(), b"bytes").await,
+            b"reply:early bytes"
+        );
+        let db = table.get("db").unwrap();
+        eventually("db's counters", || {
+            db.counters.snapshot().bytes_to_guest == 17
+        })
+        .await;
+        assert_eq!(db.counters.snapshot().bytes_to_host, 11);
+        // A client that goes quiet is closed at its forward's idle timeout:
+        // its slot comes back, and the stream (raw) is not reused.
+        let (_, s) = h.pooled(&asked.token).await;
+        let (verdict, client) = take(s, "quiet", Framing::Raw, b"hi").await;
+        assert_eq!(verdict, Verdict::Accepted);
+        let mut client = client.unwrap();
+        let mut rest = Vec::new();
+        let end = timeout(WAIT, client.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the idle connection stayed open");
+        assert!(
+            rest.is_empty(),
+            "the target answered a client that never finished"
+        );
+        let quiet = table.get("quiet").unwrap();
+        eventually("quiet's slot", || quiet.counters.snapshot().active == 0).await;
+        let snap = quiet.counters.snapshot();
+        assert_eq!((snap.total, snap.refused, snap.failed), (1, 0, 0));
+        assert_eq!(
+            h.calls(),
+            ["Info", "StreamPool", "Bind", "ListForwards", "Accept"]
+        );
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,13 +632,13 @@ mod tests {
         // A nerdbox guest (no Info), a relay with --stream-pool 0, and an agent
         // that grants none: no stream is opened ahead of demand.
         for (info, grant, pool, called) in [
-            (None, 8, 8, vec!["Accept", "Bind", "Info"]),
-            (pool_agent(), 8, 0, vec!["Accept", "Bind", "Info"]),
+            (None, 8, 8, vec!["Info", "Bind", "Accept"]),
+            (pool_agent(), 8, 0, vec!["Info", "Bind", "Accept"]),
             (
                 pool_agent(),
                 0,
                 8,
-                vec!["Accept", "Bind", "Info", "StreamPool"],
+                vec!["Info", "StreamPool", "Bind", "Accept"],
             ),
         ] {
             let mut h = Harness::new(info, grant).await;

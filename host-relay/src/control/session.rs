@@ -39,9 +39,16 @@ pub(crate) trait ConnectRequests: Sync {
     /// request is refused or handed to its own task.
     fn handle(&self, req: ConnectRequest, results: &Results) -> impl Future<Output = ()> + Send;
 
-    /// The session is ready with `peer` (its pre-opened streams may start);
-    /// `ended` is cancelled when the session ends. Returns at once.
-    fn session_ready(&self, peer: &Peer, ended: &CancellationToken);
+    /// Between the session's `Info` and its `Bind`: starts the session's
+    /// pre-opened streams (the `StreamPool` call, when the agent of `info`
+    /// has it); `ended` is cancelled when the session ends. A pool the agent
+    /// refuses only means none: the session goes on.
+    fn open_pool(
+        &self,
+        client: &SocketForwardClient,
+        info: &AgentInfo,
+        ended: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// What a session uses of the relay's state.
@@ -172,8 +179,13 @@ pub(crate) async fn run(
     let client = SocketForwardClient::new(client);
     let limit = config.bind_timeout;
 
+    // Cancelled however the session ends: its pre-opened streams go with it.
+    let ended = CancellationToken::new();
+    let _ended = ended.clone().drop_guard();
     let opened = async {
         let info = ask_info(&client, limit).await.map_err(SessionError::Info)?;
+        // Before the Bind: the first clients of its listeners find streams.
+        requests.open_pool(&client, &info, &ended).await;
         // What goes into the Bind depends on what the agent said it supports.
         bind(parts, &client, &info).await?;
         // No deadline on the stream itself: it lives as long as the session.
@@ -197,16 +209,11 @@ pub(crate) async fn run(
     let results = Results::new(sender, limit);
     *ready = true;
     // Local forwards, auto-forward and the admin socket use this session now.
-    let peer = Peer {
+    parts.client.send_replace(Some(Peer {
         client: client.clone(),
         info: std::sync::Arc::new(info),
-    };
-    parts.client.send_replace(Some(peer.clone()));
+    }));
     let _unpublish = Unpublish(parts.client);
-    // Cancelled however the session ends: its pre-opened streams go with it.
-    let ended = CancellationToken::new();
-    let _ended = ended.clone().drop_guard();
-    requests.session_ready(&peer, &ended);
     tracing::info!(
         forwards = parts.table.len(),
         control = %config.control.address(),

@@ -19,17 +19,18 @@ use crate::control::session::ConnectRequests;
 use crate::framing::choose;
 use crate::limits::{Permit, Refusal};
 use crate::remote_table::ForwardEntry;
-use crate::rpc::{Peer, Results};
+use crate::rpc::Results;
 use crate::shared::Shared;
 use crate::streams::{open_stream, StreamError};
 use dial::{dial_target, TargetDialError};
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::handshake;
+use sockfwd_proto::info::AgentInfo;
 use sockfwd_proto::log_text::escape;
 use sockfwd_proto::relay::{relay_stream, RelayConfig};
 use sockfwd_proto::report::{chain, Chain};
-use sockfwd_proto::rpc::ConnectRequest;
+use sockfwd_proto::rpc::{ConnectRequest, SocketForwardClient};
 use sockfwd_proto::stream_id::{self, StreamIdError};
 use sockfwd_proto::transport::Stream;
 use std::fmt;
@@ -125,8 +126,13 @@ impl ConnectRequests for RemoteForwards {
         handle_request(&self.shared, results, req)
     }
 
-    fn session_ready(&self, peer: &Peer, ended: &CancellationToken) {
-        pool::start(&self.shared, &self.pool, peer, ended);
+    fn open_pool(
+        &self,
+        client: &SocketForwardClient,
+        info: &AgentInfo,
+        ended: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send {
+        pool::open(&self.shared, &self.pool, client, info, ended)
     }
 }
 

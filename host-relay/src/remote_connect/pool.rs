@@ -1,9 +1,11 @@
 //! The pre-opened streams of one control session (wire-protocol 8.11).
 //!
-//! Once a session is ready with an agent that lists `stream-pool`, the relay
-//! asks for a pool (`StreamPool`: a fresh token, the framing, `--stream-pool`)
-//! and keeps up to what the agent granted open and handshaken, each parked in
-//! its own task until the agent names a forward on it ([`super::pooled`]).
+//! With an agent that lists `stream-pool`, the relay asks for a pool right
+//! after the session's `Info` and before its `Bind` (`StreamPool`: a fresh
+//! token, the framing, `--stream-pool`), so the first clients of the Bind's
+//! listeners find streams, and keeps up to what the agent granted open and
+//! handshaken, each parked in its own task until the agent names a forward on
+//! it ([`super::pooled`]).
 //!
 //! The pool refills on demand only: when a parked stream is taken, and when a
 //! `ConnectRequest` shows that the agent found none. A stream unused for
@@ -16,12 +18,12 @@
 
 use super::pooled::Pool;
 use crate::framing::choose;
-use crate::rpc::{call, context, Peer};
+use crate::rpc::{call, context};
 use crate::shared::Shared;
 use sockfwd_proto::framing::Framing;
-use sockfwd_proto::info;
+use sockfwd_proto::info::{self, AgentInfo};
 use sockfwd_proto::report::Chain;
-use sockfwd_proto::rpc::StreamPoolRequest;
+use sockfwd_proto::rpc::{SocketForwardClient, StreamPoolRequest};
 use sockfwd_proto::stream_pool;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
@@ -43,42 +45,53 @@ impl Current {
         }
     }
 
-    fn set(&self, pool: Option<Arc<Pool>>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = pool;
+    fn set(&self, pool: Arc<Pool>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(pool);
+    }
+
+    /// Forgets `pool`, unless a later session's pool took its place already.
+    fn clear(&self, pool: &Arc<Pool>) {
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, pool)) {
+            *current = None;
+        }
     }
 }
 
-/// Starts the session's pool, if the relay keeps one and the agent supports it.
-pub(super) fn start(
+/// Asks the agent (`agent`: its `Info`) for the session's pool, if the relay
+/// keeps one and the agent supports it, and starts keeping it filled in a
+/// task of its own until `ended`.
+pub(super) async fn open(
     shared: &Arc<Shared>,
     current: &Arc<Current>,
-    peer: &Peer,
+    client: &SocketForwardClient,
+    agent: &AgentInfo,
     ended: &CancellationToken,
 ) {
     if shared.config.stream_pool == 0 {
         return;
     }
-    if !peer.supports(info::STREAM_POOL) {
+    if !agent.supports(info::STREAM_POOL) {
         tracing::debug!(
             "the agent has no stream pool: every connection asks with a ConnectRequest"
         );
         return;
     }
-    let task = run(
-        Arc::clone(shared),
-        Arc::clone(current),
-        peer.clone(),
-        ended.clone(),
-    );
+    let Some(pool) = ask(shared, client, agent, ended).await else {
+        return;
+    };
+    let task = run(Arc::clone(shared), Arc::clone(current), pool, ended.clone());
     shared.tracker.spawn(task);
 }
 
-/// Asks the agent for a pool, then keeps it filled on demand until the session ends.
-async fn run(shared: Arc<Shared>, current: Arc<Current>, peer: Peer, ended: CancellationToken) {
-    let Some(pool) = ask(&shared, &peer, &ended).await else {
-        return;
-    };
-    current.set(Some(Arc::clone(&pool)));
+/// Keeps the granted pool filled on demand until the session ends.
+async fn run(
+    shared: Arc<Shared>,
+    current: Arc<Current>,
+    pool: Arc<Pool>,
+    ended: CancellationToken,
+) {
+    current.set(Arc::clone(&pool));
     pool.want_more();
     loop {
         tokio::select! {
@@ -96,14 +109,19 @@ async fn run(shared: Arc<Shared>, current: Arc<Current>, peer: Peer, ended: Canc
         }
         pool.fill(&shared);
     }
-    current.set(None);
+    current.clear(&pool);
     tracing::debug!("stream pool closed with its session");
 }
 
 /// The `StreamPool` call: the pool the agent granted, or `None`.
-async fn ask(shared: &Shared, peer: &Peer, ended: &CancellationToken) -> Option<Arc<Pool>> {
+async fn ask(
+    shared: &Shared,
+    client: &SocketForwardClient,
+    agent: &AgentInfo,
+    ended: &CancellationToken,
+) -> Option<Arc<Pool>> {
     let config = &shared.config;
-    let offered = if peer.supports(info::EOF_FRAMING) {
+    let offered = if agent.supports(info::EOF_FRAMING) {
         Framing::supported_bits()
     } else {
         0
@@ -115,7 +133,7 @@ async fn ask(shared: &Shared, peer: &Peer, ended: &CancellationToken) -> Option<
     req.max = u32::try_from(config.stream_pool).unwrap_or(u32::MAX);
     let limit = config.bind_timeout;
     let answer = tokio::select! {
-        r = call(limit, peer.client.stream_pool(context(limit), &req)) => r,
+        r = call(limit, client.stream_pool(context(limit), &req)) => r,
         () = ended.cancelled() => return None,
     };
     let granted = match answer {

@@ -9,6 +9,7 @@
 use super::{admit, dial_target, note_failure, note_refusal, relay_connected, Failure};
 use crate::shared::Shared;
 use crate::streams::{open_stream, StreamError};
+use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
 use sockfwd_proto::handshake::HandshakeError;
 use sockfwd_proto::log_text::escape;
@@ -223,7 +224,7 @@ async fn wait_for_header(shared: &Shared, pool: &Pool, stream: &Stream) -> Optio
         Err(PoolWireError::Closed) => None,
         Err(PoolWireError::ForwardId(e)) => {
             if let Some(pass) = shared.log_throttle.allow("refused") {
-                tracing::warn!(cause = %e, suppressed = pass.suppressed, "connection refused");
+                tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed, "connection refused");
             }
             let _ = write_verdict(stream, BAD_FORWARD_ID, config.stream_timeout).await;
             None
@@ -270,9 +271,11 @@ async fn serve(
         }
     };
     if let Err(e) = write_verdict(stream, "", limit).await {
-        sockfwd_proto::counters::ForwardCounters::bump(&entry.counters.failed);
-        tracing::error!(stream_id = %id, forward_id = %entry.forward.id, cause = %Chain(&e),
-            "connection failed: could not answer the agent");
+        ForwardCounters::bump(&entry.counters.failed);
+        if let Some(pass) = shared.log_throttle.allow("failed") {
+            tracing::error!(stream_id = %id, forward_id = %entry.forward.id, cause = %Chain(&e),
+                suppressed = pass.suppressed, "connection failed: could not answer the agent");
+        }
         return false;
     }
     let clean = relay_connected(shared, &entry, &host, stream, framing).await;
@@ -281,7 +284,7 @@ async fn serve(
 }
 
 /// Answers the header with `failure`'s text; the stream closes after it.
-async fn refuse(stream: &Stream, failure: &Failure, limit: std::time::Duration) {
+async fn refuse(stream: &Stream, failure: &Failure, limit: Duration) {
     if let Err(e) = write_verdict(stream, &failure.wire_text(), limit).await {
         tracing::debug!(cause = %Chain(&e), "could not send the refusal to the agent");
     }
