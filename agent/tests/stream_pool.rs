@@ -297,7 +297,7 @@ mod stream_pool {
         let stream = host.open(&format!("{TOKEN}-1")).await.unwrap();
         let guest = client(&path, b"hello".to_vec());
         assert_eq!(read_header(&stream, LONG).await.unwrap(), "f");
-        write_verdict(&stream, "unknown forward ID: f", LONG)
+        write_verdict(&stream, "failed to dial host socket", LONG)
             .await
             .unwrap();
         assert_eq!(
@@ -307,6 +307,65 @@ mod stream_pool {
         );
         assert!(requests.try_recv().is_err(), "a refusal is final");
         host.forward_when(|f| f.failed == 1).await;
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_unknown_forward_verdict_sends_the_client_to_the_router_with_nothing_lost() {
+        let agent = Agent::start(|_| {}).await;
+        let host = agent.host().await;
+        let path = agent.path("f.sock");
+        host.bind("f", &path).await;
+        let (mut requests, answers) = host.accept().await;
+        host.pool(TOKEN, Framing::Raw, 1).await.unwrap();
+        let stream = host.open(&format!("{TOKEN}-1")).await.unwrap();
+        let msg = payload(300_000);
+        let guest = client(&path, msg.clone());
+        assert_eq!(read_header(&stream, LONG).await.unwrap(), "f");
+        // As on an Accept stream, `unknown forward ID` is not final: the
+        // router offers the request to the Accept streams that may serve it.
+        write_verdict(&stream, "unknown forward ID: f", LONG)
+            .await
+            .unwrap();
+        let req = timeout(LONG, requests.recv()).await.unwrap().unwrap();
+        assert_eq!(req.forward_id, "f");
+        let stream = host.open(&req.stream_id).await.unwrap();
+        answers.send(&req.stream_id, "").await;
+        let got = serve_target(stream, Framing::Raw).await;
+        assert!(got == msg, "bytes lost or doubled after the refusal");
+        let reply = guest.await.unwrap();
+        assert!(reply[6..] == msg[..]);
+        let f = host.forward_when(|f| f.active == 0).await;
+        assert_eq!((f.total, f.failed, f.refused), (1, 0, 0));
+        agent.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_holds_one_pool_and_a_new_call_replaces_it() {
+        let agent = Agent::start(|_| {}).await;
+        let host = agent.host().await;
+        let tokens: Vec<String> = (0..50).map(|_| stream_pool::generate_token()).collect();
+        for token in &tokens {
+            assert_eq!(host.pool(token, Framing::Raw, 2).await.unwrap(), 2);
+        }
+        // Only the last pool is there: a stream of an earlier one is an
+        // ordinary stream, registered to be claimed.
+        let last = &tokens[tokens.len() - 1];
+        let parked = host.open(&format!("{last}-1")).await.unwrap();
+        let _parked_too = host.open(&format!("{last}-2")).await.unwrap();
+        match host.open(&format!("{last}-3")).await {
+            Err(HandshakeError::Refused(text)) => assert_eq!(text, "stream pool full"),
+            other => panic!("a third parked stream: {other:?}"),
+        }
+        let ordinary = host.open(&format!("{}-1", tokens[0])).await.unwrap();
+        drop(ordinary);
+        // Another call: the parked streams of the pool it replaces are closed.
+        host.pool(&stream_pool::generate_token(), Framing::Raw, 2)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let n = timeout(LONG, parked.read(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "a stream of a replaced pool stayed parked");
         agent.stop().await;
     }
 

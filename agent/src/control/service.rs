@@ -307,18 +307,26 @@ impl SocketForward for Service {
                     self.state.pools.close_conn(self.conn);
                     return Ok(resp);
                 }
-                tracing::info!(
-                    conn = self.conn,
-                    asked = req.max,
-                    max,
-                    framing = req.framing,
-                    "stream pool started"
-                );
+                // Each call replaces the pool: a host calling in a loop is
+                // bounded by the in-flight caps, its log lines by the throttle.
+                if let Some(pass) = self.state.log_throttle.allow("stream pool started") {
+                    tracing::info!(
+                        conn = self.conn,
+                        asked = req.max,
+                        max,
+                        framing = req.framing,
+                        suppressed = pass.suppressed,
+                        "stream pool started"
+                    );
+                }
                 resp.max = u32::try_from(max).unwrap_or(u32::MAX);
                 Ok(resp)
             }
             Err(err) => {
-                tracing::warn!(conn = self.conn, cause = %Chain(&err), "StreamPool refused");
+                if let Some(pass) = self.state.log_throttle.allow("StreamPool refused") {
+                    tracing::warn!(conn = self.conn, cause = %Chain(&err),
+                        suppressed = pass.suppressed, "StreamPool refused");
+                }
                 Err(RpcError::from(err).status())
             }
         }

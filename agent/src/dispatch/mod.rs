@@ -250,7 +250,9 @@ impl Router {
     }
 
     /// The control connection that owns `forward_id` (`None`: unbound, or
-    /// bound from the boot configuration and by no host since).
+    /// bound from the boot configuration and by no host since): the one whose
+    /// pre-opened streams its clients may take (`remote::pooled`), as its
+    /// requests go to that connection's Accept streams only.
     pub fn owner(&self, forward_id: &str) -> Option<ConnId> {
         self.owners.get(forward_id).copied()
     }

@@ -15,8 +15,17 @@
 //! the relay forwards nothing before it writes a verdict, so the next pooled
 //! stream, or the `ConnectRequest` path, takes the connection with nothing
 //! lost or sent twice. A verdict that refuses closes the client, as a
-//! refusing `ConnectResult` does.
+//! refusing `ConnectResult` does, except `unknown forward ID`: as that answer
+//! on an Accept stream moves a request on to another, it sends the client to
+//! the `ConnectRequest` path, where the router's learned routing (see
+//! [`crate::dispatch`]) finds the stream that serves the forward, if any.
+//!
+//! The pool used is the one of the connection that owns the forward
+//! ([`crate::dispatch::Router::owner`]), as its requests go only to that
+//! connection's Accept streams; a forward without an owner (bound from the
+//! boot configuration) takes the `ConnectRequest` path, which may try any.
 
+use crate::dispatch::UNKNOWN_FORWARD;
 use crate::state::AgentState;
 use crate::stream_pool::Taken;
 use sockfwd_proto::counters::ForwardCounters;
@@ -58,6 +67,10 @@ enum Attempt {
     Closed,
     /// The stream failed before its verdict, having carried nothing.
     Dead,
+    /// The host does not know the forward on this connection: the
+    /// `ConnectRequest` path asks the router, which learns it and tries the
+    /// other Accept streams.
+    Unknown,
 }
 
 /// Connects `conn` over a pooled stream if its forward's owner has one.
@@ -83,6 +96,7 @@ pub(crate) async fn connect(
         {
             Attempt::Connected(sent) => return Outcome::Connected(Connected { taken, sent }),
             Attempt::Closed => return Outcome::Closed,
+            Attempt::Unknown => return Outcome::Fallback,
             Attempt::Dead => {}
         }
     }
@@ -118,7 +132,10 @@ async fn attempt(
                 let _ = write_early(stream, framing, early.bytes(), limit).await;
             }
             () = state.shutdown.stop.cancelled() => {
-                tracing::info!("guest connection closed: the agent is shutting down");
+                if let Some(pass) = state.log_throttle.allow("closed at shutdown") {
+                    tracing::info!(suppressed = pass.suppressed,
+                        "guest connection closed: the agent is shutting down");
+                }
                 ForwardCounters::bump(&stats.refused);
                 return Attempt::Closed;
             }
@@ -132,8 +149,17 @@ async fn attempt(
             }
             return Attempt::Connected(early.bytes().len() as u64);
         }
+        // Nothing of the client's was taken: its bytes are still there.
+        Ok(Verdict::Refused(text)) if text.starts_with(UNKNOWN_FORWARD) => {
+            tracing::debug!(cause = %escape(&text),
+                "the pool's host does not know the forward; asking with a ConnectRequest");
+            return Attempt::Unknown;
+        }
         Ok(Verdict::Refused(text)) => {
-            tracing::error!(cause = %escape(&text), "the host refused the connection; closing it");
+            if let Some(pass) = state.log_throttle.allow("host refused") {
+                tracing::error!(cause = %escape(&text), suppressed = pass.suppressed,
+                    "the host refused the connection; closing it");
+            }
             ForwardCounters::bump(&stats.failed);
         }
         Err(err @ (PoolWireError::Closed | PoolWireError::Io(_))) => {
@@ -142,8 +168,10 @@ async fn attempt(
             return Attempt::Dead;
         }
         Err(err) => {
-            tracing::error!(cause = %Chain(&err),
-                "no usable verdict from the host; closing the guest connection");
+            if let Some(pass) = state.log_throttle.allow("no usable verdict") {
+                tracing::error!(cause = %Chain(&err), suppressed = pass.suppressed,
+                    "no usable verdict from the host; closing the guest connection");
+            }
             ForwardCounters::bump(&stats.failed);
         }
     }
