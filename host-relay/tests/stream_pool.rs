@@ -21,7 +21,7 @@ mod tests {
     use sockfwd_relay::framing::FramingPolicy;
     use sockfwd_relay::{Config, Control, Forward, ForwardTable, RelayError};
     use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,6 +44,12 @@ mod tests {
         bound: Mutex<Vec<ForwardInfo>>,
         pools: mpsc::UnboundedSender<StreamPoolRequest>,
         pings: AtomicUsize,
+        /// How long a Bind with sockets takes, in milliseconds.
+        bind_ms: AtomicU64,
+        /// Stream-port connections so far (the harness counts them).
+        opened: Arc<AtomicUsize>,
+        /// Those opened before the last Bind with sockets answered.
+        opened_by_bind: AtomicUsize,
     }
 
     struct Agent {
@@ -62,6 +68,10 @@ mod tests {
                 self.wires.pings.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.wires.calls.lock().unwrap().push("Bind");
+                let ms = self.wires.bind_ms.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let opened = self.wires.opened.load(Ordering::Relaxed);
+                self.wires.opened_by_bind.store(opened, Ordering::Relaxed);
                 let bound = req.sockets.iter().map(|s| {
                     let mut f = ForwardInfo::new();
                     f.forward_id = s.forward_id.clone();
@@ -144,6 +154,7 @@ mod tests {
                 .tempdir_in("/tmp")
                 .unwrap();
             let (pools_tx, pools) = mpsc::unbounded_channel();
+            let opened = Arc::new(AtomicUsize::new(0));
             let wires = Arc::new(Wires {
                 info,
                 grant,
@@ -151,9 +162,11 @@ mod tests {
                 bound: Mutex::new(Vec::new()),
                 pools: pools_tx,
                 pings: AtomicUsize::new(0),
+                bind_ms: AtomicU64::new(0),
+                opened: Arc::clone(&opened),
+                opened_by_bind: AtomicUsize::new(0),
             });
             let (streams_tx, streams) = mpsc::unbounded_channel();
-            let opened = Arc::new(AtomicUsize::new(0));
             let l = tokio::net::UnixListener::bind(dir.path().join("streams.sock")).unwrap();
             let count = Arc::clone(&opened);
             tokio::spawn(async move {
@@ -489,6 +502,30 @@ mod tests {
             h.calls(),
             ["Info", "StreamPool", "Bind", "ListForwards", "Accept"]
         );
+        token.cancel();
+        timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_is_asked_before_the_bind_and_filled_after_it() {
+        let mut h = Harness::new(pool_agent(), 4).await;
+        // A Bind that takes its time: streams opened meanwhile would compete
+        // with it for the agent's descriptors.
+        h.wires.bind_ms.store(300, Ordering::Relaxed);
+        let host = h.path("host.sock");
+        reply_server(&host);
+        let (token, _table, relay) = start(config(&h, vec![forward("good", &host)], 4));
+        let asked = h.pool_asked().await;
+        eventually("the Accept stream", || h.calls().contains(&"Accept")).await;
+        assert_eq!(h.calls(), ["Info", "StreamPool", "Bind", "Accept"]);
+        assert_eq!(
+            h.wires.opened_by_bind.load(Ordering::Relaxed),
+            0,
+            "streams were opened during the Bind"
+        );
+        for _ in 0..4 {
+            h.pooled(&asked.token).await;
+        }
         token.cancel();
         timeout(WAIT, relay).await.unwrap().unwrap().unwrap();
     }

@@ -39,14 +39,16 @@ pub(crate) trait ConnectRequests: Sync {
     /// request is refused or handed to its own task.
     fn handle(&self, req: ConnectRequest, results: &Results) -> impl Future<Output = ()> + Send;
 
-    /// Between the session's `Info` and its `Bind`: starts the session's
+    /// Between the session's `Info` and its `Bind`: asks for the session's
     /// pre-opened streams (the `StreamPool` call, when the agent of `info`
-    /// has it); `ended` is cancelled when the session ends. A pool the agent
-    /// refuses only means none: the session goes on.
+    /// has it), to be opened once `ready` is cancelled (the session is
+    /// ready) and closed once `ended` is. A pool the agent refuses only means
+    /// none: the session goes on.
     fn open_pool(
         &self,
         client: &SocketForwardClient,
         info: &AgentInfo,
+        ready: &CancellationToken,
         ended: &CancellationToken,
     ) -> impl Future<Output = ()> + Send;
 }
@@ -182,10 +184,14 @@ pub(crate) async fn run(
     // Cancelled however the session ends: its pre-opened streams go with it.
     let ended = CancellationToken::new();
     let _ended = ended.clone().drop_guard();
+    // Cancelled once the session is ready: its pre-opened streams are opened
+    // then, not while the Bind needs the agent's descriptors.
+    let serving = CancellationToken::new();
     let opened = async {
         let info = ask_info(&client, limit).await.map_err(SessionError::Info)?;
-        // Before the Bind: the first clients of its listeners find streams.
-        requests.open_pool(&client, &info, &ended).await;
+        // With what Info said, before the Bind: the session's calls go one
+        // after another (Info, StreamPool, Bind, ListForwards, Accept).
+        requests.open_pool(&client, &info, &serving, &ended).await;
         // What goes into the Bind depends on what the agent said it supports.
         bind(parts, &client, &info).await?;
         // No deadline on the stream itself: it lives as long as the session.
@@ -214,6 +220,7 @@ pub(crate) async fn run(
         info: std::sync::Arc::new(info),
     }));
     let _unpublish = Unpublish(parts.client);
+    serving.cancel();
     tracing::info!(
         forwards = parts.table.len(),
         control = %config.control.address(),

@@ -130,9 +130,10 @@ impl ConnectRequests for RemoteForwards {
         &self,
         client: &SocketForwardClient,
         info: &AgentInfo,
+        ready: &CancellationToken,
         ended: &CancellationToken,
     ) -> impl Future<Output = ()> + Send {
-        pool::open(&self.shared, &self.pool, client, info, ended)
+        pool::open(&self.shared, &self.pool, client, info, ready, ended)
     }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! With an agent that lists `stream-pool`, the relay asks for a pool right
 //! after the session's `Info` and before its `Bind` (`StreamPool`: a fresh
-//! token, the framing, `--stream-pool`), so the first clients of the Bind's
-//! listeners find streams, and keeps up to what the agent granted open and
-//! handshaken, each parked in its own task until the agent names a forward on
-//! it ([`super::pooled`]).
+//! token, the framing, `--stream-pool`), and once the session is ready keeps
+//! up to what the agent granted open and handshaken, each parked in its own
+//! task until the agent names a forward on it ([`super::pooled`]). Not
+//! before: streams opened while the agent runs the Bind would compete with
+//! it for the agent's descriptors, and a Bind that fails for want of one
+//! fails the session.
 //!
 //! The pool refills on demand only: when a parked stream is taken, and when a
 //! `ConnectRequest` shows that the agent found none. A stream unused for
@@ -59,13 +61,14 @@ impl Current {
 }
 
 /// Asks the agent (`agent`: its `Info`) for the session's pool, if the relay
-/// keeps one and the agent supports it, and starts keeping it filled in a
-/// task of its own until `ended`.
+/// keeps one and the agent supports it, and keeps it filled in a task of its
+/// own from `ready` until `ended`.
 pub(super) async fn open(
     shared: &Arc<Shared>,
     current: &Arc<Current>,
     client: &SocketForwardClient,
     agent: &AgentInfo,
+    ready: &CancellationToken,
     ended: &CancellationToken,
 ) {
     if shared.config.stream_pool == 0 {
@@ -80,17 +83,28 @@ pub(super) async fn open(
     let Some(pool) = ask(shared, client, agent, ended).await else {
         return;
     };
-    let task = run(Arc::clone(shared), Arc::clone(current), pool, ended.clone());
+    let task = run(
+        Arc::clone(shared),
+        Arc::clone(current),
+        pool,
+        ready.clone(),
+        ended.clone(),
+    );
     shared.tracker.spawn(task);
 }
 
-/// Keeps the granted pool filled on demand until the session ends.
+/// Keeps the granted pool filled on demand from `ready` until the session ends.
 async fn run(
     shared: Arc<Shared>,
     current: Arc<Current>,
     pool: Arc<Pool>,
+    ready: CancellationToken,
     ended: CancellationToken,
 ) {
+    tokio::select! {
+        () = ready.cancelled() => {}
+        () = ended.cancelled() => return,
+    }
     current.set(Arc::clone(&pool));
     pool.want_more();
     loop {
