@@ -587,6 +587,32 @@ mod tests {
         assert!(!logs.contains('\u{1b}'), "no colour codes in a log file");
     }
 
+    /// Once a session is ready the guest has booted: no progress line follows,
+    /// however long that first session serves (one kept saying "waiting for
+    /// the agent to answer Bind" every 5 s until its session ended).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ready_session_ends_the_boot_progress_lines() {
+        let mut h = Harness::new().await;
+        h.serve().await;
+        let log = h.path("relay.log");
+        let child = relay_binary(
+            &h,
+            &[
+                "--forward".into(),
+                format!("/guest/x.sock:{}", h.path("host.sock").display()),
+            ],
+            &log,
+        );
+        h.bound().await;
+        // Past the first progress tick (5 s after start) and then some.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let status = terminate(child).await;
+        let logs = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{status}\n{logs}");
+        assert!(logs.contains("relay ready"), "{logs}");
+        assert!(!logs.contains("guest still booting"), "{logs}");
+    }
+
     /// A guest that never comes up: the binary says at intervals what it waits
     /// for, how long it has waited and its deadline, then stops with exit
     /// status 3 and the error in the shared prefix style.

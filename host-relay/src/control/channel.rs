@@ -13,7 +13,7 @@ use crate::control::session::{self, ConnectRequests, SessionEnd, SessionError, S
 use sockfwd_proto::backoff::Backoff;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::transport::{Address, Stream};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior};
@@ -84,6 +84,9 @@ pub(crate) async fn run(
         .checked_add(config.boot_timeout)
         .unwrap_or_else(|| start + crate::config::MAX_DURATION);
     let phase = Phase(AtomicU8::new(Boot::Connection as u8));
+    // The current session's readiness, seen by the progress lines while that
+    // session still runs (it may serve for days before it ends).
+    let session_ready = AtomicBool::new(false);
     let sessions = async {
         let mut was_ready = false;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -110,8 +113,17 @@ pub(crate) async fn run(
             if !was_ready {
                 phase.set(Boot::Session);
             }
-            let mut ready = false;
-            let end = session::run(parts, stream, connector, requests, &mut ready, &mut next).await;
+            session_ready.store(false, Ordering::Relaxed);
+            let end = session::run(
+                parts,
+                stream,
+                connector,
+                requests,
+                &session_ready,
+                &mut next,
+            )
+            .await;
+            let ready = session_ready.load(Ordering::Relaxed);
             if ready {
                 was_ready = true;
                 phase.set(Boot::Done);
@@ -136,7 +148,7 @@ pub(crate) async fn run(
     };
     tokio::select! {
         r = sessions => r,
-        never = boot_progress(parts, connector, &phase, start, boot_deadline) => match never {},
+        never = boot_progress(parts, connector, &phase, &session_ready, start, boot_deadline) => match never {},
     }
 }
 
@@ -146,6 +158,7 @@ async fn boot_progress(
     parts: &SessionParts<'_>,
     connector: &Connector,
     phase: &Phase,
+    session_ready: &AtomicBool,
     start: Instant,
     deadline: Instant,
 ) -> std::convert::Infallible {
@@ -154,6 +167,9 @@ async fn boot_progress(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if session_ready.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
         let waiting_for = match phase.get() {
             Boot::Done => return std::future::pending().await,
             Boot::Connection if connector.listens() => "the agent to dial in",

@@ -26,6 +26,7 @@ use sockfwd_proto::rpc::{BindRequest, ConnectRequest, ShutdownRequest, SocketFor
 use sockfwd_proto::transport::Stream;
 use std::future::Future;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -165,14 +166,15 @@ impl Drop for Unpublish<'_> {
     }
 }
 
-/// Runs one session on `stream`. `ready` is set once Bind succeeded and Accept is
+/// Runs one session on `stream`. `ready` is set (and seen at once by the boot
+/// progress lines) once Bind succeeded and Accept is
 /// open; `waiting` receives a connection the agent opened meanwhile (listen mode).
 pub(crate) async fn run(
     parts: &SessionParts<'_>,
     stream: Stream,
     connector: &Connector,
     requests: &impl ConnectRequests,
-    ready: &mut bool,
+    ready: &AtomicBool,
     waiting: &mut Option<Stream>,
 ) -> SessionEnd {
     let config = parts.config;
@@ -213,7 +215,7 @@ pub(crate) async fn run(
     };
     let (sender, receiver) = accept.split();
     let results = Results::new(sender, limit);
-    *ready = true;
+    ready.store(true, Ordering::Relaxed);
     // Local forwards, auto-forward and the admin socket use this session now.
     parts.client.send_replace(Some(Peer {
         client: client.clone(),
