@@ -68,8 +68,9 @@ pub struct Cli {
     /// Keep the temp dir with the daemons' logs (its path is printed).
     #[arg(long)]
     keep: bool,
-    /// Directory holding release builds of sockfwd-agent and sockfwd-relay (Unix mode).
-    #[arg(long, value_name = "DIR", conflicts_with = "vm")]
+    /// Directory holding release builds of sockfwd-agent and sockfwd-relay. With
+    /// --vm: the relay and a static agent, run instead of building the tree's.
+    #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Measure inside a microVM (QEMU + vhost-device-vsock): raw vsock, a minimal
     /// in-guest relay and sockfwd, from a guest client to a host server.

@@ -56,29 +56,30 @@ fn cargo(log: &Path, args: &[&str], static_crt: bool) -> Res<()> {
     Ok(())
 }
 
-/// Builds (or finds up to date) every binary the VM bench needs.
-pub fn build(log: &Path) -> Res<VmBins> {
+/// Builds (or finds up to date) every binary the VM bench needs. With
+/// `daemons` (`--bin-dir`), the relay and the static agent are taken from
+/// there instead: another build's daemons measured with this tree's bench.
+pub fn build(log: &Path, daemons: Option<&Path>) -> Res<VmBins> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| procs::workspace_dir().join("target"));
-    cargo(log, &["--release", "-p", "sockfwd-relay"], false)?;
-    cargo(
-        log,
-        &[
-            "--release",
-            "--target",
-            TRIPLE,
-            "-p",
-            "sockfwd-agent",
-            "-p",
-            "sockfwd-vmbench",
-        ],
-        true,
-    )?;
-    let bins = VmBins {
-        agent: target.join(TRIPLE).join("release/sockfwd-agent"),
-        vmbench: target.join(TRIPLE).join("release/vmbench"),
-        relay: target.join("release/sockfwd-relay"),
+    let mut packages = vec!["--release", "--target", TRIPLE, "-p", "sockfwd-vmbench"];
+    if daemons.is_none() {
+        cargo(log, &["--release", "-p", "sockfwd-relay"], false)?;
+        packages.extend(["-p", "sockfwd-agent"]);
+    }
+    cargo(log, &packages, true)?;
+    let bins = match daemons {
+        Some(dir) => VmBins {
+            agent: dir.join("sockfwd-agent"),
+            vmbench: target.join(TRIPLE).join("release/vmbench"),
+            relay: dir.join("sockfwd-relay"),
+        },
+        None => VmBins {
+            agent: target.join(TRIPLE).join("release/sockfwd-agent"),
+            vmbench: target.join(TRIPLE).join("release/vmbench"),
+            relay: target.join("release/sockfwd-relay"),
+        },
     };
     for b in [&bins.agent, &bins.vmbench, &bins.relay] {
         if !b.is_file() {

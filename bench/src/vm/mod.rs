@@ -192,8 +192,14 @@ fn measure(cli: &Cli, cfg: &VmConfig, d: &Path, began: Instant, load_before: Str
         "build: release relay, static agent and vmbench ({:.0} s so far)",
         began.elapsed().as_secs_f64()
     );
-    let built = build::build(&d.join("build.log"))?;
+    let built = build::build(&d.join("build.log"), cli.bin_dir.as_deref())?;
     let mut notes = Notes::default();
+    if let Some(dir) = &cli.bin_dir {
+        notes.add(format!(
+            "daemons: sockfwd-relay and the static sockfwd-agent from {} (--bin-dir), not built from this tree",
+            dir.display()
+        ));
+    }
     let mut bins = Bins {
         agent: built.agent.clone(),
         relay: built.relay.clone(),
