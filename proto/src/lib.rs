@@ -1,7 +1,8 @@
 //! The wire contract shared by the guest agent and the host relay, and the
 //! rules and helpers both daemons apply the same way.
 //!
-//! Layout: [`rpc`] is the generated ttrpc service; [`stream_id`] and
+//! Layout: [`rpc`] is the generated ttrpc service, [`control_io`] the socket
+//! under it; [`stream_id`] and
 //! [`handshake`] are the streams channel; [`transport`] hides how each side
 //! reaches the other (AF_VSOCK, hybrid vsock, per-port Unix sockets);
 //! [`relay`] moves bytes between two connected sockets once a stream is set up,
@@ -21,6 +22,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod control_io;
 pub mod counters;
 pub mod duration;
 pub mod features;

@@ -164,6 +164,11 @@ async fn serve_connection(state: Arc<AgentState>, stream: Stream, first_request:
     let service = Service::new(state.clone(), conn, conn_token.clone());
     let mut services = create_socket_forward(Arc::new(service));
     cap_streams(&mut services, &books);
+    // One send per ttrpc message (sockfwd_proto::control_io), above the gate so
+    // that it counts a call answered once its last byte is on the socket. No
+    // read buffer on top: the gate reads the socket through its own, so ttrpc
+    // already gets header and payload from one recv.
+    let socket = sockfwd_proto::control_io::MessageWriter::new(socket);
     let incoming = futures::stream::once(futures::future::ready(Ok::<_, io::Error>(socket)))
         .chain(futures::stream::pending());
     let mut server = ttrpc::r#async::Server::new()

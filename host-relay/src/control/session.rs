@@ -179,7 +179,7 @@ pub(crate) async fn run(
 ) -> SessionEnd {
     let config = parts.config;
     let _close = ShutdownOnDrop::new(&stream);
-    let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+    let client = ttrpc::r#async::Client::new(sockfwd_proto::control_io::socket(stream));
     let client = SocketForwardClient::new(client);
     let limit = config.bind_timeout;
 

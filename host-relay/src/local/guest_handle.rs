@@ -157,7 +157,7 @@ impl Guest {
         let stream = dial_with_retry(control, options.stream_timeout, boot_timeout)
             .await
             .map_err(LocalForwardError::Control)?;
-        let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+        let client = ttrpc::r#async::Client::new(sockfwd_proto::control_io::socket(stream));
         let client = SocketForwardClient::new(client);
         let info = ask_info(&client, options.call_timeout)
             .await
