@@ -23,6 +23,7 @@
 pub mod accept;
 pub mod backoff;
 pub mod control_io;
+mod copy;
 pub mod counters;
 pub mod duration;
 pub mod features;

@@ -86,6 +86,7 @@ pub async fn dial(addr: &Address, limit: Duration) -> Result<Stream, DialError> 
                 let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
                     .await
                     .map_err(connect_err)?;
+                super::vsock::enlarge(std::os::fd::AsFd::as_fd(&s));
                 Stream::from_vsock(s).map_err(connect_err)
             }
             Address::Hybrid { path, port } => {

@@ -107,6 +107,8 @@ impl Listener {
                         addr: addr.clone(),
                         source,
                     })?;
+                // Accepted connections inherit the listener's buffer size.
+                super::vsock::enlarge(std::os::fd::AsFd::as_fd(&l));
                 Ok(Listener {
                     inner: Inner::Vsock(l),
                     _file: None,
@@ -191,7 +193,7 @@ impl Listener {
                 // into a Stream would deregister and register it again.
                 let (s, peer) = std::future::poll_fn(|cx| l.poll_accept_std(cx)).await?;
                 Ok((
-                    Stream::from_fd(OwnedFd::from(s))?,
+                    Stream::from_vsock_fd(OwnedFd::from(s))?,
                     Peer::Vsock {
                         cid: peer.cid(),
                         port: peer.port(),

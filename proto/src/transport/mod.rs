@@ -13,6 +13,7 @@ mod listener;
 mod peer_cred;
 pub mod socket_file;
 mod stream;
+mod vsock;
 
 pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
 pub use client_listener::{ClientListenError, ClientListener, ListenAt};
@@ -21,6 +22,7 @@ pub use listener::{Listener, ListenerError, Peer};
 pub use peer_cred::{peer_credentials, PeerCredentials};
 pub use socket_file::{SocketFileError, SocketFileOptions};
 pub use stream::Stream;
+pub use vsock::{write_max as vsock_write_max, VSOCK_BUFFER};
 
 /// Longest Unix socket path in bytes: `sockaddr_un.sun_path` holds 108 with the NUL.
 pub const SUN_PATH_MAX: usize = 107;

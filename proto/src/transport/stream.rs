@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug)]
 pub struct Stream {
     fd: AsyncFd<OwnedFd>,
+    /// An AF_VSOCK socket: the relay copies into it rather than splicing.
+    vsock: bool,
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -38,7 +40,7 @@ impl Stream {
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it from here on;
         // nothing else can close or replace the descriptor while it is registered.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        Ok(Stream { fd })
+        Ok(Stream { fd, vsock: false })
     }
 
     /// Wraps a tokio Unix stream.
@@ -48,7 +50,19 @@ impl Stream {
 
     /// Wraps a tokio-vsock stream (deregistering it from its own reactor entry).
     pub fn from_vsock(s: tokio_vsock::VsockStream) -> io::Result<Self> {
-        Self::from_fd(OwnedFd::from(s))
+        Self::from_vsock_fd(OwnedFd::from(s))
+    }
+
+    /// Wraps a connected AF_VSOCK socket; sets it nonblocking.
+    pub(crate) fn from_vsock_fd(fd: OwnedFd) -> io::Result<Self> {
+        let mut s = Self::from_fd(fd)?;
+        s.vsock = true;
+        Ok(s)
+    }
+
+    /// Whether this is an AF_VSOCK socket.
+    pub fn is_vsock(&self) -> bool {
+        self.vsock
     }
 
     /// Connects to a Unix socket path. A full listen backlog is `WouldBlock`
@@ -121,7 +135,11 @@ impl Stream {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| Ok(nix::unistd::read(fd.as_raw_fd(), buf)?)) {
-                Ok(r) => return r,
+                Ok(Ok(n)) => {
+                    drained(&mut guard, n, buf.len());
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }
@@ -133,12 +151,27 @@ impl Stream {
             let mut guard = self.fd.writable().await?;
             match guard.try_io(|_| self.try_write(buf)) {
                 Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Ok(n)) => {
+                    drained(&mut guard, n, buf.len());
+                    buf = &buf[n..];
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }
         Ok(())
+    }
+}
+
+/// After a read or write of `done` of `asked` bytes: a short one (but not an
+/// EOF or a zero-length call) found the socket drained or full, so its
+/// readiness is cleared and the next call waits for the poller rather than
+/// asking the kernel for an `EAGAIN`. tokio's own sockets do the same; a
+/// closed state is never cleared, and an event that came after the guard was
+/// taken keeps the readiness.
+fn drained<T: AsRawFd>(guard: &mut AsyncFdReadyGuard<'_, T>, done: usize, asked: usize) {
+    if done > 0 && done < asked {
+        guard.clear_ready();
     }
 }
 
@@ -163,8 +196,10 @@ impl AsyncRead for Stream {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
+            let asked = unfilled.len();
             match guard.try_io(|fd| Ok(nix::unistd::read(fd.as_raw_fd(), unfilled)?)) {
                 Ok(Ok(n)) => {
+                    drained(&mut guard, n, asked);
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -184,7 +219,11 @@ impl AsyncWrite for Stream {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|_| self.try_write(buf)) {
-                Ok(r) => return Poll::Ready(r),
+                Ok(Ok(n)) => {
+                    drained(&mut guard, n, buf.len());
+                    return Poll::Ready(Ok(n));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
         }
