@@ -37,6 +37,7 @@ pub mod shutdown;
 pub mod state;
 pub mod stream_pool;
 pub mod stream_port;
+pub mod timer_anchor;
 
 pub use config::{AgentConfig, ControlMode};
 pub use notify::Ready;
@@ -114,6 +115,9 @@ pub async fn run_with_ready(
     state
         .listeners
         .spawn(stream_port::serve(state.clone(), streams));
+    state
+        .listeners
+        .spawn(timer_anchor::run(state.shutdown.stop.clone()));
     match control {
         ControlStart::Listen(listener) => {
             state
