@@ -9,10 +9,14 @@ use std::fmt::Write as _;
 pub struct Columns {
     /// Column titles: baseline, reference, subject.
     pub titles: [&'static str; 3],
+    /// Whether the table also shows the subject's ratio to the reference.
+    pub subject_to_reference: bool,
 }
 
 /// Index of the baseline column.
 pub const BASELINE: usize = 0;
+/// Index of the reference column (socat, the minimal relay).
+pub const REFERENCE: usize = 1;
 /// Index of the subject column (sockfwd).
 pub const SUBJECT: usize = 2;
 
@@ -91,6 +95,10 @@ pub enum Target {
     RatioAtLeast(f64),
     /// Median ratio to direct at most this.
     RatioAtMost(f64),
+    /// Median ratio to the reference column (taken per run) at least this.
+    RefRatioAtLeast(f64),
+    /// Median value at least this.
+    AtLeast(f64),
     /// Median value at most this.
     AtMost(f64),
     /// Median value strictly below this.
@@ -120,6 +128,8 @@ pub struct Row {
 pub struct Results {
     values: HashMap<&'static str, [Vec<f64>; 3]>,
     ratios: HashMap<&'static str, [Vec<f64>; 3]>,
+    /// Per-run subject ÷ reference.
+    ref_ratios: HashMap<&'static str, Vec<f64>>,
 }
 
 impl Results {
@@ -137,6 +147,9 @@ impl Results {
                 }
             }
         }
+        if let (Some(s), Some(r)) = (run[SUBJECT], run[REFERENCE].filter(|r| *r > 0.0)) {
+            self.ref_ratios.entry(key).or_default().push(s / r);
+        }
     }
 
     /// Stats of one column's values of a figure.
@@ -148,7 +161,12 @@ impl Results {
         self.ratios.get(key).and_then(|v| Stats::of(v.get(col)?))
     }
 
-    fn verdict(&self, row: &Row, base: &str) -> (String, &'static str) {
+    fn ref_ratio(&self, key: &str) -> Option<Stats> {
+        self.ref_ratios.get(key).and_then(|v| Stats::of(v))
+    }
+
+    fn verdict(&self, row: &Row, cols: &Columns) -> (String, &'static str) {
+        let [base, reference, _] = cols.titles;
         let Some(t) = row.target else {
             return (String::new(), "");
         };
@@ -162,6 +180,11 @@ impl Results {
         let (text, met) = match t {
             Target::RatioAtLeast(x) => (format!("≥ {x}× {base}"), ratio.map(|r| r.median >= x)),
             Target::RatioAtMost(x) => (format!("≤ {x}× {base}"), ratio.map(|r| r.median <= x)),
+            Target::RefRatioAtLeast(x) => (
+                format!("≥ {x}× {reference}"),
+                self.ref_ratio(row.key).map(|r| r.median >= x),
+            ),
+            Target::AtLeast(x) => (format!("≥ {x}{unit}"), value.map(|v| v.median >= x)),
             Target::AtMost(x) => (format!("≤ {x}{unit}"), value.map(|v| v.median <= x)),
             Target::Below(x) => (format!("< {x}{unit}"), value.map(|v| v.median < x)),
             Target::Exactly(x) => (
@@ -183,11 +206,21 @@ impl Results {
     pub fn table(&self, rows: &[Row], cols: &Columns) -> String {
         let [base, reference, subject] = cols.titles;
         let mut out = String::new();
+        let extra = if cols.subject_to_reference {
+            format!(" {subject} ÷ {reference} |")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| figure | {base} | {reference} | {subject} | {reference} ÷ {base} | {subject} ÷ {base} | target ({subject}) | met |"
+            "| figure | {base} | {reference} | {subject} | {reference} ÷ {base} | {subject} ÷ {base} |{extra} target ({subject}) | met |"
         );
-        out.push_str("|---|---:|---:|---:|---:|---:|---|:-:|\n");
+        let extra_align = if cols.subject_to_reference {
+            "---:|"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|{extra_align}---|:-:|");
         for row in rows {
             let cells: Vec<Option<Stats>> = (0..3).map(|c| self.stats(row.key, c)).collect();
             if cells.iter().all(Option::is_none) {
@@ -202,15 +235,22 @@ impl Results {
                     "—".into()
                 }
             };
-            let (target, met) = self.verdict(row, base);
+            let (target, met) = self.verdict(row, cols);
+            let extra = if !cols.subject_to_reference {
+                String::new()
+            } else if row.ratio {
+                format!(" {} |", cell(&self.ref_ratio(row.key), 2))
+            } else {
+                " — |".into()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |{extra} {} | {} |",
                 row.label,
                 cell(&cells[0], row.prec),
                 cell(&cells[1], row.prec),
                 cell(&cells[2], row.prec),
-                ratio(1),
+                ratio(REFERENCE),
                 ratio(SUBJECT),
                 target,
                 met
@@ -220,9 +260,9 @@ impl Results {
     }
 
     /// (met, missed) target counts for the rows shown.
-    pub fn tally(&self, rows: &[Row]) -> (usize, usize) {
+    pub fn tally(&self, rows: &[Row], cols: &Columns) -> (usize, usize) {
         rows.iter()
-            .fold((0, 0), |(m, x), row| match self.verdict(row, "").1 {
+            .fold((0, 0), |(m, x), row| match self.verdict(row, cols).1 {
                 "yes" => (m + 1, x),
                 "**no**" => (m, x + 1),
                 _ => (m, x),
@@ -257,12 +297,47 @@ mod tests {
             ratio: true,
             target: Some(Target::RatioAtLeast(0.29)),
         };
-        assert!((r.ratio("x", SUBJECT).unwrap().median - 0.3).abs() < 1e-9);
-        assert_eq!(r.verdict(&row, "direct").1, "yes");
         let cols = Columns {
             titles: ["direct", "socat", "sockfwd"],
+            subject_to_reference: false,
         };
+        assert!((r.ratio("x", SUBJECT).unwrap().median - 0.3).abs() < 1e-9);
+        assert_eq!(r.verdict(&row, &cols).1, "yes");
         let t = r.table(&[row], &cols);
         assert!(t.contains("| 0.30 (0.20–0.40) |"), "{t}");
+    }
+
+    #[test]
+    fn ratios_to_the_reference_use_the_same_run_and_show_met_or_missed() {
+        let mut r = Results::default();
+        r.record("tp", [Some(100.0), Some(50.0), Some(40.0)]);
+        r.record("tp", [Some(100.0), Some(40.0), Some(40.0)]);
+        r.record("tp", [Some(100.0), Some(60.0), Some(57.0)]);
+        let row = |target| Row {
+            key: "tp",
+            label: "tp".into(),
+            unit: "",
+            prec: 1,
+            ratio: true,
+            target: Some(target),
+        };
+        let cols = Columns {
+            titles: ["raw", "min", "sf"],
+            subject_to_reference: true,
+        };
+        // Per run: 0.8, 1.0, 0.95; median 0.95.
+        assert_eq!(
+            r.verdict(&row(Target::RefRatioAtLeast(0.9)), &cols).1,
+            "yes"
+        );
+        assert_eq!(
+            r.verdict(&row(Target::RefRatioAtLeast(0.96)), &cols).1,
+            "**no**"
+        );
+        let t = r.table(&[row(Target::RefRatioAtLeast(0.9))], &cols);
+        assert!(t.contains("| sf ÷ min |"), "{t}");
+        assert!(t.contains("| 0.95 (0.80–1.00) | ≥ 0.9× min | yes |"), "{t}");
+        assert_eq!(r.verdict(&row(Target::AtLeast(40.0)), &cols).1, "yes");
+        assert_eq!(r.verdict(&row(Target::AtLeast(41.0)), &cols).1, "**no**");
     }
 }

@@ -16,13 +16,13 @@ fn rows(cfg: &Config) -> Vec<(Figure, Row)> {
         (f, Row { key, label: label.to_string(), unit, prec, ratio, target })
     };
     vec![
-        r(Throughput, "tp_up", "throughput client→server (GiB/s)", "", 2, true, Some(RatioAtLeast(0.45))),
-        r(Throughput, "tp_down", "throughput server→client (GiB/s)", "", 2, true, Some(RatioAtLeast(0.45))),
+        r(Throughput, "tp_up", "throughput client→server (GiB/s)", "", 2, true, Some(RatioAtLeast(0.5))),
+        r(Throughput, "tp_down", "throughput server→client (GiB/s)", "", 2, true, Some(RatioAtLeast(0.5))),
         r(Throughput, "tp_both_up", "both at once: client→server (GiB/s)", "", 2, true, Some(RatioAtLeast(0.35))),
         r(Throughput, "tp_both_down", "both at once: server→client (GiB/s)", "", 2, true, Some(RatioAtLeast(0.35))),
-        r(Latency, "lat_med", "connect to first byte, median (µs)", "", 1, true, Some(RatioAtMost(5.0))),
+        r(Latency, "lat_med", "connect to first byte, median (µs)", "", 1, true, Some(RatioAtMost(3.0))),
         r(Latency, "lat_p99", "connect to first byte, p99 (µs)", "", 1, true, Some(RatioAtMost(10.0))),
-        r(Rate, "rate", &format!("connections/s, {} clients", cfg.rate_clients), "", 0, true, Some(RatioAtLeast(0.20))),
+        r(Rate, "rate", &format!("connections/s, {} clients", cfg.rate_clients), "", 0, true, Some(RatioAtLeast(0.3))),
         r(Rate, "rate_err", &format!("errors, {} clients", cfg.rate_clients), "", 0, false, Some(Exactly(0.0))),
         r(Rate, "conn_cpu_guest", "guest-side CPU per connection (agent / socat #1) (µs)", "", 1, false, None),
         r(Rate, "conn_cpu_host", "host-side CPU per connection (relay / socat #2) (µs)", "", 1, false, None),

@@ -31,26 +31,31 @@ pub struct VmConfig {
     pub rate_time: Duration,
 }
 
-/// Every row of the VM table, with the figure it belongs to.
+/// Every row of the VM table, with the figure it belongs to. The targets are
+/// issue 12's: round trips and guest CPU per connection within 2× raw
+/// vsock's, throughput at least 0.9 of the minimal relay's each way, and
+/// host→guest no slower than guest→host.
 #[rustfmt::skip]
 pub fn rows(cfg: &VmConfig) -> Vec<(Figure, Row)> {
     use Figure::*;
+    use Target::*;
     let r = |f, key, label: &str, prec, ratio, target| {
         (f, Row { key, label: label.to_string(), unit: "", prec, ratio, target })
     };
     let c = cfg.clients;
     vec![
-        r(Throughput, "tp_up", "throughput guest→host (MiB/s)", 1, true, None),
-        r(Throughput, "tp_down", "throughput host→guest (MiB/s)", 1, true, None),
-        r(Latency, "lat_p50", "connect + 1-byte round trip, p50 (ms)", 2, true, None),
-        r(Latency, "lat_p99", "connect + 1-byte round trip, p99 (ms)", 2, true, None),
+        r(Throughput, "tp_up", "throughput guest→host (MiB/s)", 1, true, Some(RefRatioAtLeast(0.9))),
+        r(Throughput, "tp_down", "throughput host→guest (MiB/s)", 1, true, Some(RefRatioAtLeast(0.9))),
+        r(Throughput, "tp_balance", "throughput host→guest ÷ guest→host, same rep", 2, false, Some(AtLeast(1.0))),
+        r(Latency, "lat_p50", "connect + 1-byte round trip, p50 (ms)", 2, true, Some(RatioAtMost(2.0))),
+        r(Latency, "lat_p99", "connect + 1-byte round trip, p99 (ms)", 2, true, Some(RatioAtMost(2.0))),
         r(Latency, "host_p50", "host-initiated raw vsock (hybrid CONNECT) + 1-byte round trip, p50 (ms; reference)", 2, false, None),
         r(Latency, "host_p99", "host-initiated raw vsock (hybrid CONNECT) + 1-byte round trip, p99 (ms; reference)", 2, false, None),
         r(Rate, "rate", &format!("connections/s, {c} guest clients"), 0, true, None),
-        r(Rate, "rate_err", &format!("errors, {c} guest clients"), 0, false, Some(Target::Exactly(0.0))),
+        r(Rate, "rate_err", &format!("errors, {c} guest clients"), 0, false, Some(Exactly(0.0))),
         r(Throughput, "cpu_up", "guest CPU (QEMU) per GiB guest→host (s)", 2, true, None),
         r(Throughput, "cpu_down", "guest CPU (QEMU) per GiB host→guest (s)", 2, true, None),
-        r(Rate, "cpu_conn", "guest CPU (QEMU) per connection (ms)", 2, true, None),
+        r(Rate, "cpu_conn", "guest CPU (QEMU) per connection (ms)", 2, true, Some(RatioAtMost(2.0))),
         r(Throughput, "fwd_gib", "of which the in-guest forwarder (minimal relay / agent) per GiB, both ways (s)", 2, false, None),
         r(Rate, "fwd_conn", "of which the in-guest forwarder (minimal relay / agent) per connection (ms)", 3, false, None),
         r(Throughput, "relay_gib", "host relay CPU per GiB, both ways (s)", 2, false, None),
@@ -180,7 +185,12 @@ impl Runner<'_> {
         // A slow path still moves a few MiB/s; give it that long, and a minute.
         let timeout = Duration::from_secs(60 + bytes / (1 << 20));
         let mut both: [Sample; 3] = Default::default();
-        for (dir, tp_key, cpu_key) in [("up", "tp_up", "cpu_up"), ("down", "tp_down", "cpu_down")] {
+        let mut each_way: [[Option<f64>; 3]; 2] = [[None; 3]; 2];
+        for (way, (dir, tp_key, cpu_key)) in
+            [("up", "tp_up", "cpu_up"), ("down", "tp_down", "cpu_down")]
+                .into_iter()
+                .enumerate()
+        {
             let (mut tp, mut cpu) = ([None; 3], [None; 3]);
             for &p in order {
                 let cmd = format!("{dir} {} {bytes}", p.target());
@@ -201,9 +211,13 @@ impl Runner<'_> {
                 };
             }
             progress(&format!("{dir} MiB/s"), &tp);
+            each_way[way] = tp;
             self.res.record(tp_key, tp);
             self.res.record(cpu_key, cpu);
         }
+        let balance: [Option<f64>; 3] =
+            std::array::from_fn(|i| Some(each_way[1][i]? / each_way[0][i]?.max(1e-9)));
+        self.res.record("tp_balance", balance);
         let (mut fwd, mut relay, mut vdv) = ([None; 3], [None; 3], [None; 3]);
         for &p in order {
             let i = p.index();

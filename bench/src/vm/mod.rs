@@ -55,14 +55,17 @@ const FORWARD_PATH: &str = "/run/sockfwd/bench.sock";
 const MINRELAY_PATH: &str = "/run/minrelay.sock";
 /// Why the bench's own vsock writes are capped on the 6.12 kernel.
 const VSOCK_SPLIT_NOTE: &str = "guest kernel 6.12: it builds vsock packets over 32 KiB from non-linear skbs, \
-     split over several virtqueue descriptors, and vhost-device-vsock 0.3.0 does not take such a packet: the \
-     connection stalls. The raw client and the minimal relay therefore write at most 32 KiB at a time here";
+     split over several virtqueue descriptors (Linux 6693731487a8, in 6.12.y), and vhost-device-vsock 0.3.0 \
+     takes a packet's data from one descriptor only: the connection stalls. The raw client and the minimal \
+     relay therefore write at most 32 KiB at a time here, as the agent does on kernels 6.12 and later (64 KiB \
+     before)";
 /// The kernel command line word that lets `vmbench` open AF_VSOCK (its `sys::GUEST_MARK`).
 const GUEST_MARK: &str = "vmbench.guest=1";
 
 /// The table's columns.
 const COLUMNS: Columns = Columns {
     titles: ["raw vsock", "minimal relay", "sockfwd"],
+    subject_to_reference: true,
 };
 
 /// The guest kernel to boot.
