@@ -71,7 +71,7 @@ impl Framing {
     }
 }
 
-/// Largest frame [`frame_out`] sends by default, header included: one vsock
+/// Largest frame the relay sends by default, header included: one vsock
 /// packet (the virtio transport's largest, `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`),
 /// and the credit window of vhost-device-vsock's default buffer. A frame of
 /// 64 KiB of data plus its header would go out as two packets, the second of 4

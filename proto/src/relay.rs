@@ -6,10 +6,12 @@
 //! ends both directions, and dropping the streams closes both sockets.
 //!
 //! Bulk data moves with `splice(2)` through a pipe (socket to pipe to socket, no
-//! copy into user space). The pipe is created on the first byte, so an idle
+//! copy into user space), except into vsock, where copying costs the guest
+//! less (see [`one_way`]). The pipe is created on the first byte, so an idle
 //! connection holds none. [`CopyMode::Copy`] is the plain read/write path
-//! through the thread's one read buffer (see [`crate::copy`]); a direction also
-//! falls back to it when the kernel refuses to splice a socket.
+//! through read buffers the thread's connections share (`copy.rs`); a
+//! direction also falls back to it when the kernel refuses to splice a socket.
+//! EOF-framed streams always take the copy path.
 //!
 //! With [`RelayConfig::idle_timeout`], a relay in which no byte has moved
 //! either way for that long ends (a [`RelayError`] of kind `TimedOut`), which
