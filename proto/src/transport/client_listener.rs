@@ -1,13 +1,16 @@
 //! Where clients connect to a forward, in either daemon: a remote forward's
 //! listener in the guest, a local forward's on the host. One place is a Unix
 //! socket file or a TCP address ([`ListenAt`]); one listener accepts on
-//! either ([`ClientListener`]), with `TCP_NODELAY` on every TCP client.
+//! either ([`ClientListener`]), with `TCP_NODELAY` on every TCP client. A TCP
+//! client is accepted with `accept4` on the listener's own registration
+//! (`tcp_accept`), so each connection is registered with the runtime once.
 
+use super::tcp_accept::TcpAcceptor;
 use super::{Address, Listener, ListenerError, SocketFileError, Stream};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd, RawFd};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -105,7 +108,7 @@ impl From<ListenerError> for ClientListenError {
 
 enum Inner {
     Unix(Listener),
-    Tcp(tokio::net::TcpListener),
+    Tcp(TcpAcceptor),
 }
 
 /// A bound listener for a forward's clients; a Unix one removes its socket
@@ -146,7 +149,7 @@ impl ClientListener {
         }?;
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        let listener = socket.listen(TCP_BACKLOG)?;
+        let listener = TcpAcceptor::new(socket.listen(TCP_BACKLOG)?.into_std()?)?;
         Ok(ClientListener {
             at: ListenAt::Tcp(listener.local_addr()?),
             inner: Inner::Tcp(listener),
@@ -163,13 +166,7 @@ impl ClientListener {
     pub async fn accept(&self) -> io::Result<Stream> {
         match &self.inner {
             Inner::Unix(l) => Ok(l.accept().await?.0),
-            Inner::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                // Small request/response exchanges should not wait for Nagle;
-                // a socket that refuses the option still works.
-                let _ = s.set_nodelay(true);
-                Stream::from_fd(OwnedFd::from(s.into_std()?))
-            }
+            Inner::Tcp(l) => l.accept().await,
         }
     }
 }
@@ -178,7 +175,7 @@ impl AsRawFd for ClientListener {
     fn as_raw_fd(&self) -> RawFd {
         match &self.inner {
             Inner::Unix(l) => l.as_raw_fd(),
-            Inner::Tcp(l) => l.as_raw_fd(),
+            Inner::Tcp(l) => l.as_fd().as_raw_fd(),
         }
     }
 }

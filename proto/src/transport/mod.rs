@@ -13,6 +13,7 @@ mod listener;
 mod peer_cred;
 pub mod socket_file;
 mod stream;
+mod tcp_accept;
 mod vsock;
 
 pub use address::{Address, AddressError, VMADDR_CID_ANY, VMADDR_CID_HOST};
