@@ -102,6 +102,10 @@ fn a_relay_restart_drops_the_pool_and_connections_keep_working() {
         let host = env.path("host.sock");
         let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
         let agent = env.agent(&[]);
+        // The readiness probes' connections are gone before the count, or
+        // it counts them too and 6 more may never come.
+        agent.wait_log("control connection closed");
+        agent.wait_log("stream handshake failed");
         let before = agent.fd_count();
         let guest = env.path("guest.sock");
         let flags = ["--framing", framing, "--stream-pool", "4"];
@@ -197,4 +201,48 @@ fn an_agent_that_grants_no_pool_keeps_the_core_path() {
         digest_reply("core", b"core")
     );
     assert_eq!(pooled_connections(&relay.logs()), 0);
+}
+
+/// A guest client that leaves before its answer fails the agent's end of the
+/// connection (its write to the client breaks), so the agent drops the
+/// pooled stream rather than parking it again. The relay replaces it at once:
+/// the pool is full again without waiting for a connection to miss it.
+#[test]
+fn a_stream_the_agent_drops_after_a_failed_client_is_replaced_at_once() {
+    let env = Env::new();
+    let host = env.path("host.sock");
+    let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
+    let agent = env.agent(&[]);
+    agent.wait_log("control connection closed");
+    agent.wait_log("stream handshake failed");
+    let before = agent.fd_count();
+    let guest = env.path("guest.sock");
+    let relay = env.relay(
+        &[(&guest, &host)],
+        &["--framing", "eof", "--stream-pool", "4"],
+    );
+    relay.wait_log("stream pool started");
+    wait_forwarding(&guest, "host");
+    // The control connection, the forward's listener and 4 parked streams.
+    let full = || (agent.fd_count() >= before + 6).then_some(());
+    sockfwd_tests::wait_until("4 parked streams", READY_DEADLINE, full);
+    for round in 1..=3 {
+        let failed = agent.logs().matches("relay ended on an error").count();
+        // The host answers only after the client's EOF, so always after the
+        // client has gone: the agent's write of the answer fails.
+        let mut client = connect(&guest);
+        client.write_all(b"gone before the answer").unwrap();
+        drop(client);
+        sockfwd_tests::wait_until("the agent's end to fail", READY_DEADLINE, || {
+            (agent.logs().matches("relay ended on an error").count() > failed).then_some(())
+        });
+        sockfwd_tests::wait_until(
+            &format!("round {round}: 4 parked streams again"),
+            READY_DEADLINE,
+            full,
+        );
+    }
+    let log = relay.logs();
+    assert!(log.contains("parked stream closed by the agent"), "{log}");
+    assert!(pooled_connections(&log) >= 3, "{log}");
 }

@@ -141,10 +141,29 @@ async fn park(shared: Arc<Shared>, live: Live, n: u64) {
         // (more would only be refused by the agent, or churn).
         let reusable = pool.framing == Framing::EofFrames;
         let mut live = Some(live);
+        let mut served = false;
         loop {
-            let Some(forward_id) = wait_for_header(&shared, &pool, &stream).await else {
-                return;
+            let forward_id = match wait_for_header(&shared, &pool, &stream).await {
+                Ok(forward_id) => forward_id,
+                Err(Unparked::Idle | Unparked::Ended) => return,
+                Err(Unparked::Closed) => {
+                    // The agent dropped its end: after a connection whose guest
+                    // side failed, it does not park the stream again. Its place
+                    // in the agent's pool is free, so this one is replaced now
+                    // rather than at the next demand. A stream dropped before
+                    // it carried anything counts as a failed open, so an agent
+                    // that drops every stream meets the refill's backoff, not
+                    // a loop of opens.
+                    if !served {
+                        pool.opened(false);
+                    }
+                    if live.take().is_some() {
+                        pool.want_more();
+                    }
+                    return;
+                }
             };
+            served = true;
             if !reusable {
                 // Taken for good: the pool opens its replacement.
                 drop(live.take());
@@ -204,37 +223,58 @@ fn is_full(e: &StreamError) -> bool {
     matches!(e, StreamError::Handshake(HandshakeError::Refused(text)) if text == stream_pool::POOL_FULL)
 }
 
-/// Waits, parked, for the agent's header: the forward ID it names, or
-/// `None` (the stream idled out or closed, its session or the relay ended,
-/// or the header was malformed).
-async fn wait_for_header(shared: &Shared, pool: &Pool, stream: &Stream) -> Option<String> {
+/// Why a parked stream ended without a header.
+enum Unparked {
+    /// Unused for `--stream-pool-idle`: the pool shrinks until the next demand.
+    Idle,
+    /// Its session or the relay ended.
+    Ended,
+    /// The agent closed it, or sent a header we refuse.
+    Closed,
+}
+
+/// Waits, parked, for the agent's header: the forward ID it names, or why
+/// the stream ended without one.
+async fn wait_for_header(
+    shared: &Shared,
+    pool: &Pool,
+    stream: &Stream,
+) -> Result<String, Unparked> {
     let config = &shared.config;
     tokio::select! {
         () = stream_pool::readable(stream) => {}
         () = tokio::time::sleep(config.stream_pool_idle) => {
             tracing::debug!(idle = ?config.stream_pool_idle, "pre-opened stream unused; closed");
-            return None;
+            return Err(Unparked::Idle);
         }
-        () = pool.ended.cancelled() => return None,
-        () = shared.shutdown.cancelled() => return None,
+        () = pool.ended.cancelled() => return Err(Unparked::Ended),
+        () = shared.shutdown.cancelled() => return Err(Unparked::Ended),
     }
     match read_header(stream, config.stream_timeout).await {
-        Ok(forward_id) => Some(forward_id),
-        // The agent dropped it: its pool ended, or it is shutting down.
-        Err(PoolWireError::Closed) => None,
+        Ok(forward_id) => Ok(forward_id),
+        // The agent's pool ended with its session, or the agent is shutting down.
+        Err(PoolWireError::Closed)
+            if pool.ended.is_cancelled() || shared.shutdown.is_cancelled() =>
+        {
+            Err(Unparked::Ended)
+        }
+        Err(PoolWireError::Closed) => {
+            tracing::debug!("parked stream closed by the agent");
+            Err(Unparked::Closed)
+        }
         Err(PoolWireError::ForwardId(e)) => {
             if let Some(pass) = shared.log_throttle.allow("refused") {
                 tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed, "connection refused");
             }
             let _ = write_verdict(stream, BAD_FORWARD_ID, config.stream_timeout).await;
-            None
+            Err(Unparked::Closed)
         }
         Err(e) => {
             if let Some(pass) = shared.log_throttle.allow("bad header") {
                 tracing::warn!(cause = %Chain(&e), suppressed = pass.suppressed,
                     "unusable header on a pre-opened stream; closed");
             }
-            None
+            Err(Unparked::Closed)
         }
     }
 }
