@@ -4,9 +4,13 @@
 //! real binaries; these tests reach inside for timings and corner cases.)
 
 #[cfg(test)]
+mod harness;
+
+#[cfg(test)]
 mod end_to_end {
+    use crate::harness::{Agent, LONG, LONG_NANOS};
     use sockfwd_agent::config::AllowList;
-    use sockfwd_agent::{run_with_ready, AgentConfig, AgentError, ControlMode};
+    use sockfwd_agent::ControlMode;
     use sockfwd_proto::handshake;
     use sockfwd_proto::rpc::{
         BindRequest, ConnectRequest, ConnectResult, ListForwardsRequest, PortEventKind,
@@ -20,57 +24,15 @@ mod end_to_end {
     use tokio::net::UnixStream;
     use tokio::task::JoinHandle;
     use tokio::time::{timeout, Instant};
-    use tokio_util::sync::CancellationToken;
 
-    const LONG: Duration = Duration::from_secs(10);
-    const LONG_NANOS: i64 = 10_000_000_000;
-
-    struct Agent {
-        dir: tempfile::TempDir,
-        control: PathBuf,
-        streams: PathBuf,
-        stop: CancellationToken,
-        task: JoinHandle<Result<(), AgentError>>,
+    /// The fake host of this file on a new control connection.
+    trait HostOf {
+        async fn host(&self) -> Host;
     }
 
-    impl Agent {
-        async fn start(tune: impl FnOnce(&mut AgentConfig)) -> Agent {
-            let dir = tempfile::tempdir().unwrap();
-            let control = dir.path().join("control.sock");
-            let streams = dir.path().join("streams.sock");
-            let mut config = AgentConfig {
-                control: ControlMode::Listen(Address::Unix(control.clone())),
-                streams: Address::Unix(streams.clone()),
-                ..AgentConfig::default()
-            };
-            tune(&mut config);
-            let stop = CancellationToken::new();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(run_with_ready(config, stop.clone(), Some(tx)));
-            rx.await.unwrap();
-            Agent {
-                dir,
-                control,
-                streams,
-                stop,
-                task,
-            }
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-
+    impl HostOf for Agent {
         async fn host(&self) -> Host {
-            let s = dial(&Address::Unix(self.control.clone()), LONG)
-                .await
-                .unwrap();
-            Host::over(s, self.streams.clone())
-        }
-
-        async fn stop(self) {
-            self.stop.cancel();
-            timeout(LONG, self.task).await.unwrap().unwrap().unwrap();
+            Host::over(self.dial_control().await, self.streams.clone())
         }
     }
 
@@ -461,7 +423,7 @@ mod end_to_end {
         assert!(!f.exists());
         assert!(!agent.control.exists());
         assert!(!agent.streams.exists());
-        timeout(LONG, agent.task).await.unwrap().unwrap().unwrap();
+        agent.exited().await;
         assert!(start.elapsed() >= Duration::from_millis(300));
         let mut rest = Vec::new();
         let _ = timeout(LONG, open.read_to_end(&mut rest)).await.unwrap();
@@ -520,7 +482,7 @@ mod end_to_end {
                 )
                 .await
                 .unwrap();
-            timeout(LONG, agent.task).await.unwrap().unwrap().unwrap();
+            agent.exited().await;
             // The agent closed the control connection behind it.
             let mut buf = [0u8; 1];
             let n = timeout(LONG, async {

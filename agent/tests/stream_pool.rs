@@ -4,8 +4,11 @@
 //! them (header, verdict), with the ConnectRequest path as the fallback.
 
 #[cfg(test)]
+mod harness;
+
+#[cfg(test)]
 mod stream_pool {
-    use sockfwd_agent::{run_with_ready, AgentConfig, AgentError, ControlMode};
+    use crate::harness::{Agent, LONG, LONG_NANOS};
     use sockfwd_proto::framing::Framing;
     use sockfwd_proto::handshake::{self, HandshakeError};
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
@@ -23,51 +26,15 @@ mod stream_pool {
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
     use tokio::time::timeout;
-    use tokio_util::sync::CancellationToken;
 
-    const LONG: Duration = Duration::from_secs(10);
-    const LONG_NANOS: i64 = 10_000_000_000;
-
-    struct Agent {
-        dir: tempfile::TempDir,
-        control: PathBuf,
-        streams: PathBuf,
-        stop: CancellationToken,
-        task: JoinHandle<Result<(), AgentError>>,
+    /// The fake relay of this file on a new control connection.
+    trait HostOf {
+        async fn host(&self) -> Host;
     }
 
-    impl Agent {
-        async fn start(tune: impl FnOnce(&mut AgentConfig)) -> Agent {
-            let dir = tempfile::tempdir().unwrap();
-            let control = dir.path().join("control.sock");
-            let streams = dir.path().join("streams.sock");
-            let mut config = AgentConfig {
-                control: ControlMode::Listen(Address::Unix(control.clone())),
-                streams: Address::Unix(streams.clone()),
-                ..AgentConfig::default()
-            };
-            tune(&mut config);
-            let stop = CancellationToken::new();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(run_with_ready(config, stop.clone(), Some(tx)));
-            rx.await.unwrap();
-            Agent {
-                dir,
-                control,
-                streams,
-                stop,
-                task,
-            }
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-
+    impl HostOf for Agent {
         async fn host(&self) -> Host {
-            let s = dial(&Address::Unix(self.control.clone()), LONG)
-                .await
-                .unwrap();
+            let s = self.dial_control().await;
             let fd = std::os::fd::AsFd::as_fd(&s).try_clone_to_owned().unwrap();
             let cut = std::os::unix::net::UnixStream::from(fd);
             let socket = ttrpc::r#async::transport::Socket::new(s);
@@ -76,11 +43,6 @@ mod stream_pool {
                 cut,
                 streams: self.streams.clone(),
             }
-        }
-
-        async fn stop(self) {
-            self.stop.cancel();
-            timeout(LONG, self.task).await.unwrap().unwrap().unwrap();
         }
     }
 
