@@ -1,15 +1,13 @@
 //! Command-line flags: the last configuration layer, and the flags that say
 //! where the other layers are.
 //!
-//! The keys are [`Keys`], typed: clap parses each value with the same type the
-//! file and the kernel command line use, and [`flag_error`] words a bad value
-//! the way the other layers do.
+//! The keys are [`Flags`], typed: clap parses each value with the kind the
+//! file and the kernel command line use, and [`flag_error`] gives a bad value
+//! the words of the other layers.
 
-use crate::config::layers::{ConfigError, Effective, Source};
-use crate::config::load;
-use crate::config::Keys;
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory as _, Parser};
+use crate::config::keys::Flags;
+use crate::config::layers::{self, BadValue, ConfigError, Effective};
+use clap::Parser;
 use std::path::PathBuf;
 
 /// Guest agent: creates the forwarded Unix sockets and serves the socketforward
@@ -38,60 +36,33 @@ pub struct Cli {
 
     /// The configuration keys given as flags.
     #[command(flatten)]
-    pub keys: Keys,
+    pub flags: Flags,
 }
 
 impl Cli {
     /// The effective configuration: these flags over the kernel command line,
     /// the file and the defaults. `rust_log` is `RUST_LOG`.
     pub fn configuration(self, rust_log: Option<String>) -> Result<Effective, ConfigError> {
-        load::effective(
-            self.config.as_deref(),
-            self.cmdline_file.as_deref(),
-            self.keys,
-            rust_log,
-        )
+        let (file, cmdline) = (self.config.as_deref(), self.cmdline_file.as_deref());
+        layers::load(file, cmdline, self.flags, rust_log)
     }
 }
 
 /// A flag value clap refused, as the other layers word it (`invalid value
-/// "abc" for --pending-timeout on the command line: expected ...`); `None`
-/// for any other clap error, which clap prints itself.
+/// "abc" for --pending-timeout on the command line: expected ...`: the key's
+/// value parser made those words); `None` for any other clap error, which
+/// clap prints itself.
 pub fn flag_error(err: &clap::Error) -> Option<ConfigError> {
-    if err.kind() != ErrorKind::ValueValidation {
-        return None;
-    }
-    let text = |kind| match err.get(kind) {
-        Some(ContextValue::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let (arg, value) = (
-        text(ContextKind::InvalidArg)?,
-        text(ContextKind::InvalidValue)?,
-    );
-    // clap names the flag as its `Display` writes it (`--pending-timeout <DUR>`),
-    // which needs the built command.
-    let mut cmd = Cli::command();
-    cmd.build();
-    let flag = cmd
-        .get_arguments()
-        .find(|a| a.to_string() == arg)?
-        .get_id()
-        .to_string();
-    let expected = std::error::Error::source(err)?.to_string();
-    Some(ConfigError::Value {
-        key: Source::Flag.spell(&flag),
-        place: Source::Flag.place(),
-        value: format!("{value:?}"),
-        expected,
-    })
+    let bad = std::error::Error::source(err)?.downcast_ref::<BadValue>()?;
+    Some(ConfigError::Value(bad.clone()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::layers::{FileLayer, Layers};
+    use crate::config::layers::{FileLayer, Layers, Source};
     use crate::config::{AgentConfig, ControlMode};
+    use clap::CommandFactory as _;
     use sockfwd_proto::transport::Address;
     use std::time::Duration;
 
@@ -108,7 +79,7 @@ mod tests {
                 named_by: Source::Default,
             },
             cmdline: None,
-            flags: cli.keys,
+            flags: cli.flags,
             rust_log: None,
             warnings: Vec::new(),
         };

@@ -12,8 +12,8 @@
 
 use proptest::prelude::*;
 use sockfwd_agent::config::cmdline::{self, Param};
+use sockfwd_agent::config::keys::Flags;
 use sockfwd_agent::config::layers::{ConfigError, Effective, FileLayer, Layers, Source};
-use sockfwd_agent::config::Keys;
 use std::path::PathBuf;
 
 fn no_file() -> FileLayer {
@@ -29,7 +29,7 @@ fn resolve(file: FileLayer, params: Vec<Param>) -> Result<Effective, ConfigError
     Effective::try_from(Layers {
         file,
         cmdline: Some((PathBuf::from("/proc/cmdline"), params)),
-        flags: Keys::default(),
+        flags: Flags::default(),
         rust_log: None,
         warnings: Vec::new(),
     })

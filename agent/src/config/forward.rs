@@ -44,27 +44,28 @@ impl Kind for Forward {
     }
     fn show(f: &BootForward) -> Toml {
         let mut t = toml::Table::new();
-        t.insert("id".into(), Toml::String(f.id.clone()));
-        let (key, at) = match &f.listen {
-            ListenAt::Unix(_) => ("path", f.listen.to_string()),
-            ListenAt::Tcp(_) => ("tcp", f.listen.to_string()),
+        t.insert("id".into(), f.id.clone().into());
+        let place = match f.listen {
+            ListenAt::Unix(_) => "path",
+            ListenAt::Tcp(_) => "tcp",
         };
-        t.insert(key.into(), Toml::String(at));
+        t.insert(place.into(), f.listen.to_string().into());
         if let Some(mode) = &f.mode {
             t.insert("mode".into(), Mode::show(mode));
         }
         for (key, id) in [("uid", f.uid), ("gid", f.gid)] {
             if let Some(id) = id {
-                t.insert(key.into(), Toml::Integer(i64::from(id)));
+                t.insert(key.into(), Toml::Integer(id.into()));
             }
         }
         Toml::Table(t)
     }
     fn read(value: Toml) -> Result<BootForward, ValueError> {
-        let Toml::Table(t) = value else {
+        if !value.is_table() {
             return read_text::<Self>(value);
-        };
-        /// A `[[forward]]` table as the file writes it.
+        }
+        /// A `[[forward]]` table as the file writes it; the numbers are read
+        /// by their kinds, as in the text form.
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Table {
@@ -75,28 +76,22 @@ impl Kind for Forward {
             uid: Option<Toml>,
             gid: Option<Toml>,
         }
-        let t = Table::deserialize(Toml::Table(t))
-            .map_err(|e| ValueError::Table(e.message().to_owned()))?;
-        let field = |name, v: Option<Toml>, read: fn(Toml) -> Result<u32, ValueError>| {
+        let t = Table::deserialize(value).map_err(|e| ValueError::Table(e.message().to_owned()))?;
+        let read = |name, v: Option<Toml>, read: fn(Toml) -> Result<u32, ValueError>| {
             v.map(read).transpose().map_err(|e| field(name, e))
         };
-        let mode = field("mode", t.mode, Mode::read)?;
+        let mode = read("mode", t.mode, Mode::read)?;
         let (uid, gid) = (
-            field("uid", t.uid, Uid::read)?,
-            field("gid", t.gid, Gid::read)?,
+            read("uid", t.uid, Uid::read)?,
+            read("gid", t.gid, Gid::read)?,
         );
-        match (&t.path, &t.tcp) {
-            (Some(path), None) => forward(&t.id, path, mode, uid, gid),
-            (None, Some(addr)) if mode.is_none() && uid.is_none() && gid.is_none() => {
-                tcp_forward(&t.id, addr)
-            }
-            (None, Some(_)) => Err(ValueError::Table(
-                "mode, uid and gid apply to a path, not to tcp".into(),
-            )),
-            (None, None) => Err(ValueError::Table(
-                "missing field `path` (or `tcp`, for a TCP listener)".into(),
-            )),
-            (Some(_), Some(_)) => Err(ValueError::Table("`path` or `tcp`, not both".into())),
+        let table = |why: &str| Err(ValueError::Table(why.to_owned()));
+        match (t.path, t.tcp) {
+            (Some(path), None) => unix(&t.id, &path, mode, uid, gid),
+            (None, Some(addr)) if mode.or(uid).or(gid).is_none() => tcp(&t.id, &addr),
+            (None, Some(_)) => table("mode, uid and gid apply to a path, not to tcp"),
+            (None, None) => table("missing field `path` (or `tcp`, for a TCP listener)"),
+            (Some(_), Some(_)) => table("`path` or `tcp`, not both"),
         }
     }
 }
@@ -105,36 +100,33 @@ impl FromStr for BootForward {
     type Err = ValueError;
 
     fn from_str(s: &str) -> Result<BootForward, ValueError> {
-        fn opt<K: Kind<Value = u32>>(
-            name: &'static str,
-            v: &str,
-        ) -> Result<Option<u32>, ValueError> {
-            (!v.is_empty())
-                .then(|| K::parse(v))
-                .transpose()
-                .map_err(|e| field(name, e))
-        }
         // A PATH is absolute, so `tcp:` after the ID can only mean TCP.
         if let Some((id, addr)) = s
             .split_once(':')
             .and_then(|(id, rest)| Some((id, rest.strip_prefix("tcp:")?)))
         {
-            return tcp_forward(id, addr);
+            return tcp(id, addr);
         }
-        let parts: Vec<&str> = s.split(':').collect();
-        let (id, path, mode, uid, gid) = match parts[..] {
+        let (id, path, mode, uid, gid) = match s.split(':').collect::<Vec<_>>()[..] {
             [id, path] => (id, path, "", "", ""),
             [id, path, m] => (id, path, m, "", ""),
             [id, path, m, u, g] => (id, path, m, u, g),
             _ => return Err(ValueError::Expected(FORWARD)),
         };
-        let mode = opt::<Mode>("MODE", mode)?;
-        forward(
+        // An empty MODE, UID or GID keeps the setting's default.
+        let opt = |name, v: &str, parse: fn(&str) -> Result<u32, ValueError>| {
+            (!v.is_empty())
+                .then(|| parse(v))
+                .transpose()
+                .map_err(|e| field(name, e))
+        };
+        let mode = opt("MODE", mode, Mode::parse)?;
+        unix(
             id,
             path,
             mode,
-            opt::<Uid>("UID", uid)?,
-            opt::<Gid>("GID", gid)?,
+            opt("UID", uid, Uid::parse)?,
+            opt("GID", gid, Gid::parse)?,
         )
     }
 }
@@ -143,14 +135,11 @@ const FORWARD: &str = "ID:PATH[:MODE[:UID:GID]] or ID:tcp:IP:PORT";
 const TCP: &str = "IP:PORT, an IPv6 address in brackets";
 
 fn field(field: &'static str, error: ValueError) -> ValueError {
-    ValueError::Field {
-        field,
-        error: Box::new(error),
-    }
+    ValueError::Field(field, Box::new(error))
 }
 
-/// The one check of what a forward's fields hold.
-fn forward(
+/// The one check of what a Unix forward's fields hold.
+fn unix(
     id: &str,
     path: &str,
     mode: Option<u32>,
@@ -161,9 +150,10 @@ fn forward(
     if !Path::new(path).is_absolute() {
         return Err(field("PATH", ValueError::Expected("an absolute path")));
     }
+    let listen = ListenAt::Unix(path.into());
     Ok(BootForward {
         id: id.to_owned(),
-        listen: ListenAt::Unix(path.into()),
+        listen,
         mode,
         uid,
         gid,
@@ -171,14 +161,15 @@ fn forward(
 }
 
 /// The check of a TCP forward's fields (no mode or owner: those are a file's).
-fn tcp_forward(id: &str, addr: &str) -> Result<BootForward, ValueError> {
+fn tcp(id: &str, addr: &str) -> Result<BootForward, ValueError> {
     forward_id::check(id).map_err(|e| field("ID", e.into()))?;
     let addr = addr
         .parse::<SocketAddr>()
         .map_err(|_| field("tcp", ValueError::Expected(TCP)))?;
+    let listen = ListenAt::Tcp(addr);
     Ok(BootForward {
         id: id.to_owned(),
-        listen: ListenAt::Tcp(addr),
+        listen,
         mode: None,
         uid: None,
         gid: None,

@@ -1,44 +1,57 @@
-//! The machinery of the key table in `mod.rs`. `keys!` turns one row per
-//! setting into its [`AgentConfig`](super::AgentConfig) field and default, its
-//! flag (typed: clap reads the value with the key's [`Kind`], and `--help`
-//! shows the default), its file and `sockfwd.` key, a layer's values of it
-//! ([`Keys`](super::Keys)) and how they land in the field ([`Field`]), and the
-//! catalog the layers, `--print-config` and the shipped file read ([`Key`]).
+//! The machinery of the key table in `mod.rs`. `keys!` makes each row's
+//! [`AgentConfig`] field and default and its [`Key`], whose functions are the
+//! row's typed parts (its flag, reading a value into the field, showing the
+//! field), so that the layers, `--help` and the printers walk [`KEYS`] and
+//! never name a setting.
 
 use crate::config::allow::{AllowList, AllowTarget};
+use crate::config::layers::Source;
 use crate::config::values::{Kind, ValueError};
-use clap::{Arg, ArgAction, ArgGroup, ArgMatches};
+use crate::config::{AgentConfig, KEYS};
+use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Command};
 use toml::Value as Toml;
 
+/// Lays a value of a key over a configuration, added to the layer's earlier
+/// ones if `true`; else the value (a list's element) that failed, and why.
+pub type Read = fn(&mut AgentConfig, Toml, bool) -> Result<(), (Toml, ValueError)>;
+
 /// One key, as the layers, the flags and the shipped file know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     /// The key as the file spells it (the flag: `--` and `-` for `_`; the
     /// kernel command line: `sockfwd.` before it).
     pub name: &'static str,
-    /// The setting it sets: its [`AgentConfig`](super::AgentConfig) field.
-    /// One layer gives at most one key of a setting.
+    /// The [`AgentConfig`] field it sets; a layer gives one key of a setting.
     pub field: &'static str,
+    /// Another key of a setting above it (a row after `[aliases]`).
+    pub alias: bool,
     /// Repeatable: a layer's values add up, and replace earlier layers' list.
     pub list: bool,
     /// Its help: the row's doc comment.
     pub help: &'static str,
-    /// A value of its kind that no default has (tests, examples).
+    /// A value of its kind that no default has (the shipped file's examples).
     pub sample: &'static str,
+    /// Its flag, typed by its kind ([`Flags`] adds the help).
+    pub arg: fn() -> Arg,
+    /// Lays a value of the file or the kernel command line over a configuration.
+    pub read: Read,
+    /// Lays its flag's values over a configuration; `false`: not given.
+    pub flag: fn(&mut AgentConfig, &ArgMatches) -> bool,
+    /// Its setting's value as the file writes it; `None`: unset.
+    pub show: fn(&AgentConfig) -> Option<Toml>,
 }
 
-/// How the values one layer gives for a key land in its field (the last one,
-/// `Some` of it, or all of them), and how the field shows in the file.
-pub trait Field<T>: Sized {
-    /// The field made of one layer's values of one key.
-    fn land(values: Vec<T>) -> Option<Self>;
+/// How a key's values land in its field (the last one, `Some` of it, or all
+/// of them, after the layer's earlier ones if `add`), and how it shows.
+pub trait Field<T> {
+    /// Lays values of one key over the field.
+    fn land(&mut self, values: Vec<T>, add: bool);
     /// The field as the file writes it; `None`: unset.
     fn show(&self, show: fn(&T) -> Toml) -> Option<Toml>;
 }
 
 impl<T> Field<T> for T {
-    fn land(mut values: Vec<T>) -> Option<T> {
-        values.pop()
+    fn land(&mut self, values: Vec<T>, _: bool) {
+        values.into_iter().for_each(|v| *self = v);
     }
     fn show(&self, show: fn(&T) -> Toml) -> Option<Toml> {
         Some(show(self))
@@ -46,8 +59,8 @@ impl<T> Field<T> for T {
 }
 
 impl<T> Field<T> for Option<T> {
-    fn land(mut values: Vec<T>) -> Option<Option<T>> {
-        values.pop().map(Some)
+    fn land(&mut self, values: Vec<T>, _: bool) {
+        values.into_iter().for_each(|v| *self = Some(v));
     }
     fn show(&self, show: fn(&T) -> Toml) -> Option<Toml> {
         self.as_ref().map(show)
@@ -55,8 +68,11 @@ impl<T> Field<T> for Option<T> {
 }
 
 impl<T> Field<T> for Vec<T> {
-    fn land(values: Vec<T>) -> Option<Vec<T>> {
-        Some(values)
+    fn land(&mut self, values: Vec<T>, add: bool) {
+        if !add {
+            self.clear();
+        }
+        self.extend(values);
     }
     fn show(&self, show: fn(&T) -> Toml) -> Option<Toml> {
         Some(Toml::Array(self.iter().map(show).collect()))
@@ -64,91 +80,103 @@ impl<T> Field<T> for Vec<T> {
 }
 
 impl Field<AllowTarget> for AllowList {
-    fn land(values: Vec<AllowTarget>) -> Option<AllowList> {
-        Some(AllowList(values))
+    fn land(&mut self, values: Vec<AllowTarget>, add: bool) {
+        self.0.land(values, add);
     }
     fn show(&self, show: fn(&AllowTarget) -> Toml) -> Option<Toml> {
         self.0.show(show)
     }
 }
 
-/// Adds a value the file or the kernel command line gives for a key of kind
-/// `K` (a list key's array: each element); the value that failed, and why.
-pub fn add<K: Kind>(
-    slot: &mut Option<Vec<K::Value>>,
+/// [`Key::read`] for a key of kind `K`: a list key's array is each element.
+pub fn read<K: Kind>(
+    field: &mut impl Field<K::Value>,
     value: Toml,
+    add: bool,
 ) -> Result<(), (Toml, ValueError)> {
-    let values = slot.get_or_insert_with(Vec::new);
     let items = match value {
         Toml::Array(items) if K::LIST => items,
         one => vec![one],
     };
-    for item in items {
-        values.push(K::read(item.clone()).map_err(|e| (item, e))?);
-    }
+    let values = items
+        .into_iter()
+        .map(|item| K::read(item.clone()).map_err(|e| (item, e)));
+    field.land(values.collect::<Result<_, _>>()?, add);
     Ok(())
 }
 
-/// A key's flag: `--NAME` with `-` for `_`, its value read by `K`, its help
-/// with the default (an empty list or an unset default goes unsaid).
-pub fn arg<K: Kind>(key: &Key, default: Option<Toml>) -> Arg {
-    let default = match default {
-        Some(Toml::String(s)) => format!(" [default: {s}]"),
-        Some(v @ (Toml::Integer(_) | Toml::Boolean(_))) => format!(" [default: {v}]"),
-        _ => String::new(),
+/// [`Key::flag`] for the flag `name` of kind `K` (also `false` where `m` has
+/// no such flag: a test's empty flags).
+pub fn flag<K: Kind>(field: &mut impl Field<K::Value>, m: &ArgMatches, name: &str) -> bool {
+    let values = m.try_get_many::<K::Value>(name).ok().flatten();
+    values
+        .map(|v| field.land(v.cloned().collect(), false))
+        .is_some()
+}
+
+/// [`Key::arg`] for the key `name` of kind `K`: `--NAME` with `-` for `_`; a
+/// value `K` refuses is worded as the other layers word it.
+pub fn arg<K: Kind>(name: &'static str) -> Arg {
+    let parse =
+        move |s: &str| K::parse(s).map_err(|e| Source::Flag.bad(name, format!("{s:?}"), &e));
+    let action = if K::LIST {
+        ArgAction::Append
+    } else {
+        ArgAction::Set
     };
-    let action = match K::LIST {
-        true => ArgAction::Append,
-        false => ArgAction::Set,
-    };
-    Arg::new(key.name)
-        .long(key.name.replace('_', "-"))
-        .value_name(K::NAME)
-        .help(format!("{}{default}", key.help.trim()))
-        .value_parser(|s: &str| K::parse(s))
-        .action(action)
+    let arg = Arg::new(name)
+        .long(name.replace('_', "-"))
+        .value_name(K::NAME);
+    arg.value_parser(parse).action(action)
 }
 
-/// Where `--help` lists a key: after the flags before it, each setting's
-/// other keys right after it.
-pub fn display_order(keys: &[Key], key: &Key) -> usize {
-    let setting = keys.iter().position(|k| k.field == key.field).unwrap_or(0);
-    let nth = keys
-        .iter()
-        .filter(|k| k.field == key.field)
-        .position(|k| k == key);
-    100 + setting * 10 + nth.unwrap_or(0)
+/// The configuration keys given as flags, as clap read them: each value
+/// typed by its key's kind, taken out by its [`Key::flag`].
+#[derive(Debug, Clone, Default)]
+pub struct Flags(pub ArgMatches);
+
+impl clap::Args for Flags {
+    fn augment_args(mut cmd: Command) -> Command {
+        let defaults = AgentConfig::default();
+        for (i, key) in KEYS.iter().enumerate() {
+            // An unset default or an empty list goes unsaid: the help says it.
+            let default = match (!key.alias).then(|| (key.show)(&defaults)).flatten() {
+                Some(Toml::String(s)) => format!(" [default: {s}]"),
+                Some(v @ (Toml::Integer(_) | Toml::Boolean(_))) => format!(" [default: {v}]"),
+                _ => String::new(),
+            };
+            let names = KEYS.iter().filter(|k| k.field == key.field).map(|k| k.name);
+            if !key.alias && names.clone().count() > 1 {
+                // One layer gives at most one key of a setting.
+                let group = ArgGroup::new(format!("{}_setting", key.field)).args(names);
+                cmd = cmd.group(group);
+            }
+            // After `Cli`'s own flags; each setting's other keys right after it.
+            let setting = KEYS.iter().position(|k| k.field == key.field).unwrap_or(i);
+            let help = format!("{}{default}", key.help.trim());
+            let order = 100 + setting * KEYS.len() + i;
+            cmd = cmd.arg((key.arg)().help(help).display_order(order));
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
 }
 
-/// A group for each setting with more than one key: a layer of flags gives
-/// one of them.
-pub fn groups(keys: &'static [Key]) -> impl Iterator<Item = ArgGroup> {
-    let first = |i: usize, k: &Key| !keys[..i].iter().any(|o| o.field == k.field);
-    keys.iter()
-        .enumerate()
-        .filter(move |(i, k)| first(*i, k))
-        .filter_map(move |(_, k)| {
-            let names: Vec<&str> = keys
-                .iter()
-                .filter(|o| o.field == k.field)
-                .map(|o| o.name)
-                .collect();
-            (names.len() > 1).then(|| ArgGroup::new(format!("{}_setting", k.field)).args(names))
-        })
-}
-
-/// The values clap read for a key's flag; `None`: not given.
-pub fn given<K: Kind>(m: &ArgMatches, key: &str) -> Result<Option<Vec<K::Value>>, clap::Error> {
-    let values = m
-        .try_get_many::<K::Value>(key)
-        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
-    Ok(values.map(|v| v.cloned().collect()))
+impl clap::FromArgMatches for Flags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Flags, clap::Error> {
+        Ok(Flags(m.clone()))
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        self.0 = m.clone();
+        Ok(())
+    }
 }
 
 /// Declares the configuration from its table, one row a setting: its doc
 /// comment (the help), `FIELD [as KEY]: TYPE = DEFAULT, KIND [, clap tweak]`;
 /// then after `[aliases]` other keys of settings above, `KEY => FIELD, KIND`.
-/// See `mod.rs` for what it makes.
 macro_rules! keys {
     (
         $( $(#[doc = $doc:literal])* $field:ident $(as $key:ident)?: $ty:ty = $default:expr,
@@ -156,8 +184,8 @@ macro_rules! keys {
         [aliases]
         $( $(#[doc = $adoc:literal])* $akey:ident => $afield:ident, $akind:ty $(, $atweak:expr)?; )*
     ) => {
-        /// Everything the agent needs to run, one field a setting (see the
-        /// table in `config/mod.rs`, where each field's default is).
+        /// Everything the agent needs to run, one field a setting (each
+        /// default is in the table in `config/mod.rs`).
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct AgentConfig {
             $( $(#[doc = $doc])* pub $field: $ty, )*
@@ -170,104 +198,30 @@ macro_rules! keys {
             }
         }
 
-        /// The values one layer gives for each key (`None`: not given); its
-        /// flags as clap reads them.
-        #[derive(Debug, Clone, Default, PartialEq)]
-        pub struct Keys {
-            $( $field: Option<Vec<<$kind as Kind>::Value>>, )*
-            $( $akey: Option<Vec<<$akind as Kind>::Value>>, )*
-        }
-
         /// Every key: the settings in table order, then the aliases.
         pub const KEYS: &[Key] = &[
-            $( Key {
-                // The row's `as KEY` if it has one, else the field's name.
-                name: [$(stringify!($key),)? stringify!($field)][0],
-                field: stringify!($field),
-                list: <$kind as Kind>::LIST,
-                help: concat!($($doc),*),
-                sample: <$kind as Kind>::SAMPLE,
-            }, )*
-            $( Key {
-                name: stringify!($akey),
-                field: stringify!($afield),
-                list: <$akind as Kind>::LIST,
-                help: concat!($($adoc),*),
-                sample: <$akind as Kind>::SAMPLE,
-            }, )*
+            // A row's key is its `as KEY`, else its field's name: the first.
+            $( keys!(@key [$($key)? $field] $field, false, $kind, [$($doc)*] $(, $tweak)?), )*
+            $( keys!(@key [$akey] $afield, true, $akind, [$($adoc)*] $(, $atweak)?), )*
         ];
-
-        impl Keys {
-            /// Adds a value of the key `name` (one of [`KEYS`]).
-            fn add(&mut self, name: &str, value: toml::Value) -> Result<(), (toml::Value, ValueError)> {
-                $( if name == [$(stringify!($key),)? stringify!($field)][0] {
-                    return keys::add::<$kind>(&mut self.$field, value);
-                } )*
-                $( if name == stringify!($akey) {
-                    return keys::add::<$akind>(&mut self.$akey, value);
-                } )*
-                Ok(())
-            }
-
-            /// Lays these values over `config`; `set` hears each field they set.
-            fn apply(self, config: &mut AgentConfig, mut set: impl FnMut(&'static str)) {
-                $( if let Some(values) = self.$field {
-                    if let Some(v) = Field::land(values) { config.$field = v; }
-                    set(stringify!($field));
-                } )*
-                $( if let Some(values) = self.$akey {
-                    if let Some(v) = Field::land(values) { config.$afield = v; }
-                    set(stringify!($afield));
-                } )*
-            }
-        }
-
-        impl AgentConfig {
-            /// Each setting's key and value as the file writes it (`None`:
-            /// unset), in table order.
-            pub fn shown(&self) -> Vec<(&'static str, Option<toml::Value>)> {
-                let values = [ $( Field::show(&self.$field, <$kind as Kind>::show), )* ];
-                KEYS.iter().map(|k| k.name).zip(values).collect()
-            }
-        }
-
-        impl clap::Args for Keys {
-            fn augment_args(cmd: clap::Command) -> clap::Command {
-                let build: &[fn(&Key, Option<toml::Value>) -> clap::Arg] = &[
-                    $( |key, default| {
-                        let arg = keys::arg::<$kind>(key, default);
-                        $( let arg = ($tweak)(arg); )?
-                        arg
-                    }, )*
-                    $( |key, default| {
-                        let arg = keys::arg::<$akind>(key, default);
-                        $( let arg = ($atweak)(arg); )?
-                        arg
-                    }, )*
-                ];
-                let defaults = AgentConfig::default().shown().into_iter().map(|(_, v)| v);
-                let defaults = defaults.chain(std::iter::repeat(None));
-                let args = KEYS.iter().zip(build).zip(defaults).map(|((key, arg), default)| {
-                    arg(key, default).display_order(keys::display_order(KEYS, key))
-                });
-                cmd.args(args).groups(keys::groups(KEYS))
-            }
-            fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-                Self::augment_args(cmd)
-            }
-        }
-
-        impl clap::FromArgMatches for Keys {
-            fn from_arg_matches(m: &clap::ArgMatches) -> Result<Keys, clap::Error> {
-                Ok(Keys {
-                    $( $field: keys::given::<$kind>(m, [$(stringify!($key),)? stringify!($field)][0])?, )*
-                    $( $akey: keys::given::<$akind>(m, stringify!($akey))?, )*
-                })
-            }
-            fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-                *self = Self::from_arg_matches(m)?;
-                Ok(())
-            }
+    };
+    (@key [$key:ident $($_field:ident)?] $field:ident, $alias:expr, $kind:ty, [$($doc:literal)*]
+        $(, $tweak:expr)?) => {
+        Key {
+            name: stringify!($key),
+            field: stringify!($field),
+            alias: $alias,
+            list: <$kind as Kind>::LIST,
+            help: concat!($($doc),*),
+            sample: <$kind as Kind>::SAMPLE,
+            arg: || {
+                let arg = keys::arg::<$kind>(stringify!($key));
+                $( let arg = ($tweak)(arg); )?
+                arg
+            },
+            read: |config, value, add| keys::read::<$kind>(&mut config.$field, value, add),
+            flag: |config, m| keys::flag::<$kind>(&mut config.$field, m, stringify!($key)),
+            show: |config| keys::Field::show(&config.$field, <$kind as Kind>::show),
         }
     };
 }

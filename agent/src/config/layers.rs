@@ -1,29 +1,28 @@
-//! The four configuration layers, later wins: built-in defaults, the TOML
-//! file, the kernel command line, flags.
-//!
-//! [`crate::config::load`] reads the file and `/proc/cmdline`;
-//! [`Effective::try_from`] is the pure part. It reads each layer on its own
-//! into [`Keys`], so a bad value is an error even where a later layer
-//! overrides it, and says which key (as that layer spells it), which layer and
-//! which value; then it lays them over the defaults: a key of a later layer
-//! replaces an earlier layer's value for its setting (a list key all of its
-//! list), and the source of every setting is kept for `--print-config`.
+//! The layers, later wins: built-in defaults, the TOML file, the kernel
+//! command line, flags. [`load`] reads them; [`Effective::try_from`] reads each
+//! on its own, so a bad value is an error even where a later layer overrides
+//! it, and lays them over the defaults, keeping the source of each setting.
 //!
 //! An unknown `sockfwd.` key is only a warning (the kernel command line is
 //! shared with everything else in the guest), an unknown key in the file an
 //! error (the file is ours alone). Two keys of one setting in one layer are an
 //! error; one key given twice in one layer adds up for a list, and the last
-//! one wins otherwise.
+//! one wins otherwise; a later layer replaces a whole list.
 
 use crate::config::cmdline::{self, Param};
-use crate::config::{AgentConfig, Key, Keys, KEYS};
+use crate::config::keys::{Flags, Key};
+use crate::config::values::ValueError;
+use crate::config::{AgentConfig, KEYS};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::{fmt, io};
 use thiserror::Error;
 use toml::Value as Toml;
 
+/// The configuration file read when none is named.
+pub const DEFAULT_FILE: &str = "/etc/sockfwd/agent.toml";
+/// Where the kernel command line is read from when `--cmdline-file` is absent.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";
 /// The kernel command line key that names the file (not itself a file key).
 pub const CONFIG_KEY: &str = "config";
 
@@ -65,12 +64,24 @@ impl Source {
     }
 
     /// "in FILE", "on the kernel command line", ... for messages.
-    pub fn place(&self) -> String {
+    fn place(&self) -> String {
         match self {
             Source::File(p) => format!("in {}", p.display()),
             Source::Cmdline => "on the kernel command line".to_owned(),
             Source::Flag => "on the command line".to_owned(),
             Source::Default | Source::Environment => "by default".to_owned(),
+        }
+    }
+
+    /// The error for a `value` of `key` in this layer (quoted text, or TOML's
+    /// spelling) that its kind refused.
+    pub fn bad(&self, key: &str, value: String, error: &ValueError) -> BadValue {
+        let (key, place, expected) = (self.spell(key), self.place(), error.to_string());
+        BadValue {
+            key,
+            place,
+            value,
+            expected,
         }
     }
 }
@@ -79,32 +90,14 @@ impl Source {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// A value that does not parse or is out of range.
-    #[error("invalid value {value} for {key} {place}: {expected}")]
-    Value {
-        /// The key as the layer spells it (`sockfwd.pending_timeout`).
-        key: String,
-        /// The layer (`on the kernel command line`).
-        place: String,
-        /// The value as given: quoted text, or TOML's spelling.
-        value: String,
-        /// What was expected instead (a [`ValueError`](crate::config::values::ValueError)'s words).
-        expected: String,
-    },
+    #[error(transparent)]
+    Value(#[from] BadValue),
     /// A key the file may not hold, and the file.
     #[error("unknown key {0:?} in {path}", path = .1.display())]
     UnknownKey(String, PathBuf),
-    /// Two keys of one layer set the same setting.
-    #[error("{first} and {second} both set {setting} {place}; give one of them")]
-    Conflict {
-        /// The first key as spelled.
-        first: String,
-        /// The second key as spelled.
-        second: String,
-        /// The setting.
-        setting: String,
-        /// The layer.
-        place: String,
-    },
+    /// Two keys of one layer (as spelled there) set one setting; the layer.
+    #[error("{0} and {1} both set {2} {3}; give one of them")]
+    Conflict(String, String, &'static str, String),
     /// The file could not be read (a missing default file is fine).
     #[error("reading the configuration file {}", .0.display())]
     ReadFile(PathBuf, #[source] io::Error),
@@ -116,19 +109,31 @@ pub enum ConfigError {
     ReadCmdline(PathBuf, #[source] io::Error),
 }
 
+/// A value its key's kind refused: the key as its layer spells it, the layer,
+/// the value as given and what was expected (a [`ValueError`]'s words).
+#[derive(Debug, Clone, Error)]
+#[error("invalid value {value} for {key} {place}: {expected}")]
+pub struct BadValue {
+    key: String,
+    place: String,
+    value: String,
+    expected: String,
+}
+
 /// Something to log once logging is up.
 #[derive(Debug, Error)]
 pub enum Warning {
     /// A `sockfwd.` key this agent does not know.
-    #[error("unknown key {prefix}{0} on the kernel command line; ignored", prefix = cmdline::PREFIX)]
+    #[error("unknown key sockfwd.{0} on the kernel command line; ignored")]
     UnknownKey(String),
     /// `/proc/cmdline` could not be read (an initramfs init may not have
     /// mounted `/proc`): the agent runs on the other layers.
-    #[error("kernel command line not read from {path}: {1}; no sockfwd.* settings apply", path = .0.display())]
+    #[error("kernel command line not read from {path}: {1}; no sockfwd.* settings apply",
+        path = .0.display())]
     CmdlineUnread(PathBuf, io::Error),
 }
 
-/// The configuration file as [`crate::config::load`] found it.
+/// The configuration file as [`load`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileLayer {
     /// Its path.
@@ -144,11 +149,11 @@ pub struct FileLayer {
 pub struct Layers {
     /// The file.
     pub file: FileLayer,
-    /// The kernel command line's `sockfwd.` parameters and where they were
-    /// read (`None`: not readable).
+    /// The kernel command line's `sockfwd.` words and where they were read
+    /// (`None`: not readable).
     pub cmdline: Option<(PathBuf, Vec<Param>)>,
-    /// The flags, as clap read them.
-    pub flags: Keys,
+    /// The flags.
+    pub flags: Flags,
     /// `RUST_LOG`, the default for `log`.
     pub rust_log: Option<String>,
     /// What reading them warned about.
@@ -160,8 +165,7 @@ pub struct Layers {
 pub struct Effective {
     /// The configuration for [`crate::run`] (and the binary's log filter).
     pub config: AgentConfig,
-    /// Source of each setting some layer set, by field; a setting not here
-    /// has its default.
+    /// The source of each setting some layer set, by field.
     pub sources: BTreeMap<&'static str, Source>,
     /// Things to log once logging is up.
     pub warnings: Vec<Warning>,
@@ -171,49 +175,52 @@ pub struct Effective {
     pub cmdline: Option<PathBuf>,
 }
 
-impl Effective {
-    /// Where the setting of `key` (a key or a field) came from.
-    pub fn source(&self, key: &str) -> &Source {
-        let field = KEYS.iter().find(|k| k.name == key).map_or(key, |k| k.field);
-        self.sources.get(field).unwrap_or(&Source::Default)
-    }
-}
-
 /// The key the file or the kernel command line names `name`.
 fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// Reads one layer's values, in the order given (the kernel command line's are
-/// TOML strings; a bare word is `""`).
-fn read(source: &Source, entries: Vec<(&'static Key, Toml)>) -> Result<Keys, ConfigError> {
-    let mut keys = Keys::default();
-    let mut seen: Vec<&Key> = Vec::new();
-    for (key, value) in entries {
-        if let Some(first) = seen
-            .iter()
-            .find(|k| k.field == key.field && k.name != key.name)
-        {
-            return Err(ConfigError::Conflict {
-                first: source.spell(first.name),
-                second: source.spell(key.name),
-                setting: key.field.to_owned(),
-                place: source.place(),
-            });
-        }
-        seen.push(key);
-        keys.add(key.name, value)
-            .map_err(|(value, e)| ConfigError::Value {
-                key: source.spell(key.name),
-                place: source.place(),
-                value: match (source, value) {
+impl Effective {
+    /// Where the setting of `key` (a key or a field) came from.
+    pub fn source(&self, key: &str) -> &Source {
+        let field = self::key(key).map_or(key, |k| k.field);
+        self.sources.get(field).unwrap_or(&Source::Default)
+    }
+
+    /// Reads one layer's values in their order (the kernel command line's as
+    /// TOML strings; a bare word is `""`) and lays them over the configuration.
+    fn lay(
+        &mut self,
+        source: Source,
+        entries: Vec<(&'static Key, Toml)>,
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<&Key> = Vec::new();
+        for (key, value) in entries {
+            if let Some(other) = seen
+                .iter()
+                .find(|k| k.field == key.field && k.name != key.name)
+            {
+                let (first, second) = (source.spell(other.name), source.spell(key.name));
+                return Err(ConfigError::Conflict(
+                    first,
+                    second,
+                    key.field,
+                    source.place(),
+                ));
+            }
+            let add = seen.iter().any(|k| k.name == key.name);
+            (key.read)(&mut self.config, value, add).map_err(|(value, e)| {
+                let value = match (&source, value) {
                     (Source::Cmdline, Toml::String(s)) => format!("{s:?}"),
                     (_, v) => v.to_string(),
-                },
-                expected: e.to_string(),
+                };
+                source.bad(key.name, value, &e)
             })?;
+            seen.push(key);
+            self.sources.insert(key.field, source.clone());
+        }
+        Ok(())
     }
-    Ok(keys)
 }
 
 impl TryFrom<Layers> for Effective {
@@ -221,60 +228,114 @@ impl TryFrom<Layers> for Effective {
 
     /// Reads each layer, then lays them over the defaults; see the module docs.
     fn try_from(layers: Layers) -> Result<Effective, ConfigError> {
-        let mut warnings = layers.warnings;
-        let mut given = Vec::new();
-        if let Some(text) = &layers.file.text {
-            let path = &layers.file.path;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e| ConfigError::Syntax(path.clone(), e))?;
-            let entries = table
-                .into_iter()
-                .map(|(name, value)| match key(&name) {
-                    Some(key) => Ok((key, value)),
-                    None => Err(ConfigError::UnknownKey(name, path.clone())),
-                })
-                .collect::<Result<_, _>>()?;
-            let source = Source::File(path.clone());
-            given.push((read(&source, entries)?, source));
-        }
-        if let Some((_, params)) = &layers.cmdline {
-            let mut entries = Vec::new();
-            // `config` named the file, which load.rs has read.
-            for p in params.iter().filter(|p| p.key != CONFIG_KEY) {
-                match key(&p.key) {
-                    Some(key) => {
-                        entries.push((key, Toml::String(p.value.clone().unwrap_or_default())))
-                    }
-                    None => warnings.push(Warning::UnknownKey(p.key.clone())),
-                }
-            }
-            given.push((read(&Source::Cmdline, entries)?, Source::Cmdline));
-        }
-        given.push((layers.flags, Source::Flag));
-
-        let mut config = AgentConfig::default();
-        let mut sources = BTreeMap::new();
-        for (keys, source) in given {
-            keys.apply(&mut config, |field| {
-                sources.insert(field, source.clone());
-            });
-        }
-        match layers.rust_log {
-            Some(env) if !env.trim().is_empty() && !sources.contains_key("log") => {
-                config.log = env;
-                sources.insert("log", Source::Environment);
-            }
-            _ => {}
-        }
-        Ok(Effective {
+        let (config, sources) = (AgentConfig::default(), BTreeMap::new());
+        let (warnings, file) = (layers.warnings, layers.file);
+        let mut e = Effective {
             config,
             sources,
             warnings,
-            file: layers.file,
-            cmdline: layers.cmdline.map(|(path, _)| path),
-        })
+            file,
+            cmdline: None,
+        };
+        if let Some(text) = &e.file.text {
+            let path = e.file.path.clone();
+            let table = text.parse::<toml::Table>();
+            let table = table.map_err(|err| ConfigError::Syntax(path.clone(), err))?;
+            let mut entries = Vec::new();
+            for (name, value) in table {
+                let key = key(&name).ok_or_else(|| ConfigError::UnknownKey(name, path.clone()))?;
+                entries.push((key, value));
+            }
+            e.lay(Source::File(path), entries)?;
+        }
+        if let Some((path, params)) = layers.cmdline {
+            let mut entries = Vec::new();
+            // `config` named the file, which `load` has read.
+            for p in params.into_iter().filter(|p| p.key != CONFIG_KEY) {
+                match key(&p.key) {
+                    Some(key) => entries.push((key, Toml::String(p.value.unwrap_or_default()))),
+                    None => e.warnings.push(Warning::UnknownKey(p.key)),
+                }
+            }
+            e.lay(Source::Cmdline, entries)?;
+            e.cmdline = Some(path);
+        }
+        for key in KEYS
+            .iter()
+            .filter(|key| (key.flag)(&mut e.config, &layers.flags.0))
+        {
+            e.sources.insert(key.field, Source::Flag);
+        }
+        let env = layers.rust_log.filter(|env| !env.trim().is_empty());
+        if let Some(env) = env.filter(|_| !e.sources.contains_key("log")) {
+            e.config.log = env;
+            e.sources.insert("log", Source::Environment);
+        }
+        Ok(e)
     }
+}
+
+/// The effective configuration: the kernel command line (`cmdline_file`, else
+/// [`PROC_CMDLINE`]) and the file (`config_file`, else the kernel command
+/// line's last `sockfwd.config=`, else [`DEFAULT_FILE`] if it exists) read,
+/// then merged with `flags`; `rust_log` is `RUST_LOG`.
+pub fn load(
+    config_file: Option<&Path>,
+    cmdline_file: Option<&Path>,
+    flags: Flags,
+    rust_log: Option<String>,
+) -> Result<Effective, ConfigError> {
+    let mut warnings = Vec::new();
+    let cmdline_path = cmdline_file
+        .unwrap_or(Path::new(PROC_CMDLINE))
+        .to_path_buf();
+    let cmdline = match std::fs::read_to_string(&cmdline_path) {
+        Ok(text) => Some((cmdline_path, cmdline::parse(&text))),
+        Err(err) if cmdline_file.is_some() => {
+            return Err(ConfigError::ReadCmdline(cmdline_path, err))
+        }
+        Err(err) => {
+            warnings.push(Warning::CmdlineUnread(cmdline_path, err));
+            None
+        }
+    };
+    let params = cmdline.as_ref().map_or(&[][..], |(_, p)| p.as_slice());
+    let (path, named_by) = file_to_read(config_file, params)?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && named_by == Source::Default => None,
+        Err(err) => return Err(ConfigError::ReadFile(path, err)),
+    };
+    let file = FileLayer {
+        path,
+        text,
+        named_by,
+    };
+    Effective::try_from(Layers {
+        file,
+        cmdline,
+        flags,
+        rust_log,
+        warnings,
+    })
+}
+
+/// The file to read: the flag's, else the kernel command line's last
+/// `sockfwd.config=`, else the default.
+fn file_to_read(flag: Option<&Path>, params: &[Param]) -> Result<(PathBuf, Source), ConfigError> {
+    let named = params.iter().filter(|p| p.key == CONFIG_KEY);
+    let mut named = named.map(|p| p.value.as_deref().unwrap_or(""));
+    if named.clone().any(str::is_empty) {
+        let expected = ValueError::Expected("a file path");
+        return Err(Source::Cmdline
+            .bad(CONFIG_KEY, "\"\"".into(), &expected)
+            .into());
+    }
+    Ok(match (flag, named.next_back()) {
+        (Some(path), _) => (path.into(), Source::Flag),
+        (None, Some(path)) => (path.into(), Source::Cmdline),
+        (None, None) => (DEFAULT_FILE.into(), Source::Default),
+    })
 }
 
 #[cfg(test)]
@@ -288,13 +349,13 @@ mod tests {
 
     const FILE: &str = "/etc/sockfwd/test.toml";
 
-    fn flags(args: &[&str]) -> Keys {
+    fn flags(args: &[&str]) -> Flags {
         Cli::try_parse_from(std::iter::once("sockfwd-agent").chain(args.iter().copied()))
             .unwrap()
-            .keys
+            .flags
     }
 
-    fn layers(file: Option<&str>, cmd: &str, flags: Keys, rust_log: Option<&str>) -> Layers {
+    fn layers(file: Option<&str>, cmd: &str, flags: Flags, rust_log: Option<&str>) -> Layers {
         Layers {
             file: FileLayer {
                 path: FILE.into(),
@@ -586,7 +647,7 @@ mod tests {
     #[test]
     fn rust_log_replaces_only_the_default_filter() {
         let log = |cmd: &str, env: Option<&str>| {
-            let e = Effective::try_from(layers(None, cmd, Keys::default(), env)).unwrap();
+            let e = Effective::try_from(layers(None, cmd, Flags::default(), env)).unwrap();
             let source = e.source("log").clone();
             (e.config.log, source)
         };
@@ -623,5 +684,28 @@ mod tests {
                 assert_ne!(e.config, AgentConfig::default(), "{name} {source:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_file_comes_from_the_flag_then_the_kernel_command_line() {
+        let params = cmdline::parse("sockfwd.config=/k.toml");
+        assert_eq!(
+            file_to_read(None, &params).unwrap(),
+            ("/k.toml".into(), Source::Cmdline)
+        );
+        assert_eq!(
+            file_to_read(None, &[]).unwrap(),
+            (DEFAULT_FILE.into(), Source::Default)
+        );
+        assert_eq!(
+            file_to_read(Some(Path::new("/f.toml")), &params).unwrap(),
+            ("/f.toml".into(), Source::Flag)
+        );
+        let bare = cmdline::parse("sockfwd.config");
+        let err = file_to_read(None, &bare).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid value \"\" for sockfwd.config on the kernel command line: expected a file path"
+        );
     }
 }

@@ -5,35 +5,29 @@
 //! The table below is every setting, once: its doc comment (the flag's help,
 //! the field's doc and the shipped file's comment), its field and type, its
 //! default, and the [`values`] kind that reads its value the same way in every
-//! layer. `keys!` (in [`keys`]) makes the rest of it: the field of
-//! [`AgentConfig`] and its `Default`, the typed flag (`--pending-timeout`, the
-//! default in its help), the file key (`pending_timeout`) and the kernel
-//! command line key (`sockfwd.pending_timeout`), how one layer's values land
-//! in the field, its line in `--print-config` and in `dist/agent.toml`, and a
-//! sample value for the tests.
+//! layer. `keys!` ([`keys`]) makes from it the field of [`AgentConfig`] and its
+//! `Default`, and the key in [`KEYS`] that the flags, the layers,
+//! `--print-config` and the shipped file walk.
 //!
 //! # Adding a key
 //!
 //! One row in the table, nowhere else (a new kind of value is a [`values`]
-//! kind, or a `Kind` beside its domain type as
-//! [`forward::Forward`] is); then `SOCKFWD_BLESS=1 cargo nextest run -p
-//! sockfwd-agent shipped_file` writes `dist/agent.toml` anew. An alias (another
-//! key for a setting above, such as `control_port`) is a row after `[aliases]`.
+//! kind, or a `Kind` beside its domain type as [`forward::Forward`] is); then
+//! `SOCKFWD_BLESS=1 cargo nextest run -p sockfwd-agent shipped_file` writes
+//! `dist/agent.toml` anew. An alias (another key for a setting above, such as
+//! `control_port`) is a row after `[aliases]`.
 //!
-//! - [`layers`]: each layer read and checked on its own (a bad value names its
-//!   key, its layer and itself), then laid over the defaults with the source
-//!   of each setting kept ([`layers::Effective`]); [`load`] reads the files;
+//! - [`layers`]: each layer read and checked on its own, then laid over the
+//!   defaults with the source of each setting kept;
 //! - [`cmdline`]: the kernel command line split as the kernel does;
 //! - [`allow`]: the `--allow-target`/`--allow-listen` patterns, parsed and matched;
-//! - [`print`](mod@print): `--print-config` (a valid file with each value's
-//!   source) and the commented default file.
+//! - [`print`](mod@print): `--print-config` and the commented default file.
 
 pub mod allow;
 pub mod cmdline;
 pub mod forward;
 pub mod keys;
 pub mod layers;
-pub mod load;
 pub mod print;
 pub mod values;
 
@@ -43,14 +37,14 @@ pub use keys::Key;
 pub use values::{ControlMode, CONTROL_PORT};
 
 use forward::Forward;
-use keys::{keys, Field};
+use keys::keys;
 use sockfwd_proto::transport::{Address, VMADDR_CID_ANY};
 use sockfwd_proto::{handshake, stream_id};
 use std::path::PathBuf;
 use std::time::Duration;
 use values::{
     Allow, Cap, ControlDial, ControlListen, ControlPort, Count, Dir, Gid, Grace, Kind, Listen, Log,
-    Mode, Port, Switch, Timeout, Uid, ValueError,
+    Mode, Port, Switch, Timeout, Uid,
 };
 
 /// The vsock port of the streams channel (wire contract).

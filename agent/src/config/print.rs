@@ -2,8 +2,8 @@
 //! layer it came from; and the commented default file shipped as
 //! `/etc/sockfwd/agent.toml` (`dist/agent.toml`).
 //!
-//! Both are made from the key table ([`AgentConfig::shown`], [`KEYS`]), so a
-//! new key prints without a line here. `--print-config`'s output is itself a
+//! Both are made from the key table ([`KEYS`]), so a new key prints without a
+//! line here. `--print-config`'s output is itself a
 //! valid configuration file (sources are TOML comments), so it can be saved as
 //! `/etc/sockfwd/agent.toml` and edited.
 
@@ -51,23 +51,23 @@ pub fn render(e: &Effective, own: (u32, u32)) -> String {
 
     // Tables come after every plain key in TOML.
     let mut tables = Vec::new();
-    for (key, value) in config.shown() {
-        let source = e.source(key);
-        let key = match (key, &config.control) {
+    for key in KEYS.iter().filter(|k| !k.alias) {
+        let source = e.source(key.field);
+        let name = match (key.name, &config.control) {
             ("control", ControlMode::Dial(_)) => "control_dial",
-            (key, _) => key,
+            (name, _) => name,
         };
-        match value {
+        match (key.show)(&config) {
             // The forwards' tables; `[]` too, as no tables.
-            Some(Toml::Array(a)) if key == "forward" => tables.push((key, a, source)),
+            Some(Toml::Array(a)) if name == "forward" => tables.push((name, a, source)),
             Some(value) => {
-                let note = match (key, &value) {
+                let note = match (name, &value) {
                     (k, _) if own_ids.contains(&k) => " (the agent's own)",
                     ("allow_dir", Toml::Array(a)) if a.is_empty() => " (anywhere)",
                     ("allow_target", Toml::Array(a)) if a.is_empty() => " (any target)",
                     _ => "",
                 };
-                let text = format!("{key} = {value}");
+                let text = format!("{name} = {value}");
                 let _ = writeln!(out, "{text:<w$} # {source}{note}", w = COMMENT_COLUMN - 1);
             }
             None => {}
@@ -122,10 +122,11 @@ pub fn default_file() -> String {
             false => format!("#   {name} = {value}\n"),
         }
     };
-    for (key, (_, default)) in KEYS.iter().zip(AgentConfig::default().shown()) {
+    let defaults = AgentConfig::default();
+    for key in KEYS.iter().filter(|k| !k.alias) {
         out.push('\n');
         comment(&mut out, "", key.help);
-        match default {
+        match (key.show)(&defaults) {
             Some(value) => {
                 let _ = writeln!(out, "# {} = {value}", key.name);
                 if matches!(&value, Toml::Array(a) if a.is_empty()) {
@@ -138,10 +139,7 @@ pub fn default_file() -> String {
                 out.push_str(&example(key.name, key.sample, key.list));
             }
         }
-        for alias in KEYS
-            .iter()
-            .filter(|a| a.field == key.field && a.name != key.name)
-        {
+        for alias in KEYS.iter().filter(|a| a.alias && a.field == key.field) {
             out.push_str("#   Or, for the same setting (give at most one key of it):\n");
             out.push_str(&example(alias.name, alias.sample, alias.list));
             comment(&mut out, "    ", alias.help);
@@ -170,10 +168,11 @@ fn comment(out: &mut String, indent: &str, text: &str) {
 mod tests {
     use super::*;
     use crate::config::cmdline;
+    use crate::config::keys::Flags;
     use crate::config::layers::{FileLayer, Layers};
-    use crate::config::Keys;
+    use clap::Parser as _;
 
-    fn effective(text: Option<String>, path: &str, cmd: &str, flags: Keys) -> Effective {
+    fn effective(text: Option<String>, path: &str, cmd: &str, flags: Flags) -> Effective {
         Effective::try_from(Layers {
             file: FileLayer {
                 path: path.into(),
@@ -192,10 +191,9 @@ mod tests {
     fn output_is_a_configuration_file_that_gives_the_same_configuration() {
         let file = "pending_timeout = \"1s\"\nallow_dir = [\"/run\"]\n\
                     [[forward]]\nid = \"w\"\npath = \"/run/w \\\"q\\\".sock\"\nmode = 0o640\n";
-        let flags = Keys {
-            log: Some(vec!["debug".to_owned()]),
-            ..Keys::default()
-        };
+        let flags = crate::cli::Cli::try_parse_from(["sockfwd-agent", "--log", "debug"])
+            .unwrap()
+            .flags;
         let loaded = effective(
             Some(file.to_owned()),
             "/etc/a.toml",
@@ -221,7 +219,7 @@ mod tests {
             assert!(text.contains(&want), "{want:?} not in\n{text}");
         }
         // Read back as a file, it is the same configuration.
-        let reread = effective(Some(text), "/printed.toml", "", Keys::default());
+        let reread = effective(Some(text), "/printed.toml", "", Flags::default());
         let mut want = loaded.config.clone();
         want.socket_gid = Some(1001);
         assert_eq!(reread.config, want);
@@ -252,7 +250,7 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let e = effective(Some(uncommented), "/shipped.toml", "", Keys::default());
+        let e = effective(Some(uncommented), "/shipped.toml", "", Flags::default());
         assert_eq!(e.config, AgentConfig::default());
     }
 }

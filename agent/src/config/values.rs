@@ -1,13 +1,8 @@
 //! The kinds of value a key takes. A [`Kind`] reads a value from text the
-//! same way in every layer (a flag through clap, a `sockfwd.` word, a string
-//! in the file), checks its bounds once, says what it expected when it cannot,
-//! and shows it as a TOML value that reads back. Values with a domain type of
-//! their own read through it ([`Address`], [`AllowTarget`]; a boot-time
-//! forward's kind is with its type, in `forward.rs`).
-//!
-//! From the file a value may also be TOML's own: an integer or a boolean reads
-//! as its text (`max_pending = 7` and `"7"` agree), except that an integer
-//! mode is the mode itself (`socket_mode = 0o660`); a table is a forward.
+//! same way in every layer, checks it once, says what it expected when it
+//! cannot, and shows it as a TOML value that reads back. From the file an
+//! integer or a boolean reads as its text (`max_pending = 7` and `"7"` agree),
+//! except that an integer mode is the mode itself (`socket_mode = 0o660`).
 
 use crate::config::allow::{AllowTarget, AllowTargetError};
 use sockfwd_proto::duration::{self, DurationError};
@@ -27,31 +22,24 @@ pub enum ValueError {
     /// The text is not of the kind's form.
     #[error("expected {0}")]
     Expected(&'static str),
-    /// A whole number out of range.
-    #[error("expected a whole number from 1 to {0}")]
-    Count(usize),
-    /// A cap out of range (0 is allowed: none).
-    #[error("expected a whole number from 0 (none) to {0}")]
-    Cap(usize),
+    /// A whole number out of range; a lowest of 0 turns the thing it bounds off.
+    #[error("expected a whole number from {lowest} to {1}",
+        lowest = if *.0 == 0 { "0 (none)" } else { "1" })]
+    Range(usize, usize),
     /// An address with a known scheme, malformed after it (the reason says how).
     #[error("{0}")]
     Address(&'static str),
     /// A log filter tracing does not take.
     #[error("expected {LOG} ({0})")]
     Log(tracing_subscriber::filter::ParseError),
-    /// A boot-time forward whose form is right and one field is not.
-    #[error("{field}: {error}")]
-    Field {
-        /// The field, as the form names it (`MODE`).
-        field: &'static str,
-        /// What is wrong with it.
-        error: Box<ValueError>,
-    },
+    /// A boot-time forward's field, and what is wrong with it.
+    #[error("{0}: {1}")]
+    Field(&'static str, Box<ValueError>),
     /// A forward ID against the forward-ID rule.
     #[error(transparent)]
     ForwardId(#[from] ForwardIdError),
-    /// A `[[forward]]` table that does not read (a missing, unknown or
-    /// mistyped field: serde's words).
+    /// A `[[forward]]` table that does not read (serde's words, or which
+    /// fields do not go together).
     #[error("{0}")]
     Table(String),
     /// An `--allow-target` or `--allow-listen` pattern that does not parse.
@@ -62,25 +50,24 @@ pub enum ValueError {
 /// One kind of value; see the module docs.
 pub trait Kind: 'static {
     /// What a value reads as.
-    type Value: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static;
+    type Value: Clone + Send + Sync + 'static;
     /// A layer's values add up to a list (else the last one counts).
     const LIST: bool = false;
     /// What `--help` calls a value (`DUR`).
     const NAME: &'static str;
-    /// A value of this kind that no default has (tests, examples).
+    /// A value of this kind that no default has (the shipped file's examples).
     const SAMPLE: &'static str;
     /// Reads the text any layer gives.
     fn parse(text: &str) -> Result<Self::Value, ValueError>;
     /// The value as the file writes it.
     fn show(value: &Self::Value) -> Toml;
-    /// Reads a TOML value of the file ([`read_text`] unless the kind says
-    /// otherwise).
+    /// Reads a value of the file ([`read_text`] unless the kind says otherwise).
     fn read(value: Toml) -> Result<Self::Value, ValueError> {
         read_text::<Self>(value)
     }
 }
 
-/// A TOML value as text: a string, or TOML's own spelling of a number or a
+/// A TOML value as text: a string, or TOML's spelling of a number or a
 /// boolean; a list or a table is no single value.
 pub fn read_text<K: Kind + ?Sized>(value: Toml) -> Result<K::Value, ValueError> {
     match value {
@@ -123,7 +110,8 @@ kinds! {
     /// A vsock port, the shorthand for `vsock://-1:PORT`.
     Port("PORT", "5000"): Address = port, text;
     /// The control channel's listener (`control`).
-    ControlListen("ADDR", "unix:///c.sock"): ControlMode = |s| listen(s).map(ControlMode::Listen), control;
+    ControlListen("ADDR", "unix:///c.sock"): ControlMode =
+        |s| listen(s).map(ControlMode::Listen), control;
     /// The host to dial (`control_dial`); empty or `true` (a bare switch) is
     /// `vsock://2:1025`.
     ControlDial("ADDR", "unix:///c.sock"): ControlMode = |s| match s {
@@ -168,24 +156,26 @@ kinds! {
 pub enum ControlMode {
     /// Listen on the address; each connection is one ttrpc client (the host).
     Listen(Address),
-    /// Dial the host and serve ttrpc on that connection, redialing when it drops
-    /// (nerdbox's topology).
+    /// Dial the host and serve ttrpc on that connection, redialing when it
+    /// drops (nerdbox's topology).
     Dial(Address),
 }
 
 impl ControlMode {
     /// The default listening form: `vsock://-1:1025`.
     pub fn default_listen() -> Address {
+        let cid = VMADDR_CID_ANY;
         Address::Vsock {
-            cid: VMADDR_CID_ANY,
+            cid,
             port: CONTROL_PORT,
         }
     }
 
     /// The default dialing form: `vsock://2:1025`.
     pub fn default_dial() -> Address {
+        let cid = VMADDR_CID_HOST;
         Address::Vsock {
-            cid: VMADDR_CID_HOST,
+            cid,
             port: CONTROL_PORT,
         }
     }
@@ -200,35 +190,21 @@ impl std::fmt::Display for ControlMode {
     }
 }
 
+/// A whole number from `MIN` (0 or 1) to `MAX`; see [`Count`] and [`Cap`].
+pub enum Whole<const MIN: usize, const MAX: usize> {}
 /// A whole number from 1 to `MAX`.
-pub enum Count<const MAX: usize> {}
-
-impl<const MAX: usize> Kind for Count<MAX> {
-    type Value = usize;
-    const NAME: &'static str = "N";
-    const SAMPLE: &'static str = "7";
-    fn parse(s: &str) -> Result<usize, ValueError> {
-        match s.parse::<usize>() {
-            Ok(n) if (1..=MAX).contains(&n) => Ok(n),
-            _ => Err(ValueError::Count(MAX)),
-        }
-    }
-    fn show(n: &usize) -> Toml {
-        Toml::Integer(i64::try_from(*n).unwrap_or(i64::MAX))
-    }
-}
-
+pub type Count<const MAX: usize> = Whole<1, MAX>;
 /// A whole number from 0 to `MAX`, where 0 turns the thing it bounds off.
-pub enum Cap<const MAX: usize> {}
+pub type Cap<const MAX: usize> = Whole<0, MAX>;
 
-impl<const MAX: usize> Kind for Cap<MAX> {
+impl<const MIN: usize, const MAX: usize> Kind for Whole<MIN, MAX> {
     type Value = usize;
     const NAME: &'static str = "N";
     const SAMPLE: &'static str = "7";
     fn parse(s: &str) -> Result<usize, ValueError> {
         match s.parse::<usize>() {
-            Ok(n) if n <= MAX => Ok(n),
-            _ => Err(ValueError::Cap(MAX)),
+            Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
+            _ => Err(ValueError::Range(MIN, MAX)),
         }
     }
     fn show(n: &usize) -> Toml {
@@ -270,15 +246,13 @@ const SINGLE: &str = "a single value, not a list or a table";
 /// A duration within proto's one cap (a day), above zero if `positive`.
 fn duration(s: &str, positive: bool) -> Result<Duration, ValueError> {
     let d = humantime::parse_duration(s).map_err(|_| ValueError::Expected(DURATION))?;
-    duration::check(s, d, positive).map_err(|e| match e {
-        DurationError::Zero { .. } => {
-            ValueError::Expected("a duration like 500ms or 10s, greater than zero")
-        }
-        DurationError::TooLong { .. } => {
-            ValueError::Expected("a duration like 500ms or 10s, at most 24h")
-        }
-    })?;
-    Ok(d)
+    Err(ValueError::Expected(
+        match duration::check(s, d, positive) {
+            Ok(()) => return Ok(d),
+            Err(DurationError::Zero { .. }) => "a duration like 500ms or 10s, greater than zero",
+            Err(DurationError::TooLong { .. }) => "a duration like 500ms or 10s, at most 24h",
+        },
+    ))
 }
 
 fn humane(d: &Duration) -> Toml {
@@ -317,13 +291,12 @@ fn listen(s: &str) -> Result<Address, ValueError> {
 }
 
 fn port(s: &str) -> Result<Address, ValueError> {
-    match s.parse() {
-        Ok(port) => Ok(Address::Vsock {
-            cid: VMADDR_CID_ANY,
-            port,
-        }),
-        Err(_) => Err(ValueError::Expected("a port number from 0 to 4294967295")),
-    }
+    let port = s.parse();
+    let port = port.map_err(|_| ValueError::Expected("a port number from 0 to 4294967295"))?;
+    Ok(Address::Vsock {
+        cid: VMADDR_CID_ANY,
+        port,
+    })
 }
 
 #[cfg(test)]
@@ -332,7 +305,10 @@ mod tests {
 
     #[test]
     fn every_kind_shows_a_value_that_reads_back() {
-        fn again<K: Kind>(s: &str) {
+        fn again<K: Kind>(s: &str)
+        where
+            K::Value: PartialEq + std::fmt::Debug,
+        {
             let v = K::parse(s).unwrap();
             assert_eq!(K::read(K::show(&v)).unwrap(), v, "{s}");
             assert!(K::parse(K::SAMPLE).is_ok(), "{}", K::SAMPLE);
@@ -341,7 +317,7 @@ mod tests {
         again::<Grace>("0s");
         again::<Count<7>>("7");
         again::<Cap<7>>("0");
-        assert!(matches!(Cap::<7>::parse("8"), Err(ValueError::Cap(7))));
+        assert!(matches!(Cap::<7>::parse("8"), Err(ValueError::Range(0, 7))));
         again::<Listen>("vsock://-1:1025");
         again::<ControlListen>("vsock://-1:1025");
         again::<ControlDial>("");
@@ -353,5 +329,18 @@ mod tests {
         again::<Log>("info,a=debug");
         again::<Allow>("[::1]:80-90");
         assert!(Port::parse(Port::SAMPLE).is_ok() && ControlPort::parse("5").is_ok());
+    }
+
+    #[test]
+    fn ranges_say_whether_zero_is_allowed() {
+        let words = |e: ValueError| e.to_string();
+        assert_eq!(
+            words(Count::<9>::parse("0").unwrap_err()),
+            "expected a whole number from 1 to 9"
+        );
+        assert_eq!(
+            words(Cap::<9>::parse("10").unwrap_err()),
+            "expected a whole number from 0 (none) to 9"
+        );
     }
 }
