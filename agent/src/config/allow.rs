@@ -4,7 +4,6 @@
 //! allows every target. The target grammar itself is the wire's
 //! (`sockfwd_proto::target`); the patterns split and read ports with its pieces.
 
-use serde::{Serialize, Serializer};
 use sockfwd_proto::target::{
     is_host_name, split_host_port, PortRange, PortRangeError, TargetParseError,
 };
@@ -15,7 +14,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 /// The `--allow-target` list; empty allows every target.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList(pub Vec<AllowTarget>);
 
 /// One `--allow-target` entry: `HOST:PORT` with `*` for any host or port and
@@ -102,12 +101,6 @@ impl FromStr for AllowTarget {
             text: s.to_owned(),
             pattern: parse_pattern(s).map_err(AllowTargetError)?,
         })
-    }
-}
-
-impl Serialize for AllowTarget {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
     }
 }
 

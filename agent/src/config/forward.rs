@@ -87,8 +87,8 @@ impl Kind for Forward {
         );
         let table = |why: &str| Err(ValueError::Table(why.to_owned()));
         match (t.path, t.tcp) {
-            (Some(path), None) => unix(&t.id, &path, mode, uid, gid),
-            (None, Some(addr)) if mode.or(uid).or(gid).is_none() => tcp(&t.id, &addr),
+            (Some(path), None) => boot(&t.id, unix(&path), (mode, uid, gid)),
+            (None, Some(addr)) if mode.or(uid).or(gid).is_none() => boot(&t.id, tcp(&addr), NONE),
             (None, Some(_)) => table("mode, uid and gid apply to a path, not to tcp"),
             (None, None) => table("missing field `path` (or `tcp`, for a TCP listener)"),
             (Some(_), Some(_)) => table("`path` or `tcp`, not both"),
@@ -105,7 +105,7 @@ impl FromStr for BootForward {
             .split_once(':')
             .and_then(|(id, rest)| Some((id, rest.strip_prefix("tcp:")?)))
         {
-            return tcp(id, addr);
+            return boot(id, tcp(addr), NONE);
         }
         let (id, path, mode, uid, gid) = match s.split(':').collect::<Vec<_>>()[..] {
             [id, path] => (id, path, "", "", ""),
@@ -121,38 +121,30 @@ impl FromStr for BootForward {
                 .map_err(|e| field(name, e))
         };
         let mode = opt("MODE", mode, Mode::parse)?;
-        unix(
-            id,
-            path,
-            mode,
-            opt("UID", uid, Uid::parse)?,
-            opt("GID", gid, Gid::parse)?,
-        )
+        let ids = (opt("UID", uid, Uid::parse)?, opt("GID", gid, Gid::parse)?);
+        boot(id, unix(path), (mode, ids.0, ids.1))
     }
 }
 
 const FORWARD: &str = "ID:PATH[:MODE[:UID:GID]] or ID:tcp:IP:PORT";
 const TCP: &str = "IP:PORT, an IPv6 address in brackets";
+/// No mode or owner given.
+const NONE: (Option<u32>, Option<u32>, Option<u32>) = (None, None, None);
 
 fn field(field: &'static str, error: ValueError) -> ValueError {
     ValueError::Field(field, Box::new(error))
 }
 
-/// The one check of what a Unix forward's fields hold.
-fn unix(
+/// A forward of checked fields: the ID first, then where it listens.
+fn boot(
     id: &str,
-    path: &str,
-    mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
+    listen: Result<ListenAt, ValueError>,
+    (mode, uid, gid): (Option<u32>, Option<u32>, Option<u32>),
 ) -> Result<BootForward, ValueError> {
     forward_id::check(id).map_err(|e| field("ID", e.into()))?;
-    if !Path::new(path).is_absolute() {
-        return Err(field("PATH", ValueError::Expected("an absolute path")));
-    }
-    let listen = ListenAt::Unix(path.into());
+    let (id, listen) = (id.to_owned(), listen?);
     Ok(BootForward {
-        id: id.to_owned(),
+        id,
         listen,
         mode,
         uid,
@@ -160,20 +152,19 @@ fn unix(
     })
 }
 
-/// The check of a TCP forward's fields (no mode or owner: those are a file's).
-fn tcp(id: &str, addr: &str) -> Result<BootForward, ValueError> {
-    forward_id::check(id).map_err(|e| field("ID", e.into()))?;
-    let addr = addr
-        .parse::<SocketAddr>()
-        .map_err(|_| field("tcp", ValueError::Expected(TCP)))?;
-    let listen = ListenAt::Tcp(addr);
-    Ok(BootForward {
-        id: id.to_owned(),
-        listen,
-        mode: None,
-        uid: None,
-        gid: None,
-    })
+/// A Unix forward's path, which must be absolute.
+fn unix(path: &str) -> Result<ListenAt, ValueError> {
+    match Path::new(path).is_absolute() {
+        true => Ok(ListenAt::Unix(path.into())),
+        false => Err(field("PATH", ValueError::Expected("an absolute path"))),
+    }
+}
+
+/// A TCP forward's address (no mode or owner: those are a file's).
+fn tcp(addr: &str) -> Result<ListenAt, ValueError> {
+    let addr = addr.parse::<SocketAddr>();
+    addr.map(ListenAt::Tcp)
+        .map_err(|_| field("tcp", ValueError::Expected(TCP)))
 }
 
 impl BootForward {
