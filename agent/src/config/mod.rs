@@ -38,7 +38,7 @@ pub use values::{ControlMode, CONTROL_PORT};
 
 use forward::Forward;
 use keys::keys;
-use sockfwd_proto::transport::{Address, VMADDR_CID_ANY};
+use sockfwd_proto::transport::Address;
 use sockfwd_proto::{handshake, stream_id};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,7 +61,7 @@ keys! {
 
     /// Stream-port listener: each forwarded connection arrives here as one
     /// connection from the host
-    streams: Address = Address::Vsock { cid: VMADDR_CID_ANY, port: STREAMS_PORT }, Listen;
+    streams: Address = values::any_cid(STREAMS_PORT), Listen;
 
     /// How long a remote forward's client waits for the host to answer it,
     /// then is closed

@@ -77,11 +77,11 @@ pub fn read_text<K: Kind + ?Sized>(value: Toml) -> Result<K::Value, ValueError> 
     }
 }
 
-/// Kinds that are a value type, a parser and a printer: `Name(NAME, SAMPLE
-/// [, list])`.
+/// Kinds that are a value type, a parser and a printer (and a reader of the
+/// file's values, if not [`read_text`]): `Name(NAME, SAMPLE [, list])`.
 macro_rules! kinds {
     ($($(#[$doc:meta])* $name:ident($help:literal, $sample:literal $(, $list:ident)?):
-        $value:ty = $parse:expr, $show:expr;)*) => {$(
+        $value:ty = $parse:expr, $show:expr $(, $read:expr)?;)*) => {$(
         $(#[$doc])*
         pub enum $name {}
 
@@ -96,6 +96,9 @@ macro_rules! kinds {
             fn show(v: &$value) -> Toml {
                 ($show)(v)
             }
+            $(fn read(value: Toml) -> Result<$value, ValueError> {
+                ($read)(value)
+            })?
         }
     )*};
 }
@@ -149,6 +152,13 @@ kinds! {
     }, |p: &PathBuf| Toml::String(p.display().to_string());
     /// An `--allow-target` or `--allow-listen` pattern, repeatable.
     Allow("SPEC", "*:80", list): AllowTarget = |s: &str| Ok(s.parse::<AllowTarget>()?), text;
+    /// An octal file mode: `0666`, `666` or `0o666`; from TOML also an integer.
+    Mode("OCTAL", "0600"): u32 = |s: &str| {
+        mode(u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8).ok())
+    }, |m: &u32| Toml::String(format!("{m:04o}")), |value| match value {
+        Toml::Integer(i) => mode(u32::try_from(i).ok()),
+        other => read_text::<Mode>(other),
+    };
 }
 
 /// How the control channel is set up.
@@ -164,20 +174,13 @@ pub enum ControlMode {
 impl ControlMode {
     /// The default listening form: `vsock://-1:1025`.
     pub fn default_listen() -> Address {
-        let cid = VMADDR_CID_ANY;
-        Address::Vsock {
-            cid,
-            port: CONTROL_PORT,
-        }
+        any_cid(CONTROL_PORT)
     }
 
     /// The default dialing form: `vsock://2:1025`.
     pub fn default_dial() -> Address {
-        let cid = VMADDR_CID_HOST;
-        Address::Vsock {
-            cid,
-            port: CONTROL_PORT,
-        }
+        let (cid, port) = (VMADDR_CID_HOST, CONTROL_PORT);
+        Address::Vsock { cid, port }
     }
 }
 
@@ -209,28 +212,6 @@ impl<const MIN: usize, const MAX: usize> Kind for Whole<MIN, MAX> {
     }
     fn show(n: &usize) -> Toml {
         Toml::Integer(i64::try_from(*n).unwrap_or(i64::MAX))
-    }
-}
-
-/// An octal file mode: `0666`, `666` or `0o666`; from TOML also an integer.
-pub enum Mode {}
-
-impl Kind for Mode {
-    type Value = u32;
-    const NAME: &'static str = "OCTAL";
-    const SAMPLE: &'static str = "0600";
-    fn parse(s: &str) -> Result<u32, ValueError> {
-        let digits = s.strip_prefix("0o").unwrap_or(s);
-        mode(u32::from_str_radix(digits, 8).ok())
-    }
-    fn show(m: &u32) -> Toml {
-        Toml::String(format!("{m:04o}"))
-    }
-    fn read(value: Toml) -> Result<u32, ValueError> {
-        match value {
-            Toml::Integer(i) => mode(u32::try_from(i).ok()),
-            other => read_text::<Self>(other),
-        }
     }
 }
 
@@ -293,10 +274,13 @@ fn listen(s: &str) -> Result<Address, ValueError> {
 fn port(s: &str) -> Result<Address, ValueError> {
     let port = s.parse();
     let port = port.map_err(|_| ValueError::Expected("a port number from 0 to 4294967295"))?;
-    Ok(Address::Vsock {
-        cid: VMADDR_CID_ANY,
-        port,
-    })
+    Ok(any_cid(port))
+}
+
+/// `vsock://-1:PORT`: a vsock listener on any CID.
+pub fn any_cid(port: u32) -> Address {
+    let cid = VMADDR_CID_ANY;
+    Address::Vsock { cid, port }
 }
 
 #[cfg(test)]
