@@ -76,13 +76,7 @@ impl Source {
     /// The error for a `value` of `key` in this layer (quoted text, or TOML's
     /// spelling) that its kind refused.
     pub fn bad(&self, key: &str, value: String, error: &ValueError) -> BadValue {
-        let (key, place, expected) = (self.spell(key), self.place(), error.to_string());
-        BadValue {
-            key,
-            place,
-            value,
-            expected,
-        }
+        BadValue(self.spell(key), self.place(), value, error.to_string())
     }
 }
 
@@ -112,13 +106,8 @@ pub enum ConfigError {
 /// A value its key's kind refused: the key as its layer spells it, the layer,
 /// the value as given and what was expected (a [`ValueError`]'s words).
 #[derive(Debug, Clone, Error)]
-#[error("invalid value {value} for {key} {place}: {expected}")]
-pub struct BadValue {
-    key: String,
-    place: String,
-    value: String,
-    expected: String,
-}
+#[error("invalid value {2} for {0} {1}: {3}")]
+pub struct BadValue(String, String, String, String);
 
 /// Something to log once logging is up.
 #[derive(Debug, Error)]
@@ -196,17 +185,13 @@ impl Effective {
     ) -> Result<(), ConfigError> {
         let mut seen: Vec<&Key> = Vec::new();
         for (key, value) in entries {
-            if let Some(other) = seen
+            let other = seen
                 .iter()
-                .find(|k| k.field == key.field && k.name != key.name)
-            {
+                .find(|k| k.field == key.field && k.name != key.name);
+            if let Some(other) = other {
                 let (first, second) = (source.spell(other.name), source.spell(key.name));
-                return Err(ConfigError::Conflict(
-                    first,
-                    second,
-                    key.field,
-                    source.place(),
-                ));
+                let place = source.place();
+                return Err(ConfigError::Conflict(first, second, key.field, place));
             }
             let add = seen.iter().any(|k| k.name == key.name);
             (key.read)(&mut self.config, value, add).map_err(|(value, e)| {
@@ -228,13 +213,11 @@ impl TryFrom<Layers> for Effective {
 
     /// Reads each layer, then lays them over the defaults; see the module docs.
     fn try_from(layers: Layers) -> Result<Effective, ConfigError> {
-        let (config, sources) = (AgentConfig::default(), BTreeMap::new());
-        let (warnings, file) = (layers.warnings, layers.file);
         let mut e = Effective {
-            config,
-            sources,
-            warnings,
-            file,
+            config: AgentConfig::default(),
+            sources: BTreeMap::new(),
+            warnings: layers.warnings,
+            file: layers.file,
             cmdline: None,
         };
         if let Some(text) = &e.file.text {

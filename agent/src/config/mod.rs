@@ -57,7 +57,7 @@ pub const DEFAULT_LOG: &str = "info";
 keys! {
     /// ttrpc listener: the control channel, vsock://CID:PORT (CID -1: any) or
     /// unix://PATH; the host relay dials it
-    control: ControlMode = ControlMode::Listen(ControlMode::default_listen()), ControlListen;
+    control: ControlMode = ControlMode::Listen(values::any_cid(CONTROL_PORT)), ControlListen;
 
     /// Stream-port listener: each forwarded connection arrives here as one
     /// connection from the host

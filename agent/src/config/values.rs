@@ -172,11 +172,6 @@ pub enum ControlMode {
 }
 
 impl ControlMode {
-    /// The default listening form: `vsock://-1:1025`.
-    pub fn default_listen() -> Address {
-        any_cid(CONTROL_PORT)
-    }
-
     /// The default dialing form: `vsock://2:1025`.
     pub fn default_dial() -> Address {
         let (cid, port) = (VMADDR_CID_HOST, CONTROL_PORT);
