@@ -5,7 +5,7 @@
 //! never name a setting.
 
 use crate::config::allow::{AllowList, AllowTarget};
-use crate::config::layers::Source;
+use crate::config::source::Source;
 use crate::config::values::{Kind, ValueError};
 use crate::config::{AgentConfig, KEYS};
 use clap::{Arg, ArgAction, ArgGroup, ArgMatches, Command};

@@ -20,6 +20,7 @@
 //! - [`layers`]: each layer read and checked on its own, then laid over the
 //!   defaults with the source of each setting kept;
 //! - [`cmdline`]: the kernel command line split as the kernel does;
+//! - [`source`]: where a value came from, and a refused value's words;
 //! - [`allow`]: the `--allow-target`/`--allow-listen` patterns, parsed and matched;
 //! - [`print`](mod@print): `--print-config` and the commented default file.
 
@@ -29,6 +30,7 @@ pub mod forward;
 pub mod keys;
 pub mod layers;
 pub mod print;
+pub mod source;
 pub mod values;
 
 pub use allow::{AllowList, AllowTarget, AllowTargetError};
