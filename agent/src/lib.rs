@@ -43,6 +43,7 @@ pub use config::{AgentConfig, ControlMode};
 pub use notify::Ready;
 
 use notify::Systemd;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::transport::{Address, Listener, ListenerError};
 use state::AgentState;
 use std::sync::Arc;
@@ -133,8 +134,8 @@ pub async fn run_with_ready(
         }
     }
     tracing::info!(
-        control = %state.config.control,
-        streams = %state.config.streams,
+        control = %escape(&state.config.control.to_string()),
+        streams = %escape(&state.config.streams.to_string()),
         "agent ready"
     );
     if let Some(ready) = ready {

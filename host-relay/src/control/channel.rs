@@ -11,6 +11,7 @@
 use crate::control::connector::{Connector, ReachError};
 use crate::control::session::{self, ConnectRequests, SessionEnd, SessionError, SessionParts};
 use sockfwd_proto::backoff::Backoff;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::transport::{Address, Stream};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -136,7 +137,7 @@ pub(crate) async fn run(
                 SessionEnd::Lost(e) => lost(e, was_ready, ready, boot_deadline, parts)?,
             }
             if next.is_some() {
-                tracing::info!(control = %config.control.address(),
+                tracing::info!(control = %escape(&config.control.address().to_string()),
                     "continuing on the agent's newer control connection");
                 continue;
             }
@@ -203,9 +204,9 @@ fn lost(
     let addr = parts.config.control.address();
     if was_ready {
         if ready {
-            tracing::warn!(control = %addr, cause = %Chain(&e), "control channel lost; reconnecting");
+            tracing::warn!(control = %escape(&addr.to_string()), cause = %Chain(&e), "control channel lost; reconnecting");
         } else {
-            tracing::warn!(control = %addr, cause = %Chain(&e), "control session failed; retrying");
+            tracing::warn!(control = %escape(&addr.to_string()), cause = %Chain(&e), "control session failed; retrying");
         }
         return Ok(());
     }
@@ -217,7 +218,7 @@ fn lost(
             source: e,
         });
     }
-    tracing::debug!(control = %addr, cause = %Chain(&e), "agent not ready yet; retrying");
+    tracing::debug!(control = %escape(&addr.to_string()), cause = %Chain(&e), "agent not ready yet; retrying");
     Ok(())
 }
 

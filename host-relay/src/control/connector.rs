@@ -6,6 +6,7 @@
 use crate::config::Control;
 use sockfwd_proto::accept::accept_next;
 use sockfwd_proto::backoff::Backoff;
+use sockfwd_proto::log_text::escape;
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::transport::{
     dial, dial_with_retry, Address, DialError, Listener, ListenerError, Stream,
@@ -56,7 +57,7 @@ impl Connector {
             Control::Dial(a) => Mode::Dial(a.clone()),
             Control::Listen(a) => {
                 let l = Listener::bind(a).map_err(ReachError::Listen)?;
-                tracing::info!(control = %a, "waiting for the agent to dial in");
+                tracing::info!(control = %escape(&a.to_string()), "waiting for the agent to dial in");
                 Mode::Listen(l)
             }
         };
@@ -82,7 +83,7 @@ impl Connector {
         );
         match &self.mode {
             Mode::Dial(addr) => {
-                tracing::info!(control = %addr, within = ?left, "dialing the agent");
+                tracing::info!(control = %escape(&addr.to_string()), within = ?left, "dialing the agent");
                 let attempt = dial_timeout.min(left).max(MIN_ATTEMPT);
                 dial_with_retry(addr, attempt, left)
                     .await
@@ -106,7 +107,7 @@ impl Connector {
                 match dial(addr, dial_timeout).await {
                     Ok(s) => return s,
                     Err(e) => {
-                        tracing::debug!(control = %addr, cause = %Chain(&e), "agent not reachable yet");
+                        tracing::debug!(control = %escape(&addr.to_string()), cause = %Chain(&e), "agent not reachable yet");
                     }
                 }
                 sleep(backoff.next_delay()).await;
@@ -128,7 +129,7 @@ impl Connector {
     async fn accept(&self, l: &Listener) -> Stream {
         match accept_next(l, &mut Backoff::accept(), &self.stop).await {
             Some((s, _)) => {
-                tracing::info!(control = %l.address(), "the agent dialed in");
+                tracing::info!(control = %escape(&l.address().to_string()), "the agent dialed in");
                 s
             }
             None => std::future::pending().await,

@@ -225,8 +225,8 @@ pub(crate) async fn run(
     serving.cancel();
     tracing::info!(
         forwards = parts.table.len(),
-        control = %config.control.address(),
-        streams = %config.streams,
+        control = %escape(&config.control.address().to_string()),
+        streams = %escape(&config.streams.to_string()),
         "relay ready"
     );
 
