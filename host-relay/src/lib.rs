@@ -300,6 +300,7 @@ fn set_up(
         hard_stop,
         log_throttle: LogThrottle::per_second(),
         client,
+        pool_gauge: Arc::default(),
     });
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {

@@ -6,6 +6,7 @@ use crate::limits::Caps;
 use crate::remote_table::ForwardTable;
 use crate::rpc::Peer;
 use sockfwd_proto::log_throttle::LogThrottle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,29 @@ pub(crate) struct Shared {
     /// The ready session's agent: its client and its `Info` (`None` between
     /// sessions).
     pub(crate) client: watch::Sender<Option<Peer>>,
+    /// The pre-opened streams, as `status` shows them.
+    pub(crate) pool_gauge: Arc<PoolGauge>,
+}
+
+/// The relay's pre-opened streams for `status`, kept by the pools
+/// (`remote_connect`) as they open and close streams.
+#[derive(Debug, Default)]
+pub(crate) struct PoolGauge {
+    /// Streams open: opening, parked, or (in EOF frames, which reuse them)
+    /// carrying a connection.
+    pub(crate) open: AtomicUsize,
+    /// What the agent granted the ready session's pool; 0 without one.
+    pub(crate) size: AtomicUsize,
+}
+
+impl PoolGauge {
+    /// `(open, size)` now.
+    pub(crate) fn read(&self) -> (usize, usize) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.size.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Shared {

@@ -246,3 +246,52 @@ fn a_stream_the_agent_drops_after_a_failed_client_is_replaced_at_once() {
     assert!(log.contains("parked stream closed by the agent"), "{log}");
     assert!(pooled_connections(&log) >= 3, "{log}");
 }
+
+/// `status --prometheus` says how many pre-opened streams are open of what
+/// the agent granted; without a pool, none of none.
+#[test]
+fn status_shows_the_pool() {
+    for (pool, want_open, want_size) in [
+        (
+            "3",
+            "sockfwd_stream_pool_open 3",
+            "sockfwd_stream_pool_size 3",
+        ),
+        (
+            "0",
+            "sockfwd_stream_pool_open 0",
+            "sockfwd_stream_pool_size 0",
+        ),
+    ] {
+        let env = Env::new();
+        let host = env.path("host.sock");
+        let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
+        let _agent = env.agent(&[]);
+        let guest = env.path("guest.sock");
+        let admin_sock = env.path("admin.sock");
+        let admin_arg = admin_sock.display().to_string();
+        let flags = [
+            "--framing",
+            "eof",
+            "--stream-pool",
+            pool,
+            "--admin",
+            &admin_arg,
+        ];
+        let _relay = env.relay(&[(&guest, &host)], &flags);
+        wait_forwarding(&guest, "host");
+        let metrics = sockfwd_tests::wait_until("the pool's gauges", READY_DEADLINE, || {
+            let text =
+                sockfwd_tests::forwards::admin(&admin_sock, "status", &["--prometheus"]).ok()?;
+            text.lines().any(|l| l == want_open).then_some(text)
+        });
+        assert!(
+            metrics.contains("# TYPE sockfwd_stream_pool_open gauge"),
+            "{metrics}"
+        );
+        assert!(metrics.lines().any(|l| l == want_size), "{metrics}");
+        // The table keeps one line per forward.
+        let table = sockfwd_tests::forwards::admin(&admin_sock, "status", &[]).unwrap();
+        assert!(!table.contains("pool"), "{table}");
+    }
+}

@@ -228,7 +228,12 @@ async fn handle(admin: &Admin, s: Stream) {
 async fn execute(admin: &Admin, req: AdminRequest) -> Result<String, AdminError> {
     match req {
         AdminRequest::Status { prometheus: false } => Ok(status::table(&rows(admin).await)),
-        AdminRequest::Status { prometheus: true } => Ok(status::prometheus(&rows(admin).await)),
+        AdminRequest::Status { prometheus: true } => {
+            let mut text = status::prometheus(&rows(admin).await);
+            let (open, size) = admin.shared.pool_gauge.read();
+            text.push_str(&status::pool_metrics(open, size));
+            Ok(text)
+        }
         AdminRequest::AddForward(spec) => add_forward(admin, &spec).await,
         AdminRequest::AddRemote(spec) => add_remote(admin, &spec).await,
         AdminRequest::AddLocal(spec) => add_local(admin, &spec),

@@ -110,6 +110,30 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The current session's pre-opened streams as Prometheus gauges: how many
+/// are `open` of the `size` the agent granted (both 0 without a pool). Not
+/// in the table, whose lines are one per forward for the scripts that read it.
+pub fn pool_metrics(open: usize, size: usize) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "sockfwd_stream_pool_open",
+            "Pre-opened streams open (opening, parked or carrying a connection).",
+            open,
+        ),
+        (
+            "sockfwd_stream_pool_size",
+            "Most pre-opened streams the agent granted this session (0: no pool).",
+            size,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

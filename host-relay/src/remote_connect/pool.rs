@@ -27,6 +27,7 @@ use sockfwd_proto::info::{self, AgentInfo};
 use sockfwd_proto::report::Chain;
 use sockfwd_proto::rpc::{SocketForwardClient, StreamPoolRequest};
 use sockfwd_proto::stream_pool;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
@@ -48,13 +49,16 @@ impl Current {
     }
 
     fn set(&self, pool: Arc<Pool>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(pool);
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.gauge.size.store(pool.size(), Ordering::Relaxed);
+        *current = Some(pool);
     }
 
     /// Forgets `pool`, unless a later session's pool took its place already.
     fn clear(&self, pool: &Arc<Pool>) {
         let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, pool)) {
+            pool.gauge.size.store(0, Ordering::Relaxed);
             *current = None;
         }
     }
@@ -170,5 +174,6 @@ async fn ask(
         framing,
         granted,
         ended.clone(),
+        Arc::clone(&shared.pool_gauge),
     )))
 }

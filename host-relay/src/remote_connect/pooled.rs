@@ -7,7 +7,7 @@
 //! the streams of one session share; `super::pool` keeps it filled.
 
 use super::{admit, dial_target, note_failure, note_refusal, relay_connected, Failure};
-use crate::shared::Shared;
+use crate::shared::{PoolGauge, Shared};
 use crate::streams::{open_stream, StreamError};
 use sockfwd_proto::counters::ForwardCounters;
 use sockfwd_proto::framing::Framing;
@@ -46,6 +46,8 @@ pub(super) struct Pool {
     wanted: Notify,
     /// Cancelled when the session ends: parked streams close.
     ended: CancellationToken,
+    /// Where `status` reads the streams open (of every pool) and the size.
+    pub(super) gauge: Arc<PoolGauge>,
 }
 
 impl Pool {
@@ -56,6 +58,7 @@ impl Pool {
         framing: Framing,
         max: usize,
         ended: CancellationToken,
+        gauge: Arc<PoolGauge>,
     ) -> Pool {
         Pool {
             token,
@@ -66,7 +69,13 @@ impl Pool {
             failures: AtomicU32::new(0),
             wanted: Notify::new(),
             ended,
+            gauge,
         }
+    }
+
+    /// Most streams open at once: what the agent granted.
+    pub(super) fn size(&self) -> usize {
+        self.max
     }
 
     /// Fill up again (demand).
@@ -93,6 +102,7 @@ impl Pool {
     pub(super) fn fill(self: &Arc<Pool>, shared: &Arc<Shared>) {
         while self.live.load(Ordering::Relaxed) < self.max {
             self.live.fetch_add(1, Ordering::Relaxed);
+            self.gauge.open.fetch_add(1, Ordering::Relaxed);
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let live = Live(Arc::clone(self));
             shared.tracker.spawn(park(Arc::clone(shared), live, n));
@@ -121,6 +131,7 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
