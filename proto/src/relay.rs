@@ -165,33 +165,29 @@ async fn until_idle(
     }
 }
 
+/// The two directions of one relay, joined: the first error ends both (and
+/// names its direction). Built from combinators, not `async` blocks: every
+/// idle connection's task holds this future, and a direction moved into an
+/// `async` block (or an `async fn`'s argument) and then into a join is
+/// stored twice (relay: 3.9 KiB that way, 1.5 KiB so).
+fn both_ways<'a>(
+    a_to_b: impl std::future::Future<Output = io::Result<()>> + 'a,
+    b_to_a: impl std::future::Future<Output = io::Result<()>> + 'a,
+) -> impl std::future::Future<Output = Result<(), RelayError>> + 'a {
+    use futures::TryFutureExt as _;
+    let named = |direction| move |source| RelayError { direction, source };
+    futures::future::try_join(a_to_b.map_err(named("a->b")), b_to_a.map_err(named("b->a")))
+        .map_ok(|_| ())
+}
+
 /// Relays between `a` and `b` until both directions end (or the idle timeout
 /// passes); see the module docs.
 pub async fn relay(a: &Stream, b: &Stream, config: &RelayConfig) -> Result<RelayStats, RelayError> {
     let moved = Moved::default();
-    // The two directions are built inside the joined future, not beside it:
-    // a future moved into another is stored in both.
-    let both = std::pin::pin!(async {
-        tokio::try_join!(
-            async {
-                one_way_counted(a, b, config, &moved.a_to_b)
-                    .await
-                    .map_err(|source| RelayError {
-                        direction: "a->b",
-                        source,
-                    })
-            },
-            async {
-                one_way_counted(b, a, config, &moved.b_to_a)
-                    .await
-                    .map_err(|source| RelayError {
-                        direction: "b->a",
-                        source,
-                    })
-            },
-        )
-        .map(|_| ())
-    });
+    let both = std::pin::pin!(both_ways(
+        one_way_counted(a, b, config, &moved.a_to_b),
+        one_way_counted(b, a, config, &moved.b_to_a),
+    ));
     until_idle(both, &moved, config.idle_timeout).await
 }
 
@@ -212,28 +208,10 @@ pub async fn relay_stream(
             } else {
                 config.frame_size
             };
-            // Built inside the joined future, as in [`relay`].
-            let both = std::pin::pin!(async {
-                tokio::try_join!(
-                    async {
-                        frame_out(local, stream, frame, &moved.a_to_b)
-                            .await
-                            .map_err(|source| RelayError {
-                                direction: "a->b",
-                                source,
-                            })
-                    },
-                    async {
-                        frame_in(stream, local, READ_FRAMES * frame, &moved.b_to_a)
-                            .await
-                            .map_err(|source| RelayError {
-                                direction: "b->a",
-                                source,
-                            })
-                    },
-                )
-                .map(|_| ())
-            });
+            let both = std::pin::pin!(both_ways(
+                frame_out(local, stream, frame, &moved.a_to_b),
+                frame_in(stream, local, READ_FRAMES * frame, &moved.b_to_a),
+            ));
             until_idle(both, &moved, config.idle_timeout).await
         }
     }
