@@ -205,9 +205,22 @@ impl StreamPools {
             return Ok(None);
         };
         let mut inner = self.lock();
-        let total = inner.total;
-        let Some((&conn, pool)) = inner.pools.iter_mut().find(|(_, p)| p.token == token) else {
+        let Some(conn) = inner
+            .pools
+            .iter()
+            .find_map(|(&conn, p)| (p.token == token).then_some(conn))
+        else {
             return Ok(None);
+        };
+        self.reserve_in(&mut inner, conn, id).map(Some)
+    }
+
+    /// A place in connection `conn`'s pool (which must exist), if it and all
+    /// pools have room and a descriptor slot is free.
+    fn reserve_in(&self, inner: &mut Inner, conn: ConnId, id: &str) -> Result<Parking, ParkError> {
+        let total = inner.total;
+        let Some(pool) = inner.pools.get_mut(&conn) else {
+            return Err(ParkError::Full);
         };
         if pool.parked.len() + pool.reserved >= pool.max || total >= self.cap {
             return Err(ParkError::Full);
@@ -218,14 +231,14 @@ impl StreamPools {
         pool.reserved += 1;
         let (epoch, closed) = (pool.epoch, pool.closed.clone());
         inner.total += 1;
-        Ok(Some(Parking {
+        Ok(Parking {
             pools: self.clone(),
             conn,
             epoch,
             id: id.to_owned(),
             closed,
             slot: Some(slot),
-        }))
+        })
     }
 
     /// Takes the newest stream parked for connection `conn`, if any.
@@ -256,36 +269,16 @@ impl StreamPools {
         if taken.framing != Framing::EofFrames {
             return None;
         }
-        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        let (gone_tx, gone) = oneshot::channel();
-        let mut inner = self.lock();
-        let total = inner.total;
-        inner.next_generation += 1;
-        let generation = inner.next_generation;
-        let pool = inner
-            .pools
-            .get_mut(&taken.conn)
-            .filter(|p| p.epoch == taken.epoch)?;
-        if pool.parked.len() + pool.reserved >= pool.max || total >= self.cap {
-            return None;
-        }
-        let closed = pool.closed.clone();
-        pool.parked.push(Entry {
-            generation,
-            id: taken.id,
-            stream: Arc::clone(&taken.stream),
-            _slot: slot,
-            _gone: gone_tx,
-        });
-        inner.total += 1;
-        drop(inner);
-        let parked = Parked {
-            pools: self.clone(),
-            conn: taken.conn,
-            generation,
-            gone,
-            closed,
+        // The same way in as a fresh stream's: a place reserved, then filled.
+        let parking = {
+            let mut inner = self.lock();
+            let same = inner.pools.get(&taken.conn).map(|p| p.epoch) == Some(taken.epoch);
+            if !same {
+                return None;
+            }
+            self.reserve_in(&mut inner, taken.conn, &taken.id).ok()?
         };
+        let parked = parking.fill(Arc::clone(&taken.stream))?;
         Some((parked, taken.stream))
     }
 
