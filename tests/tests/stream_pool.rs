@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sockfwd_tests::servers::{
     digest_to_eof, hex, pattern_digest, write_pattern, Behaviour, Server,
 };
-use sockfwd_tests::{connect, request, wait_forwarding, Env, READY_DEADLINE};
+use sockfwd_tests::{connect, request, wait_forwarding, Daemon, Env, READY_DEADLINE};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 
@@ -32,6 +32,24 @@ fn pooled_connections(relay_log: &str) -> usize {
         .lines()
         .filter(|l| l.contains("pooled{stream_id=pool_") && l.contains("relaying"))
         .count()
+}
+
+/// The agent's descriptors once the harness's readiness probes (one
+/// connection to each of its sockets) are closed: counted earlier, they
+/// would be in the baseline and the pool's streams might never reach it.
+fn settled_fd_count(agent: &Daemon) -> usize {
+    agent.wait_log("control connection closed");
+    agent.wait_log("stream handshake failed");
+    agent.fd_count()
+}
+
+/// Waits until the agent holds `before` plus its control connection, the
+/// forward's listener and `streams` parked streams; the count it reached.
+fn wait_parked(agent: &Daemon, before: usize, streams: usize, what: &str) -> usize {
+    sockfwd_tests::wait_until(what, READY_DEADLINE, || {
+        let n = agent.fd_count();
+        (n >= before + 2 + streams).then_some(n)
+    })
 }
 
 #[test]
@@ -102,21 +120,13 @@ fn a_relay_restart_drops_the_pool_and_connections_keep_working() {
         let host = env.path("host.sock");
         let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
         let agent = env.agent(&[]);
-        // The readiness probes' connections are gone before the count, or
-        // it counts them too and 6 more may never come.
-        agent.wait_log("control connection closed");
-        agent.wait_log("stream handshake failed");
-        let before = agent.fd_count();
+        let before = settled_fd_count(&agent);
         let guest = env.path("guest.sock");
         let flags = ["--framing", framing, "--stream-pool", "4"];
         let mut relay = env.relay(&[(&guest, &host)], &flags);
         relay.wait_log("stream pool started");
         wait_forwarding(&guest, "host");
-        // The control connection, the forward's listener and 4 parked streams.
-        let pooled = sockfwd_tests::wait_until("4 parked streams", READY_DEADLINE, || {
-            let n = agent.fd_count();
-            (n >= before + 6).then_some(n)
-        });
+        let pooled = wait_parked(&agent, before, 4, "4 parked streams");
 
         relay.signal(nix::sys::signal::Signal::SIGKILL);
         relay.wait_exit(READY_DEADLINE);
@@ -213,9 +223,7 @@ fn a_stream_the_agent_drops_after_a_failed_client_is_replaced_at_once() {
     let host = env.path("host.sock");
     let _server = Server::start(&host, Behaviour::DigestAfterEof("host".into()));
     let agent = env.agent(&[]);
-    agent.wait_log("control connection closed");
-    agent.wait_log("stream handshake failed");
-    let before = agent.fd_count();
+    let before = settled_fd_count(&agent);
     let guest = env.path("guest.sock");
     let relay = env.relay(
         &[(&guest, &host)],
@@ -223,9 +231,7 @@ fn a_stream_the_agent_drops_after_a_failed_client_is_replaced_at_once() {
     );
     relay.wait_log("stream pool started");
     wait_forwarding(&guest, "host");
-    // The control connection, the forward's listener and 4 parked streams.
-    let full = || (agent.fd_count() >= before + 6).then_some(());
-    sockfwd_tests::wait_until("4 parked streams", READY_DEADLINE, full);
+    wait_parked(&agent, before, 4, "4 parked streams");
     for round in 1..=3 {
         let failed = agent.logs().matches("relay ended on an error").count();
         // The host answers only after the client's EOF, so always after the
@@ -236,10 +242,11 @@ fn a_stream_the_agent_drops_after_a_failed_client_is_replaced_at_once() {
         sockfwd_tests::wait_until("the agent's end to fail", READY_DEADLINE, || {
             (agent.logs().matches("relay ended on an error").count() > failed).then_some(())
         });
-        sockfwd_tests::wait_until(
+        wait_parked(
+            &agent,
+            before,
+            4,
             &format!("round {round}: 4 parked streams again"),
-            READY_DEADLINE,
-            full,
         );
     }
     let log = relay.logs();
