@@ -4,7 +4,11 @@
 //! suite against the real binaries lives in the workspace's `tests/`.
 
 #[cfg(test)]
+mod common;
+
+#[cfg(test)]
 mod tests {
+    use crate::common::{eventually, exchange, WAIT};
     use sockfwd_proto::framing::Framing;
     use sockfwd_proto::handshake;
     use sockfwd_proto::relay::{relay_stream, RelayConfig};
@@ -22,13 +26,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::{mpsc, Mutex};
     use tokio::time::timeout;
     use tokio_util::sync::CancellationToken;
     use ttrpc::r#async::{Server, ServerStream, TtrpcContext};
-
-    const WAIT: Duration = Duration::from_secs(10);
 
     /// Channels shared by every incarnation of the fake agent (restarts included).
     struct Wires {
@@ -298,7 +299,7 @@ mod tests {
             let r = self.connect(stream_id, forward_id, 0).await;
             assert_eq!(r.error, "", "{forward_id}");
             let s = self.stream(stream_id).await;
-            assert_eq!(echo_through(s, payload).await, payload, "{forward_id}");
+            assert_eq!(exchange(s, payload).await, payload, "{forward_id}");
         }
 
         async fn stream(&mut self, stream_id: &str) -> Stream {
@@ -364,28 +365,6 @@ mod tests {
         (token, table, tokio::spawn(run))
     }
 
-    /// Client bytes through the stream (as the guest would), echoed by the host.
-    async fn echo_through(mut s: Stream, payload: &[u8]) -> Vec<u8> {
-        s.write_all(payload).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        timeout(WAIT, s.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        back
-    }
-
-    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        timeout(WAIT, async {
-            while !check() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn forwards_refuses_and_fails_as_the_contract_says() {
         let mut h = Harness::new().await;
@@ -407,7 +386,7 @@ mod tests {
         let r = h.connect("socketfwd-1-AAAAAA", "good", 0).await;
         assert_eq!((r.error.as_str(), r.framing), ("", 0));
         let s = h.stream("socketfwd-1-AAAAAA").await;
-        assert_eq!(echo_through(s, b"ping").await, b"ping");
+        assert_eq!(exchange(s, b"ping").await, b"ping");
 
         let r = h.connect("socketfwd-2-BBBBBB", "nope", 0).await;
         assert_eq!(r.error, "unknown forward ID: nope");
@@ -490,7 +469,7 @@ mod tests {
             relay_stream(&local, &stream, Framing::EofFrames, &RelayConfig::default()).await
         });
         let client = Stream::from_unix(client).unwrap();
-        assert_eq!(echo_through(client, b"framed").await, b"framed");
+        assert_eq!(exchange(client, b"framed").await, b"framed");
 
         // A readiness probe connects and leaves: the working session stays.
         drop(tokio::net::UnixStream::connect(&ctl).await.unwrap());
@@ -578,7 +557,7 @@ mod tests {
             .await;
         assert_eq!(r.error, "");
         let s = h.stream("socketfwd-10-JJJJJJ").await;
-        assert_eq!(echo_through(s, b"binary").await, b"binary");
+        assert_eq!(exchange(s, b"binary").await, b"binary");
 
         let status = terminate(child).await;
         let logs = std::fs::read_to_string(&log).unwrap();

@@ -7,7 +7,11 @@
 //! early bytes, verdict, relay.
 
 #[cfg(test)]
+mod common;
+
+#[cfg(test)]
 mod tests {
+    use crate::common::{eventually, exchange, WAIT};
     use sockfwd_proto::framing::Framing;
     use sockfwd_proto::handshake;
     use sockfwd_proto::info::{AgentInfo, SUPPORTED};
@@ -29,8 +33,6 @@ mod tests {
     use tokio::time::timeout;
     use tokio_util::sync::CancellationToken;
     use ttrpc::r#async::{Server, ServerStream, TtrpcContext};
-
-    const WAIT: Duration = Duration::from_secs(10);
 
     /// What the fake agent says and saw.
     struct Wires {
@@ -373,28 +375,6 @@ mod tests {
         });
         let back = exchange(Stream::from_unix(client).unwrap(), rest).await;
         (back, timeout(WAIT, relay).await.unwrap().unwrap())
-    }
-
-    /// Sends `payload`, half-closes, reads the whole answer.
-    async fn exchange(mut client: Stream, payload: &[u8]) -> Vec<u8> {
-        client.write_all(payload).await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        timeout(WAIT, client.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        back
-    }
-
-    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        timeout(WAIT, async {
-            while !check() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
