@@ -235,3 +235,26 @@ fn a_flood_of_clients_writes_a_bounded_number_of_lines() {
         "{lines} lines (bound {bound})"
     );
 }
+
+/// The relay logs the control and stream addresses it was given as fields;
+/// a path holding the forged line shows escaped, not as a line of its own.
+#[test]
+fn the_relay_s_own_addresses_cannot_forge_its_log_lines() {
+    let env = Env::new();
+    let dir = env.dir.path().display();
+    // Nothing listens there: the relay says where it dials, retries, gives up.
+    let control = format!("unix://{dir}/c\n{FORGED}\u{1b}[31m.sock");
+    let streams = format!("unix://{dir}/s\n{FORGED}.sock");
+    let mut relay = env.relay_with(vec![
+        "--control".into(),
+        control,
+        "--streams".into(),
+        streams,
+        "--boot-timeout".into(),
+        "1s".into(),
+    ]);
+    relay.wait_log("dialing the agent");
+    relay.wait_exit(READY_DEADLINE);
+    let shown = forged_only_escaped(&relay.log);
+    assert!(shown >= 1, "the control address reached the log");
+}

@@ -3,6 +3,8 @@
 
 use super::{Address, Stream};
 use crate::backoff::Backoff;
+use crate::log_text::escape;
+use crate::report::Chain;
 use std::io;
 use std::time::Duration;
 use thiserror::Error;
@@ -159,7 +161,8 @@ pub async fn dial_with_retry(
         match dial(addr, per_attempt).await {
             Ok(s) => return Ok(s),
             Err(e) if e.is_transient() && start.elapsed() + backoff.peek() < deadline => {
-                tracing::debug!(%addr, cause = %e, "guest not reachable yet; retrying");
+                tracing::debug!(addr = %escape(&addr.to_string()), cause = %Chain(&e),
+                    "guest not reachable yet; retrying");
                 sleep(backoff.next_delay()).await;
             }
             Err(e) if e.is_transient() => {
