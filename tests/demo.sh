@@ -94,10 +94,12 @@ if [ "$n" -gt 0 ]; then
    The forward ID ($first_forward) names the forward, the same for every connection
    through it: --forward GUEST:HOST without ID= takes the first 16 hex digits of
    sha256(GUEST_PATH) (ID=GUEST:HOST names it yourself). The agent sends it with each
-   connection request, and the relay looks it up in its own table to pick the host
-   socket, never trusting a path from the guest. The stream ID is new for every
-   connection: the agent makes it, and the relay's stream-port connection presents it
-   in its handshake so the agent can pair the two.
+   connection, and the relay looks it up in its own table to pick the host socket,
+   never trusting a path from the guest. The stream ID names the stream-port
+   connection that carried it: pool_<token>-<n> is one the relay opened ahead of
+   time (--stream-pool), so the connection waited for no round trip; socketfwd-...
+   is one opened on request, the agent having made the ID and the relay presenting
+   it in its handshake so the agent can pair the two.
 EOF
 fi
 [ "$n" -eq 2 ] || ok=0
